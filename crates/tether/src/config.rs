@@ -1,0 +1,433 @@
+//! One validated [`Config`], built from flags, `TETHER_*` environment variables and a TOML
+//! file, in that order of precedence. Errors name the exact key and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::downstream::FrontConfig;
+use crate::session::SessionConfig;
+use crate::upstream::{UpstreamOptions, UpstreamSpec};
+
+/// `tether serve` flags. Every flag also reads `TETHER_<NAME>` and the TOML key of the same
+/// name (with `_` for `-`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to serve MCP clients on [default: 127.0.0.1:8080]
+    #[arg(long, env = "TETHER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// TOML config file
+    #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Session store: `memory` [default: memory]
+    #[arg(long, env = "TETHER_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// A Streamable HTTP upstream (its MCP endpoint URL)
+    #[arg(long, env = "TETHER_UPSTREAM", value_name = "URL", conflicts_with_all = ["upstream_sse", "command"])]
+    pub upstream: Option<String>,
+    /// A legacy HTTP+SSE upstream (its SSE endpoint URL)
+    #[arg(
+        long,
+        env = "TETHER_UPSTREAM_SSE",
+        value_name = "URL",
+        conflicts_with = "command"
+    )]
+    pub upstream_sse: Option<String>,
+    /// Extra allowed Origin (repeatable; localhost origins are always allowed; `*` allows any)
+    #[arg(
+        long = "allow-origin",
+        env = "TETHER_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origin: Vec<String>,
+    /// Extra allowed Host name (repeatable; checked on loopback listeners and when set)
+    #[arg(
+        long = "allow-host",
+        env = "TETHER_ALLOW_HOST",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub allow_host: Vec<String>,
+    /// Idle time after which a client session expires [default: 24h]
+    #[arg(long, env = "TETHER_SESSION_TTL", value_name = "DURATION")]
+    pub session_ttl: Option<String>,
+    /// How long one request may take upstream [default: 5m]
+    #[arg(long, env = "TETHER_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Keep-alive comment interval on idle SSE streams [default: 15s]
+    #[arg(long, env = "TETHER_KEEPALIVE", value_name = "DURATION")]
+    pub keepalive: Option<String>,
+    /// Largest request body in bytes [default: 4194304]
+    #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Most live sessions [default: 10000]
+    #[arg(long, env = "TETHER_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Log filter (RUST_LOG syntax) [default: info]
+    #[arg(long, env = "TETHER_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format: plain or json [default: plain]
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// The stdio upstream: a command and its arguments, after `--`
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// The TOML file's shape: the same keys as the flags.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FileConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    upstream: Option<String>,
+    upstream_sse: Option<String>,
+    command: Option<Vec<String>>,
+    allow_origin: Option<Vec<String>>,
+    allow_host: Option<Vec<String>>,
+    session_ttl: Option<String>,
+    request_timeout: Option<String>,
+    keepalive: Option<String>,
+    max_body: Option<usize>,
+    max_sessions: Option<usize>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// In process memory.
+    Memory,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration of `tether serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listen address.
+    pub listen: SocketAddr,
+    /// Session store.
+    pub store: StoreSpec,
+    /// The upstream.
+    pub upstream: UpstreamSpec,
+    /// Client-facing checks and limits.
+    pub front: FrontConfig,
+    /// Session tunables.
+    pub session: SessionConfig,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A configuration error, naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is malformed.
+    #[error("invalid value for `{key}` ({source_name}): {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Flag, environment or file.
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No upstream was given.
+    #[error("no upstream: give a command after `--`, or --upstream URL, or --upstream-sse URL")]
+    NoUpstream,
+    /// More than one upstream was given.
+    #[error("more than one upstream: use only one of `--upstream`, `--upstream-sse` and a command")]
+    TwoUpstreams,
+}
+
+impl Config {
+    /// Builds and validates the config from flags (which already include the environment)
+    /// and the optional file.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let (file, file_name) = match &args.config {
+            Some(p) => (read_file(p)?, format!("{}", p.display())),
+            None => (FileConfig::default(), String::new()),
+        };
+        let src = |flag_set: bool| {
+            if flag_set {
+                "flag or environment".to_owned()
+            } else {
+                file_name.clone()
+            }
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                (
+                    args.$field.is_some(),
+                    args.$field.clone().or(file.$field.clone()),
+                )
+            };
+        }
+
+        let (set, listen) = pick!(listen);
+        let listen_text = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr =
+            listen_text
+                .parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    key: "listen",
+                    source_name: src(set),
+                    reason: format!("{listen_text:?}: {e}"),
+                })?;
+
+        let (set, store) = pick!(store);
+        let store = match store.as_deref().unwrap_or("memory") {
+            "memory" => StoreSpec::Memory,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "store",
+                    source_name: src(set),
+                    reason: format!("{other:?}: supported stores are `memory`"),
+                });
+            }
+        };
+
+        let command = if args.command.is_empty() {
+            file.command.clone().unwrap_or_default()
+        } else {
+            args.command.clone()
+        };
+        let (_, http) = pick!(upstream);
+        let (_, sse) = pick!(upstream_sse);
+        let upstream = match (http, sse, command.is_empty()) {
+            (Some(url), None, true) => UpstreamSpec::Streamable {
+                url: check_url("upstream", &url)?,
+            },
+            (None, Some(url), true) => UpstreamSpec::Sse {
+                url: check_url("upstream_sse", &url)?,
+            },
+            (None, None, false) => UpstreamSpec::Stdio { command },
+            (None, None, true) => return Err(ConfigError::NoUpstream),
+            _ => return Err(ConfigError::TwoUpstreams),
+        };
+
+        let duration =
+            |key: &'static str, flag: &Option<String>, file_v: &Option<String>, default: &str| {
+                let text = flag
+                    .clone()
+                    .or(file_v.clone())
+                    .unwrap_or_else(|| default.to_owned());
+                humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
+                    key,
+                    source_name: src(flag.is_some()),
+                    reason: format!("{text:?}: {e} (use e.g. 30s, 10m, 24h)"),
+                })
+            };
+        let ttl = duration("session_ttl", &args.session_ttl, &file.session_ttl, "24h")?;
+        let request_timeout = duration(
+            "request_timeout",
+            &args.request_timeout,
+            &file.request_timeout,
+            "5m",
+        )?;
+        let keepalive = duration("keepalive", &args.keepalive, &file.keepalive, "15s")?;
+        for (key, d, flag) in [
+            ("session_ttl", ttl, &args.session_ttl),
+            ("request_timeout", request_timeout, &args.request_timeout),
+            ("keepalive", keepalive, &args.keepalive),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    source_name: src(flag.is_some()),
+                    reason: "must be more than 0".into(),
+                });
+            }
+        }
+        let max_body = args.max_body.or(file.max_body).unwrap_or(4 << 20);
+        let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(10_000);
+
+        let allow_origin = if args.allow_origin.is_empty() {
+            file.allow_origin.clone().unwrap_or_default()
+        } else {
+            args.allow_origin.clone()
+        };
+        let allow_host = if args.allow_host.is_empty() {
+            file.allow_host.clone().unwrap_or_default()
+        } else {
+            args.allow_host.clone()
+        };
+        let front = FrontConfig {
+            check_host: listen.ip().is_loopback() || !allow_host.is_empty(),
+            allowed_origins: allow_origin,
+            allowed_hosts: allow_host,
+            max_body,
+        };
+
+        let (set, log_format) = pick!(log_format);
+        let log_format = match log_format.as_deref().unwrap_or("plain") {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    source_name: src(set),
+                    reason: format!("{other:?}: use `plain` or `json`"),
+                });
+            }
+        };
+        let log_level = args
+            .log_level
+            .clone()
+            .or(file.log_level.clone())
+            .unwrap_or_else(|| "info".into());
+
+        Ok(Config {
+            listen,
+            store,
+            upstream,
+            front,
+            session: SessionConfig {
+                ttl,
+                request_timeout,
+                keepalive,
+                max_sessions,
+                upstream: UpstreamOptions::default(),
+                ..SessionConfig::default()
+            },
+            log_level,
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn check_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(url.to_owned()),
+        Ok(u) => Err(ConfigError::Invalid {
+            key,
+            source_name: "flag, environment or file".into(),
+            reason: format!("scheme {:?} is not http or https", u.scheme()),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            key,
+            source_name: "flag, environment or file".into(),
+            reason: format!("{url:?}: {e}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn args(cmd: &[&str]) -> ServeArgs {
+        ServeArgs {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::load(&args(&["server"])).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.front.check_host);
+        assert_eq!(c.front.max_body, 4 << 20);
+        assert_eq!(c.session.ttl, Duration::from_secs(86400));
+        assert_eq!(c.session.keepalive, Duration::from_secs(15));
+        assert_eq!(
+            c.upstream,
+            UpstreamSpec::Stdio {
+                command: vec!["server".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut a = args(&["x"]);
+        a.session_ttl = Some("forever".into());
+        let e = Config::load(&a).expect_err("invalid").to_string();
+        assert!(e.contains("`session_ttl`"), "{e}");
+        let mut a = args(&["x"]);
+        a.listen = Some("nope".into());
+        assert!(
+            Config::load(&a)
+                .expect_err("invalid")
+                .to_string()
+                .contains("`listen`")
+        );
+        assert!(matches!(
+            Config::load(&args(&[])),
+            Err(ConfigError::NoUpstream)
+        ));
+        let mut a = args(&["x"]);
+        a.upstream = Some("http://127.0.0.1:1/mcp".into());
+        assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
+        let mut a = ServeArgs::default();
+        a.upstream = Some("ftp://x".into());
+        assert!(
+            Config::load(&a)
+                .expect_err("invalid")
+                .to_string()
+                .contains("`upstream`")
+        );
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_out() {
+        let dir = std::env::temp_dir().join(format!("tether-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nupstream = \"http://127.0.0.1:3001/mcp\"\nsession_ttl = \"2h\"\n").expect("write");
+        let mut a = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        a.session_ttl = Some("1h".into());
+        let c = Config::load(&a).expect("valid");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(
+            c.session.ttl,
+            Duration::from_secs(3600),
+            "the flag wins over the file"
+        );
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbogus = 1\n").expect("write");
+        let e = Config::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .expect_err("unknown key")
+        .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Legacy HTTP+SSE (2024-11-05): `GET /sse` opens a session and its one stream, whose first
+//! event names the POST endpoint; POSTs to `/messages/`, `/messages` or `/message` with
+//! `session_id` or `sessionId` (every spelling real clients and servers use) are accepted with
+//! 202 and answered on the stream. The transport cannot resume, so the session ends with the
+//! stream.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tether_protocol::{Kind, Message, sse};
+use tracing::Instrument;
+
+use super::guard;
+use super::stream::{Pump, sse_response};
+use super::{AppState, error_response};
+use crate::error::GatewayError;
+use crate::session::Sink;
+use crate::session::record::{CloseReason, Transport};
+
+/// GET /sse
+pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = app.front.check_origin_and_host(&headers) {
+        return error_response(&e, None);
+    }
+    let session = match app.manager.create(Transport::LegacySse).await {
+        Ok(s) => s,
+        Err(e) => return error_response(&e, None),
+    };
+    let stream = session.next_stream();
+    let (sink, mut rx) = Sink::channel(stream, true);
+    session.attach_standalone(sink);
+    let (tx, resp) = sse_response(None);
+    let pump = Pump {
+        session: session.clone(),
+        stream,
+        legacy: true,
+        keepalive: session.config().keepalive,
+        shutdown: app.shutdown.clone(),
+        out: tx,
+    };
+    let manager = app.manager.clone();
+    let span = tracing::info_span!("stream", session_id = %session.id(), transport = "sse");
+    tokio::spawn(
+        async move {
+            let mut first = Vec::new();
+            let endpoint = format!("/messages/?session_id={}", session.id());
+            sse::encode(&mut first, None, Some("endpoint"), endpoint.as_bytes());
+            if pump.raw(first).await {
+                let s = session.clone();
+                let overdue = move || -> Vec<Bytes> { s.expire_overdue() };
+                pump.run(&mut rx, false, None, Some(&overdue)).await;
+            }
+            // No resumption in this transport: the session ends with its stream.
+            manager.close(session.id(), CloseReason::ClientClosed).await;
+        }
+        .instrument(span),
+    );
+    resp
+}
+
+/// POST /messages/?session_id=… (and its spellings)
+pub async fn post(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let run = async {
+        app.front.check_origin_and_host(&headers)?;
+        guard::content_type(&headers)?;
+        let sid = query
+            .get("session_id")
+            .or_else(|| query.get("sessionId"))
+            .ok_or(GatewayError::MissingSessionQuery)?;
+        let bytes = guard::body(body, &headers, app.front.max_body).await?;
+        let msg = Message::parse(&bytes)?;
+        let session = app.manager.get(sid).await?;
+        if session.transport() != Transport::LegacySse {
+            return Err(GatewayError::SessionNotFound);
+        }
+        match msg.kind() {
+            Kind::Request => {
+                let sink = session
+                    .standalone_sink()
+                    .ok_or(GatewayError::SessionNotFound)?;
+                let span = tracing::info_span!("request", session_id = %session.id(), method = msg.method().unwrap_or(""));
+                let id = msg.id().map(ToOwned::to_owned);
+                if let Err(e) = session.request(msg, sink.clone()).instrument(span).await {
+                    // The client waits on its stream, so the error goes there.
+                    let data = Bytes::from(e.to_message(id.as_deref()).to_bytes());
+                    session.send_to(&sink, data).await;
+                }
+            }
+            Kind::Notification => session.notify(msg).await?,
+            Kind::Response | Kind::Error => session.answer(msg).await?,
+        }
+        Ok((StatusCode::ACCEPTED, "Accepted").into_response())
+    };
+    run.await
+        .unwrap_or_else(|e: GatewayError| error_response(&e, None))
+}

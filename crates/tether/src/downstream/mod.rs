@@ -1,0 +1,88 @@
+//! The transports facing MCP clients: Streamable HTTP at `/mcp` and legacy HTTP+SSE at `/sse`
+//! + `/messages/`. They validate what arrives, hand messages to the session layer and stream
+//! what comes back. [`error_response`] is the only place an error becomes an HTTP answer.
+
+mod guard;
+mod legacy_sse;
+mod stream;
+mod streamable;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::error::{Fault, GatewayError};
+use crate::session::Manager;
+
+pub use guard::FrontConfig;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sessions.
+    pub manager: Arc<Manager>,
+    /// Client-facing checks and limits.
+    pub front: Arc<FrontConfig>,
+    /// Cancelled when the gateway shuts down: open streams end with a retry hint.
+    pub shutdown: CancellationToken,
+}
+
+/// The client-facing HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let legacy_post = post(legacy_sse::post);
+    Router::new()
+        .route(
+            "/mcp",
+            get(streamable::get)
+                .post(streamable::post)
+                .delete(streamable::delete)
+                .fallback(method_not_allowed),
+        )
+        .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
+        .route(
+            "/messages/",
+            legacy_post.clone().fallback(method_not_allowed),
+        )
+        .route(
+            "/messages",
+            legacy_post.clone().fallback(method_not_allowed),
+        )
+        .route("/message", legacy_post.fallback(method_not_allowed))
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = error_response(&GatewayError::MethodNotAllowed, None);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    r
+}
+
+/// The HTTP answer for an error, with a JSON-RPC error body echoing `id` when known.
+pub fn error_response(err: &GatewayError, id: Option<&RawValue>) -> Response {
+    let wire = err.wire();
+    match wire.fault {
+        Fault::Downstream => debug!(status = wire.status.as_u16(), error = %err, "request refused"),
+        Fault::Upstream => warn!(status = wire.status.as_u16(), error = %err, "upstream failure"),
+        Fault::Internal => error!(status = wire.status.as_u16(), error = %err, "internal failure"),
+    }
+    json_response(wire.status, err.to_message(id).to_bytes())
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}

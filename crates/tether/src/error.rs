@@ -1,0 +1,245 @@
+//! The gateway's errors and the one place that turns them into wire output.
+//!
+//! Each error is tagged with who is at fault ([`Fault`]): the client (4xx, not retried), the
+//! upstream (5xx or an in-band JSON-RPC error), or tether itself. [`GatewayError::wire`] is the
+//! single exhaustive mapping to HTTP status + JSON-RPC error; nothing else invents statuses.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tether_protocol::{Message, ParseError, error_code as code, version};
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream server failed or went away.
+    Upstream,
+    /// tether itself.
+    Internal,
+}
+
+/// Everything that can go wrong while serving a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The body is not one JSON-RPC message.
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// The body is over the limit.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// `Content-Type` is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// `Accept` admits neither JSON nor SSE.
+    #[error("{0}")]
+    NotAcceptable(&'static str),
+    /// A browser page from a foreign origin.
+    #[error("origin {0} is not allowed")]
+    ForbiddenOrigin(String),
+    /// A `Host` header that does not name this server (DNS rebinding).
+    #[error("host {0} is not allowed")]
+    ForbiddenHost(String),
+    /// A request that needs a session came without `Mcp-Session-Id`.
+    #[error("Bad Request: Mcp-Session-Id header is required")]
+    MissingSessionId,
+    /// The session id is unknown, expired or closed.
+    #[error("Session not found")]
+    SessionNotFound,
+    /// `MCP-Protocol-Version` names a revision tether does not serve on this path.
+    #[error("Unsupported protocol version: {0}")]
+    UnsupportedVersion(String),
+    /// A 2026-07-28 request: tether answers so that the client falls back to the handshake.
+    #[error(
+        "Unsupported protocol version {requested}: this endpoint serves the initialize handshake"
+    )]
+    ModernNotServed {
+        /// The revision the client asked for.
+        requested: String,
+    },
+    /// The HTTP method is not served on this path.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// The legacy SSE POST came without a session query parameter.
+    #[error("Bad Request: session_id query parameter is required")]
+    MissingSessionQuery,
+    /// The upstream could not be started or reached.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream refused the message with an HTTP error and no JSON-RPC answer.
+    #[error("upstream answered HTTP {status}")]
+    UpstreamRefused {
+        /// The upstream's status.
+        status: u16,
+        /// What it said.
+        detail: String,
+    },
+    /// The upstream went away while the request was in flight; it may or may not have run.
+    #[error(
+        "the upstream server restarted while this request was in flight; it may or may not have run"
+    )]
+    UpstreamRestarted(String),
+    /// The upstream did not answer in time.
+    #[error("the upstream server did not answer within {0} s")]
+    UpstreamTimeout(u64),
+    /// After a revive the upstream negotiated another protocol version.
+    #[error(
+        "the upstream now speaks protocol {now}, but this session negotiated {was}; start a new session"
+    )]
+    VersionChanged {
+        /// The session's version.
+        was: String,
+        /// What the revived upstream answered.
+        now: String,
+    },
+    /// tether is shutting down or draining.
+    #[error("tether is shutting down; retry shortly")]
+    ShuttingDown,
+    /// The session limit is reached.
+    #[error("too many sessions (limit {0})")]
+    TooManySessions(usize),
+    /// The session store failed.
+    #[error("session store unavailable")]
+    Store(String),
+}
+
+/// How an error goes on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wire {
+    /// The HTTP status when the error answers a whole HTTP request.
+    pub status: StatusCode,
+    /// The JSON-RPC error code.
+    pub code: i64,
+    /// `error.data`, with a machine-readable `reason` for tether's own errors.
+    pub data: Option<Value>,
+    /// Who is at fault.
+    pub fault: Fault,
+}
+
+impl GatewayError {
+    /// The one mapping from an error to HTTP status, JSON-RPC code and data.
+    pub fn wire(&self) -> Wire {
+        use GatewayError as E;
+        let w = |status, code, data, fault| Wire {
+            status,
+            code,
+            data,
+            fault,
+        };
+        let reason = |r: &str| Some(json!({ "reason": r }));
+        match self {
+            E::Parse(e) => w(StatusCode::BAD_REQUEST, e.code(), None, Fault::Downstream),
+            E::PayloadTooLarge { .. } => w(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::UnsupportedMediaType => w(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::NotAcceptable(_) => w(
+                StatusCode::NOT_ACCEPTABLE,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::ForbiddenOrigin(_) | E::ForbiddenHost(_) => w(
+                StatusCode::FORBIDDEN,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::MissingSessionId | E::MissingSessionQuery => w(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::SessionNotFound => w(
+                StatusCode::NOT_FOUND,
+                code::SESSION_NOT_FOUND,
+                None,
+                Fault::Downstream,
+            ),
+            E::UnsupportedVersion(v) => w(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                Some(json!({ "supported": version::HANDSHAKE_VERSIONS, "requested": v })),
+                Fault::Downstream,
+            ),
+            E::ModernNotServed { requested } => w(
+                StatusCode::BAD_REQUEST,
+                code::UNSUPPORTED_PROTOCOL_VERSION,
+                Some(json!({ "supported": version::HANDSHAKE_VERSIONS, "requested": requested })),
+                Fault::Downstream,
+            ),
+            E::MethodNotAllowed => w(
+                StatusCode::METHOD_NOT_ALLOWED,
+                code::INVALID_REQUEST,
+                None,
+                Fault::Downstream,
+            ),
+            E::UpstreamUnavailable(d) => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UPSTREAM_UNAVAILABLE,
+                Some(json!({ "reason": "upstream_unavailable", "detail": d })),
+                Fault::Upstream,
+            ),
+            E::UpstreamRefused { status, detail } => w(
+                StatusCode::BAD_GATEWAY,
+                code::UPSTREAM_UNAVAILABLE,
+                Some(json!({ "reason": "upstream_refused", "status": status, "detail": detail })),
+                Fault::Upstream,
+            ),
+            E::UpstreamRestarted(d) => w(
+                StatusCode::OK,
+                code::UPSTREAM_RESTARTED,
+                Some(json!({ "reason": "upstream_restarted", "detail": d })),
+                Fault::Upstream,
+            ),
+            E::UpstreamTimeout(_) => w(
+                StatusCode::OK,
+                code::UPSTREAM_TIMEOUT,
+                reason("upstream_timeout"),
+                Fault::Upstream,
+            ),
+            E::VersionChanged { was, now } => w(
+                StatusCode::OK,
+                code::UPSTREAM_UNAVAILABLE,
+                Some(json!({ "reason": "protocol_version_changed", "was": was, "now": now })),
+                Fault::Upstream,
+            ),
+            E::ShuttingDown => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::GATEWAY_UNAVAILABLE,
+                reason("shutting_down"),
+                Fault::Internal,
+            ),
+            E::TooManySessions(_) => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::GATEWAY_UNAVAILABLE,
+                reason("too_many_sessions"),
+                Fault::Internal,
+            ),
+            E::Store(_) => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_ERROR,
+                reason("store_unavailable"),
+                Fault::Internal,
+            ),
+        }
+    }
+
+    /// The JSON-RPC error message answering the request `id` (or `null`).
+    pub fn to_message(&self, id: Option<&serde_json::value::RawValue>) -> Message {
+        let wire = self.wire();
+        Message::error(id, wire.code, &self.to_string(), wire.data)
+    }
+}

@@ -1,0 +1,120 @@
+//! The `tether` command: parses the command line, sets up logging, and hands over to the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tether::config::{Config, ServeArgs};
+
+/// Exit status for usage and configuration errors (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "The reliability layer for MCP sessions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP clients in front of an MCP server (a stdio command after `--`, or --upstream URL,
+    /// or --upstream-sse URL). Sessions survive the server restarting.
+    Serve(ServeArgs),
+    /// Validate the configuration and print it as it would be used.
+    CheckConfig(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return if usage {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::CheckConfig(args) => check_config(&args),
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(args).map_err(|e| {
+        eprintln!("tether: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+fn check_config(args: &ServeArgs) -> ExitCode {
+    match load(args) {
+        Ok(c) => {
+            eprintln!("{c:#?}");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    tether::telemetry::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tether: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        tether::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("tether: second signal, exiting now");
+        std::process::exit(130);
+    });
+}

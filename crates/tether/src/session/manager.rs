@@ -1,0 +1,199 @@
+//! The registry of live sessions: lookup (loading a record from the store when the session is
+//! not live here), creation, closing, the TTL reaper and the write-behind of activity.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::record::{CloseReason, SessionRecord, Transport, now_ms};
+use super::{Deps, Session};
+use crate::error::GatewayError;
+
+/// Owns every live session.
+pub struct Manager {
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    deps: Arc<Deps>,
+    draining: AtomicBool,
+}
+
+impl Manager {
+    /// A manager over `deps`.
+    pub fn new(deps: Deps) -> Arc<Manager> {
+        Arc::new(Manager {
+            sessions: RwLock::new(HashMap::new()),
+            deps: Arc::new(deps),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// What the sessions share.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Creates a session and stores its record.
+    pub async fn create(&self, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let max = self.deps.config.max_sessions;
+        if self.live_count() >= max {
+            return Err(GatewayError::TooManySessions(max));
+        }
+        let record = SessionRecord::new(transport);
+        self.deps.store.create(&record).await.map_err(|e| {
+            warn!(error = %e, "creating a session record failed");
+            GatewayError::Store(e.to_string())
+        })?;
+        let session = Session::new(record, self.deps.clone());
+        self.write()
+            .insert(session.id().to_owned(), session.clone());
+        info!(session_id = %session.id(), transport = transport.as_str(), "session created");
+        Ok(session)
+    }
+
+    /// The live session with this id. A session not live in this process is loaded from the
+    /// store; an unknown, closed or expired one is [`GatewayError::SessionNotFound`].
+    pub async fn get(&self, id: &str) -> Result<Arc<Session>, GatewayError> {
+        let live = self.read().get(id).cloned();
+        if let Some(s) = live {
+            if self.expired(s.last_active()) {
+                self.close(id, CloseReason::Expired).await;
+                return Err(GatewayError::SessionNotFound);
+            }
+            return Ok(s);
+        }
+        if !looks_like_id(id) {
+            return Err(GatewayError::SessionNotFound);
+        }
+        let record = self.deps.store.get(id).await.map_err(|e| {
+            warn!(error = %e, "loading a session record failed");
+            GatewayError::Store(e.to_string())
+        })?;
+        let Some(record) = record.filter(|r| r.closed_at.is_none()) else {
+            return Err(GatewayError::SessionNotFound);
+        };
+        if self.expired(record.last_active) {
+            let _ = self
+                .deps
+                .store
+                .close(id, now_ms(), CloseReason::Expired)
+                .await;
+            return Err(GatewayError::SessionNotFound);
+        }
+        let session = Session::new(record, self.deps.clone());
+        let session = self.write().entry(id.to_owned()).or_insert(session).clone();
+        info!(session_id = %id, "session resumed from the store");
+        Ok(session)
+    }
+
+    /// Ends a session: its upstream closes and its record is marked closed.
+    pub async fn close(&self, id: &str, reason: CloseReason) -> bool {
+        let session = self.write().remove(id);
+        let Some(session) = session else { return false };
+        if let Some(a) = session.take_activity() {
+            let _ = self.deps.store.touch(id, a).await;
+        }
+        session.shutdown().await;
+        if let Err(e) = self.deps.store.close(id, now_ms(), reason).await {
+            warn!(session_id = %id, error = %e, "closing the session record failed");
+        }
+        info!(session_id = %id, reason = reason.as_str(), "session closed");
+        true
+    }
+
+    /// How many sessions are live in this process.
+    pub fn live_count(&self) -> usize {
+        self.read().len()
+    }
+
+    /// The live sessions.
+    pub fn live(&self) -> Vec<Arc<Session>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Refuses new sessions from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn expired(&self, last_active: u64) -> bool {
+        now_ms().saturating_sub(last_active) > self.deps.config.ttl.as_millis() as u64
+    }
+
+    /// Runs the reaper and the activity writer until `stop`.
+    pub fn spawn_background(self: &Arc<Self>, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let reap_every =
+                (me.deps.config.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let mut reap = tokio::time::interval(reap_every);
+            let mut flush = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = reap.tick() => me.reap().await,
+                    _ = flush.tick() => me.flush_activity().await,
+                }
+            }
+        });
+    }
+
+    async fn reap(&self) {
+        let expired: Vec<String> = self
+            .read()
+            .values()
+            .filter(|s| self.expired(s.last_active()))
+            .map(|s| s.id().to_owned())
+            .collect();
+        for id in expired {
+            info!(session_id = %id, "session expired");
+            self.close(&id, CloseReason::Expired).await;
+        }
+    }
+
+    /// Writes the activity gathered since the last call.
+    pub async fn flush_activity(&self) {
+        for s in self.live() {
+            if let Some(a) = s.take_activity()
+                && let Err(e) = self.deps.store.touch(s.id(), a).await
+            {
+                warn!(session_id = %s.id(), error = %e, "writing session activity failed");
+            }
+        }
+        if let Err(e) = self.deps.store.flush().await {
+            warn!(error = %e, "flushing the session store failed");
+        }
+    }
+
+    /// Gateway shutdown: every upstream closes, but sessions stay valid in the store for the
+    /// next start.
+    pub async fn shutdown(&self) {
+        self.drain();
+        self.flush_activity().await;
+        let sessions = self.live();
+        let closes = sessions.iter().map(|s| s.release_upstream());
+        futures_util::future::join_all(closes).await;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Session ids tether issues are 32 hex digits; anything else is not worth a store lookup.
+fn looks_like_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}

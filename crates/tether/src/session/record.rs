@@ -1,0 +1,143 @@
+//! The durable session record: everything needed to rebuild the upstream side of a session
+//! without the client's help.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Which client-facing transport a session was opened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Streamable HTTP (`/mcp`, `Mcp-Session-Id`).
+    StreamableHttp,
+    /// Legacy HTTP+SSE (`GET /sse` + `POST /messages/`).
+    LegacySse,
+}
+
+impl Transport {
+    /// The label used in logs, metrics and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable-http",
+            Transport::LegacySse => "sse",
+        }
+    }
+}
+
+/// Session-scoped state the client set and a revive must replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The level from the last successful `logging/setLevel`.
+    pub log_level: Option<String>,
+    /// URIs from successful `resources/subscribe` calls not since unsubscribed.
+    pub subscriptions: BTreeSet<String>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The client sent DELETE (or dropped its legacy SSE stream).
+    ClientClosed,
+    /// Idle longer than the session TTL.
+    Expired,
+    /// Ended by an operator.
+    Terminated,
+    /// The upstream could not serve it (for example a protocol version mismatch on revive).
+    UpstreamFailed,
+}
+
+impl CloseReason {
+    /// The label used in logs and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Expired => "expired",
+            CloseReason::Terminated => "terminated",
+            CloseReason::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+/// One client session as the gateway owns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// tether's id for the session (128 random bits, hex).
+    pub id: String,
+    /// The client-facing transport.
+    pub transport: Transport,
+    /// The negotiated protocol version, once initialized.
+    pub protocol_version: Option<String>,
+    /// The client's `initialize` params, raw.
+    pub client_init: Option<Box<RawValue>>,
+    /// The upstream's `initialize` result as last seen, raw.
+    pub upstream_init: Option<Box<RawValue>>,
+    /// State to replay on revive.
+    pub state: SessionState,
+    /// A hash of the credential that created the session, when the endpoint requires one.
+    pub principal: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// Unix milliseconds of the last client activity.
+    pub last_active: u64,
+    /// Client requests served.
+    pub requests: u64,
+    /// `tools/call` requests served.
+    pub tool_calls: u64,
+    /// Unix milliseconds when the session ended.
+    pub closed_at: Option<u64>,
+    /// Why it ended.
+    pub close_reason: Option<CloseReason>,
+}
+
+impl SessionRecord {
+    /// A fresh record with a new random id.
+    pub fn new(transport: Transport) -> SessionRecord {
+        let now = now_ms();
+        SessionRecord {
+            id: new_session_id(),
+            transport,
+            protocol_version: None,
+            client_init: None,
+            upstream_init: None,
+            state: SessionState::default(),
+            principal: None,
+            created_at: now,
+            last_active: now,
+            requests: 0,
+            tool_calls: 0,
+            closed_at: None,
+            close_reason: None,
+        }
+    }
+}
+
+/// 128 random bits as 32 lowercase hex digits: visible ASCII, as the spec asks.
+pub fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_128_bit_hex_and_distinct() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,292 @@
+//! Where upstream messages go: answers to the request they answer, server→client requests and
+//! notifications to the stream they belong to, and what a dead connection leaves behind.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tether_protocol::message::{numeric_id, string_id};
+use tether_protocol::{Kind, Message};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{
+    Outbound, Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock,
+    protocol_version_of, rewrite_param,
+};
+use crate::error::GatewayError;
+use crate::upstream::{Origin, QuitReason, UpstreamEvent};
+
+impl Session {
+    /// Reads one binding's events until it is gone.
+    pub(super) async fn route_events(
+        self: Arc<Self>,
+        generation: u64,
+        mut rx: mpsc::Receiver<UpstreamEvent>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
+                UpstreamEvent::Closed(reason) => {
+                    self.on_closed(generation, reason).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn route(self: &Arc<Self>, generation: u64, origin: Origin, mut msg: Message) {
+        if is_answer(&msg) {
+            return self.route_answer(msg).await;
+        }
+        if msg.kind() == Kind::Request {
+            if msg.is("ping") {
+                // The gateway holds the connection, so the gateway answers the upstream's pings.
+                return self.answer_ping(generation, &msg).await;
+            }
+            let n = self.server_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let client_id = format!("tether-{n}");
+            let upstream_id = msg
+                .id()
+                .map(ToOwned::to_owned)
+                .unwrap_or_else(|| numeric_id(0));
+            lock(&self.routes).server_requests.insert(
+                format!("\"{client_id}\""),
+                ServerRequest {
+                    upstream_id,
+                    generation,
+                },
+            );
+            msg.set_id(string_id(&client_id));
+            let target = self.target(origin, None);
+            return self.deliver(target, msg).await;
+        }
+        // A notification.
+        let mut by_token = None;
+        if msg.is("notifications/progress") {
+            by_token = msg.params().and_then(progress_token_of_notification);
+        } else if msg.is("notifications/cancelled") {
+            // The upstream cancels one of its own requests: name it by the client-facing id.
+            if let Some(upstream_id) = msg.params().and_then(request_id_of) {
+                let client_id = lock(&self.routes)
+                    .server_requests
+                    .iter()
+                    .find(|(_, sr)| {
+                        sr.generation == generation && sr.upstream_id.get() == upstream_id
+                    })
+                    .map(|(k, _)| k.clone());
+                match client_id.and_then(|k| RawValue::from_string(k).ok()) {
+                    Some(id) => rewrite_param(&mut msg, "requestId", id),
+                    None => return,
+                }
+            }
+        }
+        let target = self.target(origin, by_token.as_deref());
+        self.deliver(target, msg).await;
+    }
+
+    async fn route_answer(self: &Arc<Self>, mut msg: Message) {
+        let Some(gid) = msg.numeric_id() else {
+            debug!(session_id = %self.id, "upstream answer with an id tether did not issue; dropped");
+            return;
+        };
+        let Some(p) = lock(&self.routes).pending.remove(&gid) else {
+            debug!(session_id = %self.id, gid, "answer to a request no longer waiting; dropped");
+            return;
+        };
+        let sink = match p.reply {
+            Reply::Internal(tx) => {
+                let _ = tx.send(msg);
+                return;
+            }
+            Reply::Client(ref sink) => sink.clone(),
+        };
+        if msg.kind() == Kind::Response {
+            self.apply_success(&p, &msg).await;
+        }
+        msg.set_id(p.client_id);
+        let out = Outbound {
+            data: Bytes::from(msg.to_bytes()),
+            fin: true,
+            status: None,
+        };
+        if !sink.deliver(out).await {
+            debug!(session_id = %self.id, method = %p.method, "the client's stream closed before its answer");
+        }
+    }
+
+    /// Records what a successful answer changes in the session: the handshake, the log level,
+    /// subscriptions.
+    async fn apply_success(&self, p: &Pending, msg: &Message) {
+        if p.method == "initialize" {
+            let result = msg.result().map(ToOwned::to_owned);
+            let version = msg.result().and_then(protocol_version_of);
+            {
+                let mut r = lock(&self.record);
+                r.client_init.clone_from(&p.init_params);
+                r.upstream_init = result;
+                r.protocol_version.clone_from(&version);
+            }
+            if let (Some(v), Some(up)) = (&version, self.current()) {
+                up.set_protocol_version(v);
+            }
+            self.store_handshake().await;
+            info!(session_id = %self.id, protocol_version = ?version, "session initialized");
+            return;
+        }
+        let Some(change) = &p.state_change else {
+            return;
+        };
+        let state = {
+            let mut r = lock(&self.record);
+            match change {
+                StateChange::SetLevel(l) => r.state.log_level = Some(l.clone()),
+                StateChange::Subscribe(u) => {
+                    r.state.subscriptions.insert(u.clone());
+                }
+                StateChange::Unsubscribe(u) => {
+                    r.state.subscriptions.remove(u);
+                }
+            }
+            r.state.clone()
+        };
+        self.store_state(state).await;
+    }
+
+    async fn answer_ping(&self, generation: u64, msg: &Message) {
+        let Some(id) = msg.id() else { return };
+        if let Some(up) = self.current().filter(|u| u.generation() == generation) {
+            let empty = RawValue::from_string("{}".to_owned()).ok();
+            if let Some(empty) = empty {
+                let _ = up.send(&Message::response(id, &empty), None).await;
+            }
+        }
+    }
+
+    /// Picks the stream for a message that is not an answer. A message on a request's own
+    /// upstream stream, or carrying a request's progress token, goes with that request; other
+    /// messages from a channel that does not say (stdio) go to the newest request still
+    /// waiting, since servers emit them while serving it; then the standalone stream.
+    fn target(&self, origin: Origin, progress_token: Option<&str>) -> Option<Sink> {
+        let r = lock(&self.routes);
+        let sse_sink = |p: &Pending| match &p.reply {
+            Reply::Client(s) if s.sse => Some(s.clone()),
+            _ => None,
+        };
+        if let Some(token) = progress_token
+            && let Some(s) = r
+                .pending
+                .values()
+                .filter(|p| p.progress_token.as_deref() == Some(token))
+                .find_map(sse_sink)
+        {
+            return Some(s);
+        }
+        if let Origin::Request(gid) = origin
+            && let Some(s) = r.pending.get(&gid).and_then(sse_sink)
+        {
+            return Some(s);
+        }
+        if origin == Origin::Standalone
+            && let Some(s) = &r.standalone
+        {
+            return Some(s.clone());
+        }
+        let newest = r
+            .pending
+            .values()
+            .filter(|p| sse_sink(p).is_some())
+            .max_by_key(|p| p.seq);
+        if let Some(s) = newest.and_then(sse_sink) {
+            return Some(s);
+        }
+        r.standalone.clone()
+    }
+
+    async fn deliver(&self, target: Option<Sink>, msg: Message) {
+        let data = Bytes::from(msg.to_bytes());
+        if let Some(sink) = target {
+            let stream = sink.stream;
+            if sink
+                .deliver(Outbound {
+                    data: data.clone(),
+                    fin: false,
+                    status: None,
+                })
+                .await
+            {
+                return;
+            }
+            self.detach_standalone(stream);
+        }
+        let mut r = lock(&self.routes);
+        if r.backlog.len() >= self.deps.config.backlog {
+            r.backlog.pop_front();
+            warn!(session_id = %self.id, "no client stream for server messages; the oldest queued one was dropped");
+        }
+        r.backlog.push_back(data);
+    }
+
+    /// A binding ended: every request it carried ends too, with an error saying so.
+    async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason) {
+        let orphans: Vec<Pending> = {
+            let mut r = lock(&self.routes);
+            r.server_requests
+                .retain(|_, sr| sr.generation != generation);
+            let gids: Vec<u64> = r
+                .pending
+                .iter()
+                .filter(|(_, p)| p.generation == generation)
+                .map(|(g, _)| *g)
+                .collect();
+            gids.iter().filter_map(|g| r.pending.remove(g)).collect()
+        };
+        if reason != QuitReason::Closed {
+            info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
+        }
+        for p in orphans {
+            let Reply::Client(sink) = p.reply else {
+                continue;
+            };
+            let (err, status) = if p.method == "initialize" {
+                (
+                    GatewayError::UpstreamUnavailable(reason.to_string()),
+                    Some(503),
+                )
+            } else {
+                (GatewayError::UpstreamRestarted(reason.to_string()), None)
+            };
+            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
+            sink.deliver(Outbound {
+                data,
+                fin: true,
+                status,
+            })
+            .await;
+        }
+    }
+}
+
+fn progress_token_of_notification(params: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "progressToken", borrow)]
+        token: &'a RawValue,
+    }
+    serde_json::from_str::<P<'_>>(params.get())
+        .ok()
+        .map(|p| p.token.get().to_owned())
+}
+
+fn request_id_of(params: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "requestId", borrow)]
+        id: &'a RawValue,
+    }
+    serde_json::from_str::<P<'_>>(params.get())
+        .ok()
+        .map(|p| p.id.get().to_owned())
+}

@@ -1,0 +1,250 @@
+//! Connections to the MCP server tether fronts: a closed set of kinds behind one handle.
+//!
+//! An [`Upstream`] is a cache entry of a session: it carries messages to the server and reports
+//! everything the server sends, and its death, as [`UpstreamEvent`]s on a channel the session
+//! reads. It knows nothing of clients, ids or replay; the session layer owns those.
+
+pub mod sse;
+pub mod stdio;
+pub mod streamable;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_protocol::Message;
+use tokio::sync::mpsc;
+
+/// How to reach the upstream server, from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSpec {
+    /// A command started once per session, speaking newline-delimited JSON on stdio.
+    Stdio {
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
+    /// A Streamable HTTP endpoint.
+    Streamable {
+        /// The MCP endpoint URL.
+        url: String,
+    },
+    /// A legacy HTTP+SSE server (2024-11-05): the URL of its SSE endpoint.
+    Sse {
+        /// The SSE endpoint URL.
+        url: String,
+    },
+}
+
+impl UpstreamSpec {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamSpec::Stdio { .. } => "stdio",
+            UpstreamSpec::Streamable { .. } => "streamable-http",
+            UpstreamSpec::Sse { .. } => "sse",
+        }
+    }
+}
+
+/// Where an upstream message came from, which tells the session where it belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// On the response stream of the request with this gateway id (Streamable HTTP only).
+    Request(u64),
+    /// On the standalone GET stream (Streamable HTTP).
+    Standalone,
+    /// On a channel that does not say (stdio, legacy SSE).
+    Unrelated,
+}
+
+/// Why an upstream connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuitReason {
+    /// The stdio child exited (with its status as text).
+    Exited(String),
+    /// The upstream forgot our session (404, or a 400 "no valid session").
+    SessionLost,
+    /// A stream we depended on ended or the connection failed.
+    Disconnected(String),
+    /// tether closed it (session closed, idle reap, shutdown).
+    Closed,
+}
+
+impl std::fmt::Display for QuitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuitReason::Exited(s) => write!(f, "exited ({s})"),
+            QuitReason::SessionLost => f.write_str("upstream session lost"),
+            QuitReason::Disconnected(s) => write!(f, "disconnected ({s})"),
+            QuitReason::Closed => f.write_str("closed"),
+        }
+    }
+}
+
+/// What an upstream reports to its session.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// A message from the server.
+    Message(Origin, Message),
+    /// The connection is gone; nothing more will come from it.
+    Closed(QuitReason),
+}
+
+/// Why a message could not be handed to the upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// Provably not delivered: the connection is down (safe to send again after a revive).
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream answered that it does not know our session: the message was not processed.
+    #[error("upstream session lost")]
+    SessionLost,
+    /// The upstream refused the message with an HTTP error and no JSON-RPC answer.
+    #[error("upstream answered HTTP {status}: {detail}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// A short description.
+        detail: String,
+    },
+}
+
+/// Why an upstream could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The stdio command could not be spawned.
+    #[error("cannot start `{command}`: {reason}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The HTTP/SSE upstream could not be reached or answered wrongly.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Tunables shared by every kind of upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// The largest message accepted from the upstream.
+    pub max_message: usize,
+    /// How long a stdio child gets to exit after its stdin is closed, before it is killed.
+    pub close_grace: Duration,
+    /// How long to wait for a connection or the legacy `endpoint` event.
+    pub connect_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            max_message: 16 << 20,
+            close_grace: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a connection needs to report back.
+pub struct ConnectContext {
+    /// The client session this connection serves (for log fields).
+    pub session_id: String,
+    /// Where to report messages and death.
+    pub events: mpsc::Sender<UpstreamEvent>,
+    /// Tunables.
+    pub options: UpstreamOptions,
+    /// Shared HTTP client.
+    pub http: reqwest::Client,
+}
+
+enum Kind {
+    Stdio(stdio::Handle),
+    Streamable(streamable::Handle),
+    Sse(sse::Handle),
+}
+
+/// A live connection to the upstream, cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    kind: Arc<Kind>,
+    generation: u64,
+}
+
+impl Upstream {
+    /// Opens a connection of the configured kind.
+    pub async fn connect(
+        spec: &UpstreamSpec,
+        generation: u64,
+        ctx: ConnectContext,
+    ) -> Result<Upstream, ConnectError> {
+        let kind = match spec {
+            UpstreamSpec::Stdio { command } => Kind::Stdio(stdio::Handle::spawn(command, ctx)?),
+            UpstreamSpec::Streamable { url } => Kind::Streamable(streamable::Handle::new(url, ctx)),
+            UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
+        };
+        Ok(Upstream {
+            kind: Arc::new(kind),
+            generation,
+        })
+    }
+
+    /// Which connection this is for the session; a revive makes a new generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Hands one message to the server. `gid` is the gateway id when the message is a request.
+    pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
+        match &*self.kind {
+            Kind::Stdio(h) => h.send(msg).await,
+            Kind::Streamable(h) => h.send(msg, gid).await,
+            Kind::Sse(h) => h.send(msg).await,
+        }
+    }
+
+    /// Tells the connection the negotiated protocol version (sent as `MCP-Protocol-Version`).
+    pub fn set_protocol_version(&self, version: &str) {
+        if let Kind::Streamable(h) = &*self.kind {
+            h.set_protocol_version(version);
+        }
+    }
+
+    /// Opens the upstream's standalone stream for server-initiated messages, where it has one.
+    pub fn open_standalone(&self) {
+        if let Kind::Streamable(h) = &*self.kind {
+            h.open_standalone();
+        }
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_alive(&self) -> bool {
+        match &*self.kind {
+            Kind::Stdio(h) => h.is_alive(),
+            Kind::Streamable(h) => h.is_alive(),
+            Kind::Sse(h) => h.is_alive(),
+        }
+    }
+
+    /// The child's process id, for a stdio upstream.
+    pub fn pid(&self) -> Option<u32> {
+        match &*self.kind {
+            Kind::Stdio(h) => Some(h.pid()),
+            _ => None,
+        }
+    }
+
+    /// Ends the connection: a child gets "close stdin, wait, kill the group"; an HTTP session
+    /// gets a DELETE.
+    pub async fn close(&self) {
+        match &*self.kind {
+            Kind::Stdio(h) => h.close().await,
+            Kind::Streamable(h) => h.close().await,
+            Kind::Sse(h) => h.close(),
+        }
+    }
+}
