@@ -129,8 +129,14 @@ impl Session {
                 r.upstream_init = result;
                 r.protocol_version.clone_from(&version);
             }
-            if let (Some(v), Some(up)) = (&version, self.current()) {
-                up.set_protocol_version(v);
+            if let Some(up) = self.current() {
+                if let Some(v) = &version {
+                    up.set_protocol_version(v);
+                }
+                // A legacy SSE client's one stream is open before the upstream session exists.
+                if self.has_standalone() {
+                    up.open_standalone();
+                }
             }
             self.store_handshake().await;
             info!(session_id = %self.id, protocol_version = ?version, "session initialized");
