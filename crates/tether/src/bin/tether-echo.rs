@@ -2,8 +2,8 @@
 //! can be run, tested and benchmarked with nothing but the Rust toolchain.
 //!
 //! Tools: `echo` (returns its `message`), `add` (`a` + `b`), `sleep` (waits `ms`, then answers;
-//! for in-flight tests) and `log` (sends a `notifications/message` at the client's level, then
-//! answers). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
+//! for in-flight tests), `log` (sends a `notifications/message` at the client's level, then
+//! answers) and `later` (answers, then logs outside any request). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
 //! `logging/setLevel`, `resources/subscribe`, `ping`.
 
 use std::io::{BufRead, BufWriter, Write};
@@ -98,6 +98,17 @@ fn main() {
                         });
                         continue;
                     }
+                    "later" => {
+                        // Answers now; sends a log message `ms` later, outside any request.
+                        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(100);
+                        let data = args.get("message").cloned().unwrap_or(json!("later"));
+                        let out = out.clone();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(std::time::Duration::from_millis(ms));
+                            out.send(&json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "logger": "tether-echo", "data": data}}));
+                        });
+                        Ok(text(format!("will log in {ms} ms")))
+                    }
                     "log" => {
                         let level = lock(&state).level.clone();
                         let data = args.get("message").cloned().unwrap_or(json!("log"));
@@ -182,6 +193,7 @@ fn tools() -> Value {
         {"name": "sleep", "description": "Waits ms milliseconds, then answers.", "inputSchema": obj(json!({"ms": {"type": "integer"}}), &[]),
          "annotations": {"idempotentHint": true}},
         {"name": "log", "description": "Sends a log message, then answers.", "inputSchema": obj(json!({"message": {"type": "string"}}), &[])},
+        {"name": "later", "description": "Answers now; logs `message` after `ms` milliseconds.", "inputSchema": obj(json!({"ms": {"type": "integer"}, "message": {"type": "string"}}), &[])},
         {"name": "bump", "description": "Increments echo://counter (not idempotent).", "inputSchema": obj(json!({}), &[])}
     ])
 }
