@@ -129,8 +129,7 @@ fn null() -> Box<RawValue> {
 impl Message {
     /// Parses one message from a body or a line.
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-        let top: Top =
-            serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+        let top: Top = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
         let members = match top {
             Top::Object(m) => m,
             Top::Array => return Err(ParseError::Batch),
@@ -167,16 +166,10 @@ impl Message {
             (None, Some(_)) if get("result").is_some() => Kind::Response,
             (None, Some(_)) if get("error").is_some() => Kind::Error,
             (None, _) => {
-                return Err(ParseError::Invalid(
-                    "no \"method\", \"result\" or \"error\"",
-                ));
+                return Err(ParseError::Invalid("no \"method\", \"result\" or \"error\""));
             }
         };
-        Ok(Message {
-            members,
-            kind,
-            method,
-        })
+        Ok(Message { members, kind, method })
     }
 
     /// A request with a numeric id.
@@ -189,27 +182,17 @@ impl Message {
         if let Some(p) = params {
             members.push(("params".to_owned(), p.to_owned()));
         }
-        Message {
-            members,
-            kind: Kind::Request,
-            method: Some(method.to_owned()),
-        }
+        Message { members, kind: Kind::Request, method: Some(method.to_owned()) }
     }
 
     /// A notification.
     pub fn notification(method: &str, params: Option<&RawValue>) -> Message {
-        let mut members = vec![
-            ("jsonrpc".to_owned(), raw("\"2.0\"".to_owned())),
-            ("method".to_owned(), raw(json_string(method))),
-        ];
+        let mut members =
+            vec![("jsonrpc".to_owned(), raw("\"2.0\"".to_owned())), ("method".to_owned(), raw(json_string(method)))];
         if let Some(p) = params {
             members.push(("params".to_owned(), p.to_owned()));
         }
-        Message {
-            members,
-            kind: Kind::Notification,
-            method: Some(method.to_owned()),
-        }
+        Message { members, kind: Kind::Notification, method: Some(method.to_owned()) }
     }
 
     /// A successful response to `id`.
@@ -226,12 +209,7 @@ impl Message {
     }
 
     /// An error response; `id` is `None` when the request's id could not be read.
-    pub fn error(
-        id: Option<&RawValue>,
-        code: i64,
-        message: &str,
-        data: Option<serde_json::Value>,
-    ) -> Message {
+    pub fn error(id: Option<&RawValue>, code: i64, message: &str, data: Option<serde_json::Value>) -> Message {
         let mut err = serde_json::json!({ "code": code, "message": message });
         if let Some(d) = data {
             err["data"] = d;
@@ -239,10 +217,7 @@ impl Message {
         Message {
             members: vec![
                 ("jsonrpc".to_owned(), raw("\"2.0\"".to_owned())),
-                (
-                    "id".to_owned(),
-                    id.map(|i| i.to_owned()).unwrap_or_else(null),
-                ),
+                ("id".to_owned(), id.map(|i| i.to_owned()).unwrap_or_else(null)),
                 ("error".to_owned(), raw(err.to_string())),
             ],
             kind: Kind::Error,
@@ -251,10 +226,7 @@ impl Message {
     }
 
     fn member(&self, name: &str) -> Option<&RawValue> {
-        self.members
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| &**v)
+        self.members.iter().find(|(n, _)| n == name).map(|(_, v)| &**v)
     }
 
     /// The kind of message.
@@ -315,20 +287,14 @@ impl Message {
 
     /// The message as compact JSON bytes (payloads exactly as received).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let len: usize = self
-            .members
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
+        let len: usize = self.members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
         let mut out = Vec::with_capacity(len + 2);
         out.push(b'{');
         for (i, (k, v)) in self.members.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            if k.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
+            if k.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
                 out.push(b'"');
                 out.extend_from_slice(k.as_bytes());
                 out.push(b'"');
@@ -370,22 +336,10 @@ mod tests {
     #[test]
     fn kinds_are_classified() {
         let m = |s: &str| Message::parse(s.as_bytes()).map(|m| m.kind());
-        assert_eq!(
-            m(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
-            Ok(Kind::Request)
-        );
-        assert_eq!(
-            m(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-            Ok(Kind::Notification)
-        );
-        assert_eq!(
-            m(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
-            Ok(Kind::Response)
-        );
-        assert_eq!(
-            m(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"x"}}"#),
-            Ok(Kind::Error)
-        );
+        assert_eq!(m(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Ok(Kind::Request));
+        assert_eq!(m(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), Ok(Kind::Notification));
+        assert_eq!(m(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), Ok(Kind::Response));
+        assert_eq!(m(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"x"}}"#), Ok(Kind::Error));
     }
 
     #[test]
@@ -393,32 +347,14 @@ mod tests {
         let e = |s: &str| Message::parse(s.as_bytes()).err().map(|e| e.code());
         assert_eq!(e("{"), Some(error_code::PARSE_ERROR));
         assert_eq!(e("not json"), Some(error_code::PARSE_ERROR));
-        assert_eq!(
-            e(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#),
-            Some(error_code::INVALID_REQUEST)
-        );
+        assert_eq!(e(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), Some(error_code::INVALID_REQUEST));
         assert_eq!(Message::parse(b"[]").err(), Some(ParseError::Batch));
         assert_eq!(e("42"), Some(error_code::INVALID_REQUEST));
-        assert_eq!(
-            e(r#"{"id":1,"method":"ping"}"#),
-            Some(error_code::INVALID_REQUEST)
-        );
-        assert_eq!(
-            e(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#),
-            Some(error_code::INVALID_REQUEST)
-        );
-        assert_eq!(
-            e(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#),
-            Some(error_code::INVALID_REQUEST)
-        );
-        assert_eq!(
-            e(r#"{"jsonrpc":"2.0","id":1,"method":7}"#),
-            Some(error_code::INVALID_REQUEST)
-        );
-        assert_eq!(
-            e(r#"{"jsonrpc":"2.0","id":1}"#),
-            Some(error_code::INVALID_REQUEST)
-        );
+        assert_eq!(e(r#"{"id":1,"method":"ping"}"#), Some(error_code::INVALID_REQUEST));
+        assert_eq!(e(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), Some(error_code::INVALID_REQUEST));
+        assert_eq!(e(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#), Some(error_code::INVALID_REQUEST));
+        assert_eq!(e(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), Some(error_code::INVALID_REQUEST));
+        assert_eq!(e(r#"{"jsonrpc":"2.0","id":1}"#), Some(error_code::INVALID_REQUEST));
     }
 
     #[test]
@@ -429,10 +365,7 @@ mod tests {
         m.set_id(numeric_id(7));
         let out = String::from_utf8(m.to_bytes()).expect("utf8");
         assert_eq!(out, body.replace(r#""c-1""#, "7"));
-        assert_eq!(
-            Message::parse(out.as_bytes()).expect("valid").numeric_id(),
-            Some(7)
-        );
+        assert_eq!(Message::parse(out.as_bytes()).expect("valid").numeric_id(), Some(7));
     }
 
     #[test]
@@ -441,16 +374,8 @@ mod tests {
         let r = Message::request(3, "logging/setLevel", Some(&params));
         let back = Message::parse(&r.to_bytes()).expect("valid");
         assert_eq!(back.kind(), Kind::Request);
-        assert_eq!(
-            back.params().map(RawValue::get),
-            Some(r#"{"level":"debug"}"#)
-        );
-        let e = Message::error(
-            None,
-            -32600,
-            "bad \"thing\"",
-            Some(serde_json::json!({"reason": "x"})),
-        );
+        assert_eq!(back.params().map(RawValue::get), Some(r#"{"level":"debug"}"#));
+        let e = Message::error(None, -32600, "bad \"thing\"", Some(serde_json::json!({"reason": "x"})));
         let v: serde_json::Value = serde_json::from_slice(&e.to_bytes()).expect("json");
         assert_eq!(v["id"], serde_json::Value::Null);
         assert_eq!(v["error"]["message"], "bad \"thing\"");

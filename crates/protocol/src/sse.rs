@@ -39,11 +39,7 @@ pub fn encode(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, data: &[
             Some(i) => {
                 out.extend_from_slice(&rest[..i]);
                 out.push(b'\n');
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
                 rest = &rest[i + skip..];
             }
             None => {
@@ -194,10 +190,7 @@ mod tests {
 
     fn decode_all(input: &[u8], chunk: usize) -> Vec<Event> {
         let mut d = Decoder::new(1 << 20);
-        input
-            .chunks(chunk)
-            .flat_map(|c| d.feed(c).expect("fits"))
-            .collect()
+        input.chunks(chunk).flat_map(|c| d.feed(c).expect("fits")).collect()
     }
 
     #[test]
@@ -211,14 +204,7 @@ mod tests {
         for chunk in [1, 2, 3, 7, out.len()] {
             let evs = decode_all(&out, chunk);
             assert_eq!(evs.len(), 4, "chunk {chunk}");
-            assert_eq!(
-                evs[0],
-                Event {
-                    id: Some("s1-0".into()),
-                    retry: Some(3000),
-                    ..Event::default()
-                }
-            );
+            assert_eq!(evs[0], Event { id: Some("s1-0".into()), retry: Some(3000), ..Event::default() });
             assert_eq!(evs[1].data, r#"{"a":1}"#);
             assert_eq!(evs[1].id.as_deref(), Some("s1-1"));
             assert_eq!(evs[2].event.as_deref(), Some("endpoint"));
@@ -238,9 +224,6 @@ mod tests {
     #[test]
     fn oversized_events_are_refused() {
         let mut d = Decoder::new(16);
-        assert_eq!(
-            d.feed(b"data: 0123456789abcdefghij"),
-            Err(DecodeError::TooLarge(16))
-        );
+        assert_eq!(d.feed(b"data: 0123456789abcdefghij"), Err(DecodeError::TooLarge(16)));
     }
 }

@@ -40,20 +40,12 @@ impl Gateway {
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        let manager = Manager::new(Deps {
-            spec: config.upstream.clone(),
-            store,
-            http,
-            config: config.session.clone(),
-        });
+        let manager = Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone() });
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
         manager.spawn_background(stop.clone());
-        let state = AppState {
-            manager: manager.clone(),
-            front: Arc::new(config.front.clone()),
-            shutdown: streams_end.clone(),
-        };
+        let state =
+            AppState { manager: manager.clone(), front: Arc::new(config.front.clone()), shutdown: streams_end.clone() };
         let router = downstream::router(state);
         info!(
             listen = %addr,
@@ -86,12 +78,7 @@ impl Gateway {
             manager2.shutdown().await;
             info!("tether stopped");
         });
-        Ok(Gateway {
-            addr,
-            manager,
-            stop,
-            done,
-        })
+        Ok(Gateway { addr, manager, stop, done })
     }
 
     /// Runs the shutdown sequence and waits for it.
@@ -102,11 +89,7 @@ impl Gateway {
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gw = Gateway::start(config, listener).await?;
     shutdown.await;
     info!("shutting down");

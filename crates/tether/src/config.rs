@@ -28,28 +28,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_UPSTREAM", value_name = "URL", conflicts_with_all = ["upstream_sse", "command"])]
     pub upstream: Option<String>,
     /// A legacy HTTP+SSE upstream (its SSE endpoint URL)
-    #[arg(
-        long,
-        env = "TETHER_UPSTREAM_SSE",
-        value_name = "URL",
-        conflicts_with = "command"
-    )]
+    #[arg(long, env = "TETHER_UPSTREAM_SSE", value_name = "URL", conflicts_with = "command")]
     pub upstream_sse: Option<String>,
     /// Extra allowed Origin (repeatable; localhost origins are always allowed; `*` allows any)
-    #[arg(
-        long = "allow-origin",
-        env = "TETHER_ALLOW_ORIGIN",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-origin", env = "TETHER_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
     /// Extra allowed Host name (repeatable; checked on loopback listeners and when set)
-    #[arg(
-        long = "allow-host",
-        env = "TETHER_ALLOW_HOST",
-        value_name = "HOST",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-host", env = "TETHER_ALLOW_HOST", value_name = "HOST", value_delimiter = ',')]
     pub allow_host: Vec<String>,
     /// Idle time after which a client session expires [default: 24h]
     #[arg(long, env = "TETHER_SESSION_TTL", value_name = "DURATION")]
@@ -170,31 +155,21 @@ impl Config {
             None => (FileConfig::default(), String::new()),
         };
         let src = |flag_set: bool| {
-            if flag_set {
-                "flag or environment".to_owned()
-            } else {
-                file_name.clone()
-            }
+            if flag_set { "flag or environment".to_owned() } else { file_name.clone() }
         };
         macro_rules! pick {
             ($field:ident) => {
-                (
-                    args.$field.is_some(),
-                    args.$field.clone().or(file.$field.clone()),
-                )
+                (args.$field.is_some(), args.$field.clone().or(file.$field.clone()))
             };
         }
 
         let (set, listen) = pick!(listen);
         let listen_text = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr =
-            listen_text
-                .parse()
-                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-                    key: "listen",
-                    source_name: src(set),
-                    reason: format!("{listen_text:?}: {e}"),
-                })?;
+        let listen: SocketAddr = listen_text.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            key: "listen",
+            source_name: src(set),
+            reason: format!("{listen_text:?}: {e}"),
+        })?;
 
         let (set, store) = pick!(store);
         let store = match store.as_deref().unwrap_or("memory") {
@@ -208,44 +183,28 @@ impl Config {
             }
         };
 
-        let command = if args.command.is_empty() {
-            file.command.clone().unwrap_or_default()
-        } else {
-            args.command.clone()
-        };
+        let command =
+            if args.command.is_empty() { file.command.clone().unwrap_or_default() } else { args.command.clone() };
         let (_, http) = pick!(upstream);
         let (_, sse) = pick!(upstream_sse);
         let upstream = match (http, sse, command.is_empty()) {
-            (Some(url), None, true) => UpstreamSpec::Streamable {
-                url: check_url("upstream", &url)?,
-            },
-            (None, Some(url), true) => UpstreamSpec::Sse {
-                url: check_url("upstream_sse", &url)?,
-            },
+            (Some(url), None, true) => UpstreamSpec::Streamable { url: check_url("upstream", &url)? },
+            (None, Some(url), true) => UpstreamSpec::Sse { url: check_url("upstream_sse", &url)? },
             (None, None, false) => UpstreamSpec::Stdio { command },
             (None, None, true) => return Err(ConfigError::NoUpstream),
             _ => return Err(ConfigError::TwoUpstreams),
         };
 
-        let duration =
-            |key: &'static str, flag: &Option<String>, file_v: &Option<String>, default: &str| {
-                let text = flag
-                    .clone()
-                    .or(file_v.clone())
-                    .unwrap_or_else(|| default.to_owned());
-                humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
-                    key,
-                    source_name: src(flag.is_some()),
-                    reason: format!("{text:?}: {e} (use e.g. 30s, 10m, 24h)"),
-                })
-            };
+        let duration = |key: &'static str, flag: &Option<String>, file_v: &Option<String>, default: &str| {
+            let text = flag.clone().or(file_v.clone()).unwrap_or_else(|| default.to_owned());
+            humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
+                key,
+                source_name: src(flag.is_some()),
+                reason: format!("{text:?}: {e} (use e.g. 30s, 10m, 24h)"),
+            })
+        };
         let ttl = duration("session_ttl", &args.session_ttl, &file.session_ttl, "24h")?;
-        let request_timeout = duration(
-            "request_timeout",
-            &args.request_timeout,
-            &file.request_timeout,
-            "5m",
-        )?;
+        let request_timeout = duration("request_timeout", &args.request_timeout, &file.request_timeout, "5m")?;
         let keepalive = duration("keepalive", &args.keepalive, &file.keepalive, "15s")?;
         for (key, d, flag) in [
             ("session_ttl", ttl, &args.session_ttl),
@@ -292,11 +251,7 @@ impl Config {
                 });
             }
         };
-        let log_level = args
-            .log_level
-            .clone()
-            .or(file.log_level.clone())
-            .unwrap_or_else(|| "info".into());
+        let log_level = args.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into());
 
         Ok(Config {
             listen,
@@ -318,14 +273,9 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })
 }
 
 fn check_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
@@ -350,10 +300,7 @@ mod tests {
     use std::time::Duration;
 
     fn args(cmd: &[&str]) -> ServeArgs {
-        ServeArgs {
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            ..ServeArgs::default()
-        }
+        ServeArgs { command: cmd.iter().map(|s| s.to_string()).collect(), ..ServeArgs::default() }
     }
 
     #[test]
@@ -364,12 +311,7 @@ mod tests {
         assert_eq!(c.front.max_body, 4 << 20);
         assert_eq!(c.session.ttl, Duration::from_secs(86400));
         assert_eq!(c.session.keepalive, Duration::from_secs(15));
-        assert_eq!(
-            c.upstream,
-            UpstreamSpec::Stdio {
-                command: vec!["server".into()]
-            }
-        );
+        assert_eq!(c.upstream, UpstreamSpec::Stdio { command: vec!["server".into()] });
     }
 
     #[test]
@@ -380,27 +322,13 @@ mod tests {
         assert!(e.contains("`session_ttl`"), "{e}");
         let mut a = args(&["x"]);
         a.listen = Some("nope".into());
-        assert!(
-            Config::load(&a)
-                .expect_err("invalid")
-                .to_string()
-                .contains("`listen`")
-        );
-        assert!(matches!(
-            Config::load(&args(&[])),
-            Err(ConfigError::NoUpstream)
-        ));
+        assert!(Config::load(&a).expect_err("invalid").to_string().contains("`listen`"));
+        assert!(matches!(Config::load(&args(&[])), Err(ConfigError::NoUpstream)));
         let mut a = args(&["x"]);
         a.upstream = Some("http://127.0.0.1:1/mcp".into());
         assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
-        let mut a = ServeArgs::default();
-        a.upstream = Some("ftp://x".into());
-        assert!(
-            Config::load(&a)
-                .expect_err("invalid")
-                .to_string()
-                .contains("`upstream`")
-        );
+        let a = ServeArgs { upstream: Some("ftp://x".into()), ..ServeArgs::default() };
+        assert!(Config::load(&a).expect_err("invalid").to_string().contains("`upstream`"));
     }
 
     #[test]
@@ -408,26 +336,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tether-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
         let path = dir.join("tether.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nupstream = \"http://127.0.0.1:3001/mcp\"\nsession_ttl = \"2h\"\n").expect("write");
-        let mut a = ServeArgs {
-            config: Some(path.clone()),
-            ..ServeArgs::default()
-        };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nupstream = \"http://127.0.0.1:3001/mcp\"\nsession_ttl = \"2h\"\n",
+        )
+        .expect("write");
+        let mut a = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
         a.session_ttl = Some("1h".into());
         let c = Config::load(&a).expect("valid");
         assert_eq!(c.listen.port(), 9000);
-        assert_eq!(
-            c.session.ttl,
-            Duration::from_secs(3600),
-            "the flag wins over the file"
-        );
+        assert_eq!(c.session.ttl, Duration::from_secs(3600), "the flag wins over the file");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbogus = 1\n").expect("write");
-        let e = Config::load(&ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        })
-        .expect_err("unknown key")
-        .to_string();
+        let e = Config::load(&ServeArgs { config: Some(path), ..ServeArgs::default() })
+            .expect_err("unknown key")
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 }

@@ -53,9 +53,7 @@ pub enum GatewayError {
     #[error("Unsupported protocol version: {0}")]
     UnsupportedVersion(String),
     /// A 2026-07-28 request: tether answers so that the client falls back to the handshake.
-    #[error(
-        "Unsupported protocol version {requested}: this endpoint serves the initialize handshake"
-    )]
+    #[error("Unsupported protocol version {requested}: this endpoint serves the initialize handshake")]
     ModernNotServed {
         /// The revision the client asked for.
         requested: String,
@@ -78,17 +76,13 @@ pub enum GatewayError {
         detail: String,
     },
     /// The upstream went away while the request was in flight; it may or may not have run.
-    #[error(
-        "the upstream server restarted while this request was in flight; it may or may not have run"
-    )]
+    #[error("the upstream server restarted while this request was in flight; it may or may not have run")]
     UpstreamRestarted(String),
     /// The upstream did not answer in time.
     #[error("the upstream server did not answer within {0} s")]
     UpstreamTimeout(u64),
     /// After a revive the upstream negotiated another protocol version.
-    #[error(
-        "the upstream now speaks protocol {now}, but this session negotiated {was}; start a new session"
-    )]
+    #[error("the upstream now speaks protocol {now}, but this session negotiated {was}; start a new session")]
     VersionChanged {
         /// The session's version.
         was: String,
@@ -123,51 +117,24 @@ impl GatewayError {
     /// The one mapping from an error to HTTP status, JSON-RPC code and data.
     pub fn wire(&self) -> Wire {
         use GatewayError as E;
-        let w = |status, code, data, fault| Wire {
-            status,
-            code,
-            data,
-            fault,
-        };
+        let w = |status, code, data, fault| Wire { status, code, data, fault };
         let reason = |r: &str| Some(json!({ "reason": r }));
         match self {
             E::Parse(e) => w(StatusCode::BAD_REQUEST, e.code(), None, Fault::Downstream),
-            E::PayloadTooLarge { .. } => w(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
-            E::UnsupportedMediaType => w(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
-            E::NotAcceptable(_) => w(
-                StatusCode::NOT_ACCEPTABLE,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
-            E::ForbiddenOrigin(_) | E::ForbiddenHost(_) => w(
-                StatusCode::FORBIDDEN,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
-            E::MissingSessionId | E::MissingSessionQuery => w(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
-            E::SessionNotFound => w(
-                StatusCode::NOT_FOUND,
-                code::SESSION_NOT_FOUND,
-                None,
-                Fault::Downstream,
-            ),
+            E::PayloadTooLarge { .. } => {
+                w(StatusCode::PAYLOAD_TOO_LARGE, code::INVALID_REQUEST, None, Fault::Downstream)
+            }
+            E::UnsupportedMediaType => {
+                w(StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_REQUEST, None, Fault::Downstream)
+            }
+            E::NotAcceptable(_) => w(StatusCode::NOT_ACCEPTABLE, code::INVALID_REQUEST, None, Fault::Downstream),
+            E::ForbiddenOrigin(_) | E::ForbiddenHost(_) => {
+                w(StatusCode::FORBIDDEN, code::INVALID_REQUEST, None, Fault::Downstream)
+            }
+            E::MissingSessionId | E::MissingSessionQuery => {
+                w(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, None, Fault::Downstream)
+            }
+            E::SessionNotFound => w(StatusCode::NOT_FOUND, code::SESSION_NOT_FOUND, None, Fault::Downstream),
             E::UnsupportedVersion(v) => w(
                 StatusCode::BAD_REQUEST,
                 code::INVALID_REQUEST,
@@ -180,12 +147,7 @@ impl GatewayError {
                 Some(json!({ "supported": version::HANDSHAKE_VERSIONS, "requested": requested })),
                 Fault::Downstream,
             ),
-            E::MethodNotAllowed => w(
-                StatusCode::METHOD_NOT_ALLOWED,
-                code::INVALID_REQUEST,
-                None,
-                Fault::Downstream,
-            ),
+            E::MethodNotAllowed => w(StatusCode::METHOD_NOT_ALLOWED, code::INVALID_REQUEST, None, Fault::Downstream),
             E::UpstreamUnavailable(d) => w(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
@@ -204,36 +166,27 @@ impl GatewayError {
                 Some(json!({ "reason": "upstream_restarted", "detail": d })),
                 Fault::Upstream,
             ),
-            E::UpstreamTimeout(_) => w(
-                StatusCode::OK,
-                code::UPSTREAM_TIMEOUT,
-                reason("upstream_timeout"),
-                Fault::Upstream,
-            ),
+            E::UpstreamTimeout(_) => {
+                w(StatusCode::OK, code::UPSTREAM_TIMEOUT, reason("upstream_timeout"), Fault::Upstream)
+            }
             E::VersionChanged { was, now } => w(
                 StatusCode::OK,
                 code::UPSTREAM_UNAVAILABLE,
                 Some(json!({ "reason": "protocol_version_changed", "was": was, "now": now })),
                 Fault::Upstream,
             ),
-            E::ShuttingDown => w(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::GATEWAY_UNAVAILABLE,
-                reason("shutting_down"),
-                Fault::Internal,
-            ),
+            E::ShuttingDown => {
+                w(StatusCode::SERVICE_UNAVAILABLE, code::GATEWAY_UNAVAILABLE, reason("shutting_down"), Fault::Internal)
+            }
             E::TooManySessions(_) => w(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::GATEWAY_UNAVAILABLE,
                 reason("too_many_sessions"),
                 Fault::Internal,
             ),
-            E::Store(_) => w(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::INTERNAL_ERROR,
-                reason("store_unavailable"),
-                Fault::Internal,
-            ),
+            E::Store(_) => {
+                w(StatusCode::SERVICE_UNAVAILABLE, code::INTERNAL_ERROR, reason("store_unavailable"), Fault::Internal)
+            }
         }
     }
 

@@ -10,11 +10,7 @@ use tether::config::{Config, ServeArgs};
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "tether",
-    version,
-    about = "The reliability layer for MCP sessions"
-)]
+#[command(name = "tether", version, about = "The reliability layer for MCP sessions")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,11 +31,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return if usage {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if usage { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
         }
     };
     match cli.command {
@@ -71,10 +63,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     tether::telemetry::init(&config.log_level, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tether: cannot start the runtime: {e}");
@@ -99,10 +88,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -3,17 +3,13 @@
 
 mod harness;
 
-use harness::{
-    Client, Front, JSON_POST, config, echo_gateway, init_params, raw_post, start, within,
-};
+use harness::{Client, Front, JSON_POST, config, echo_gateway, init_params, raw_post, start, within};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tether::upstream::UpstreamSpec;
 
 fn code(v: &Value) -> i64 {
-    v["error"]["code"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no JSON-RPC error in {v}"))
+    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("no JSON-RPC error in {v}"))
 }
 
 fn initialize_body() -> String {
@@ -43,11 +39,7 @@ async fn a_batch_is_400_invalid_request() {
 #[tokio::test]
 async fn not_a_jsonrpc_message_is_400_invalid_request() {
     let gw = echo_gateway().await;
-    for body in [
-        r#"{"id":1,"method":"ping"}"#,
-        r#""text""#,
-        r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
-    ] {
+    for body in [r#"{"id":1,"method":"ping"}"#, r#""text""#, r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#] {
         let (status, v) = raw_post(&gw, &JSON_POST, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(code(&v), -32600, "{body}");
@@ -57,14 +49,10 @@ async fn not_a_jsonrpc_message_is_400_invalid_request() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let mut c = config(UpstreamSpec::Stdio {
-        command: harness::echo_command(),
-    });
+    let mut c = config(UpstreamSpec::Stdio { command: harness::echo_command() });
     c.front.max_body = 1024;
     let gw = start(c).await;
-    let big =
-        json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(4096)}})
-            .to_string();
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(4096)}}).to_string();
     let (status, v) = raw_post(&gw, &JSON_POST, big.clone()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(code(&v), -32600);
@@ -89,10 +77,7 @@ async fn wrong_content_type_is_415() {
     let gw = echo_gateway().await;
     let (status, v) = raw_post(
         &gw,
-        &[
-            ("content-type", "text/plain"),
-            ("accept", "application/json, text/event-stream"),
-        ],
+        &[("content-type", "text/plain"), ("accept", "application/json, text/event-stream")],
         initialize_body(),
     )
     .await;
@@ -109,20 +94,9 @@ async fn missing_or_useless_accept_is_406() {
         "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    assert_eq!(
-        harness::raw_http(&gw, &request).await,
-        406,
-        "no Accept header at all"
-    );
-    let (status, _) = raw_post(
-        &gw,
-        &[
-            ("content-type", "application/json"),
-            ("accept", "text/html"),
-        ],
-        initialize_body(),
-    )
-    .await;
+    assert_eq!(harness::raw_http(&gw, &request).await, 406, "no Accept header at all");
+    let (status, _) =
+        raw_post(&gw, &[("content-type", "application/json"), ("accept", "text/html")], initialize_body()).await;
     assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
     gw.shutdown().await;
 }
@@ -130,12 +104,7 @@ async fn missing_or_useless_accept_is_406() {
 #[tokio::test]
 async fn missing_session_id_is_400() {
     let gw = echo_gateway().await;
-    let (status, v) = raw_post(
-        &gw,
-        &JSON_POST,
-        r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
-    )
-    .await;
+    let (status, v) = raw_post(&gw, &JSON_POST, r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(code(&v), -32600);
     assert_eq!(v["id"], json!(7), "the error echoes the request id");
@@ -147,12 +116,7 @@ async fn unknown_session_is_404_with_a_jsonrpc_error() {
     let gw = echo_gateway().await;
     for sid in ["0123456789abcdef0123456789abcdef", "not-even-hex"] {
         let headers = [JSON_POST[0], JSON_POST[1], ("mcp-session-id", sid)];
-        let (status, v) = raw_post(
-            &gw,
-            &headers,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-        )
-        .await;
+        let (status, v) = raw_post(&gw, &headers, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{sid}");
         assert_eq!(code(&v), -32001);
         assert_eq!(v["error"]["message"], "Session not found");
@@ -185,14 +149,8 @@ async fn a_closed_session_is_404_everywhere() {
 
 #[tokio::test]
 async fn an_upstream_that_cannot_start_is_503_and_leaves_no_session() {
-    for command in [
-        vec!["/nonexistent/mcp-server".to_owned()],
-        vec!["false".to_owned()],
-    ] {
-        let gw = start(config(UpstreamSpec::Stdio {
-            command: command.clone(),
-        }))
-        .await;
+    for command in [vec!["/nonexistent/mcp-server".to_owned()], vec!["false".to_owned()]] {
+        let gw = start(config(UpstreamSpec::Stdio { command: command.clone() })).await;
         let (status, v) = raw_post(&gw, &JSON_POST, initialize_body()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{command:?}: {v}");
         assert_eq!(code(&v), -32010);
@@ -206,18 +164,10 @@ async fn an_upstream_that_cannot_start_is_503_and_leaves_no_session() {
 #[tokio::test]
 async fn an_unreachable_http_upstream_is_503() {
     // A port nothing listens on: bind, learn the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     for spec in [
-        UpstreamSpec::Streamable {
-            url: format!("http://127.0.0.1:{port}/mcp"),
-        },
-        UpstreamSpec::Sse {
-            url: format!("http://127.0.0.1:{port}/sse"),
-        },
+        UpstreamSpec::Streamable { url: format!("http://127.0.0.1:{port}/mcp") },
+        UpstreamSpec::Sse { url: format!("http://127.0.0.1:{port}/sse") },
     ] {
         let gw = start(config(spec.clone())).await;
         let (status, v) = raw_post(&gw, &JSON_POST, initialize_body()).await;
@@ -230,19 +180,11 @@ async fn an_unreachable_http_upstream_is_503() {
 #[tokio::test]
 async fn a_foreign_origin_is_403_and_localhost_is_allowed() {
     let gw = echo_gateway().await;
-    let evil = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("origin", "http://evil.example.com"),
-    ];
+    let evil = [JSON_POST[0], JSON_POST[1], ("origin", "http://evil.example.com")];
     let (status, v) = raw_post(&gw, &evil, initialize_body()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(code(&v), -32600);
-    let local = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("origin", "http://localhost:5173"),
-    ];
+    let local = [JSON_POST[0], JSON_POST[1], ("origin", "http://localhost:5173")];
     let (status, _) = raw_post(&gw, &local, initialize_body()).await;
     assert_eq!(status, StatusCode::OK);
     gw.shutdown().await;
@@ -250,29 +192,13 @@ async fn a_foreign_origin_is_403_and_localhost_is_allowed() {
 
 #[tokio::test]
 async fn allowed_origins_are_configurable() {
-    let mut c = config(UpstreamSpec::Stdio {
-        command: harness::echo_command(),
-    });
+    let mut c = config(UpstreamSpec::Stdio { command: harness::echo_command() });
     c.front.allowed_origins = vec!["https://app.example.com".into()];
     let gw = start(c).await;
-    let ok = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("origin", "https://app.example.com"),
-    ];
-    assert_eq!(
-        raw_post(&gw, &ok, initialize_body()).await.0,
-        StatusCode::OK
-    );
-    let other = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("origin", "https://other.example.com"),
-    ];
-    assert_eq!(
-        raw_post(&gw, &other, initialize_body()).await.0,
-        StatusCode::FORBIDDEN
-    );
+    let ok = [JSON_POST[0], JSON_POST[1], ("origin", "https://app.example.com")];
+    assert_eq!(raw_post(&gw, &ok, initialize_body()).await.0, StatusCode::OK);
+    let other = [JSON_POST[0], JSON_POST[1], ("origin", "https://other.example.com")];
+    assert_eq!(raw_post(&gw, &other, initialize_body()).await.0, StatusCode::FORBIDDEN);
     gw.shutdown().await;
 }
 
@@ -296,31 +222,12 @@ async fn an_unsupported_protocol_version_header_is_400() {
         ("mcp-session-id", c.session.as_deref().expect("sid")),
         ("mcp-protocol-version", "1999-01-01"),
     ];
-    let (status, v) = raw_post(
-        &gw,
-        &headers,
-        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
-    )
-    .await;
+    let (status, v) = raw_post(&gw, &headers, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["data"]["requested"], "1999-01-01");
     // An older handshake revision than negotiated is fine (clients send 2025-03-26 by default).
-    let ok = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("mcp-session-id", headers[2].1),
-        ("mcp-protocol-version", "2025-03-26"),
-    ];
-    assert_eq!(
-        raw_post(
-            &gw,
-            &ok,
-            r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
+    let ok = [JSON_POST[0], JSON_POST[1], ("mcp-session-id", headers[2].1), ("mcp-protocol-version", "2025-03-26")];
+    assert_eq!(raw_post(&gw, &ok, r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#).await.0, StatusCode::OK);
     gw.shutdown().await;
 }
 
@@ -331,26 +238,15 @@ async fn a_2026_discover_probe_is_told_to_use_the_handshake() {
         "jsonrpc": "2.0", "id": 1, "method": "server/discover",
         "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}
     });
-    let headers = [
-        JSON_POST[0],
-        JSON_POST[1],
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "server/discover"),
-    ];
+    let headers =
+        [JSON_POST[0], JSON_POST[1], ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "server/discover")];
     let (status, v) = raw_post(&gw, &headers, probe.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(code(&v), -32022);
     assert_eq!(v["id"], json!(1));
-    let supported: Vec<&str> = v["error"]["data"]["supported"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(
-        supported.contains(&"2025-11-25") && !supported.contains(&"2026-07-28"),
-        "{supported:?}"
-    );
+    let supported: Vec<&str> =
+        v["error"]["data"]["supported"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+    assert!(supported.contains(&"2025-11-25") && !supported.contains(&"2026-07-28"), "{supported:?}");
     assert_eq!(gw.manager.live_count(), 0);
     gw.shutdown().await;
 }
@@ -358,13 +254,7 @@ async fn a_2026_discover_probe_is_told_to_use_the_handshake() {
 #[tokio::test]
 async fn other_http_methods_are_405() {
     let gw = echo_gateway().await;
-    let resp = within(
-        reqwest::Client::new()
-            .put(format!("http://{}/mcp", gw.addr))
-            .send(),
-    )
-    .await
-    .expect("PUT");
+    let resp = within(reqwest::Client::new().put(format!("http://{}/mcp", gw.addr)).send()).await.expect("PUT");
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(resp.headers().contains_key("allow"));
     gw.shutdown().await;
@@ -375,18 +265,11 @@ async fn get_without_event_stream_accept_is_406_and_without_session_is_400() {
     let gw = echo_gateway().await;
     let http = reqwest::Client::new();
     let url = format!("http://{}/mcp", gw.addr);
-    let r = within(
-        http.get(&url)
-            .header("accept", "application/json")
-            .header("mcp-session-id", "x")
-            .send(),
-    )
-    .await
-    .expect("GET");
-    assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
-    let r = within(http.get(&url).header("accept", "text/event-stream").send())
+    let r = within(http.get(&url).header("accept", "application/json").header("mcp-session-id", "x").send())
         .await
         .expect("GET");
+    assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
+    let r = within(http.get(&url).header("accept", "text/event-stream").send()).await.expect("GET");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = within(http.delete(&url).send()).await.expect("DELETE");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -400,31 +283,16 @@ async fn legacy_posts_need_a_known_session() {
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     for path in ["/messages/", "/messages", "/message"] {
         let r = within(
-            http.post(format!("http://{}{path}", gw.addr))
-                .header("content-type", "application/json")
-                .body(body)
-                .send(),
+            http.post(format!("http://{}{path}", gw.addr)).header("content-type", "application/json").body(body).send(),
         )
         .await
         .expect("POST");
-        assert_eq!(
-            r.status(),
-            StatusCode::BAD_REQUEST,
-            "{path} without session"
-        );
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path} without session");
         for q in ["session_id", "sessionId"] {
-            let url = format!(
-                "http://{}{path}?{q}=0123456789abcdef0123456789abcdef",
-                gw.addr
-            );
-            let r = within(
-                http.post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send(),
-            )
-            .await
-            .expect("POST");
+            let url = format!("http://{}{path}?{q}=0123456789abcdef0123456789abcdef", gw.addr);
+            let r = within(http.post(url).header("content-type", "application/json").body(body).send())
+                .await
+                .expect("POST");
             assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}?{q}");
         }
     }
@@ -449,12 +317,7 @@ async fn a_malformed_legacy_post_is_400_and_the_session_lives_on() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let v: Value = serde_json::from_str(&within(r.text()).await.expect("body")).expect("json");
     assert_eq!(code(&v), -32700);
-    let ok = c
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": "still here"}}),
-        )
-        .await;
+    let ok = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "still here"}})).await;
     assert_eq!(ok.answer["result"]["content"][0]["text"], "still here");
     gw.shutdown().await;
 }

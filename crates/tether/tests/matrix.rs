@@ -25,12 +25,8 @@ async fn setup(up: Up) -> (Gateway, Option<Gateway>) {
         Up::Http | Up::Sse => {
             let inner = echo_gateway().await;
             let spec = match up {
-                Up::Http => UpstreamSpec::Streamable {
-                    url: format!("http://{}/mcp", inner.addr),
-                },
-                _ => UpstreamSpec::Sse {
-                    url: format!("http://{}/sse", inner.addr),
-                },
+                Up::Http => UpstreamSpec::Streamable { url: format!("http://{}/mcp", inner.addr) },
+                _ => UpstreamSpec::Sse { url: format!("http://{}/sse", inner.addr) },
             };
             (start(config(spec)).await, Some(inner))
         }
@@ -38,9 +34,7 @@ async fn setup(up: Up) -> (Gateway, Option<Gateway>) {
 }
 
 fn text_of(answer: &Value) -> &str {
-    answer["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text result in {answer}"))
+    answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text result in {answer}"))
 }
 
 async fn exercise(front: Front, up: Up) {
@@ -53,34 +47,18 @@ async fn exercise(front: Front, up: Up) {
     assert_eq!(sid.len(), 32, "tether issues its own 128-bit ids ({label})");
 
     let tools = c.request("tools/list", json!({})).await;
-    let names: Vec<&str> = tools.answer["result"]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let names: Vec<&str> =
+        tools.answer["result"]["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
     assert!(names.contains(&"echo"), "{label}: {names:?}");
 
     let msg = format!("hello through {label}");
-    let r = c
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"message": msg}}),
-        )
-        .await;
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": msg}})).await;
     assert_eq!(text_of(&r.answer), msg);
 
     // Logging: the level set by the client holds, and the log travels with the request.
-    let r = c
-        .request("logging/setLevel", json!({"level": "debug"}))
-        .await;
+    let r = c.request("logging/setLevel", json!({"level": "debug"})).await;
     assert!(r.answer["result"].is_object(), "{label}: {}", r.answer);
-    let r = c
-        .request(
-            "tools/call",
-            json!({"name": "log", "arguments": {"message": "m-1"}}),
-        )
-        .await;
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {"message": "m-1"}})).await;
     assert_eq!(text_of(&r.answer), "logged at debug");
     let log = r
         .related
@@ -90,19 +68,14 @@ async fn exercise(front: Front, up: Up) {
     assert_eq!(log["params"]["data"], "m-1");
 
     // Subscriptions: the update reaches the client.
-    let r = c
-        .request("resources/subscribe", json!({"uri": "echo://counter"}))
-        .await;
+    let r = c.request("resources/subscribe", json!({"uri": "echo://counter"})).await;
     assert!(r.answer["result"].is_object(), "{label}: {}", r.answer);
-    let r = c
-        .request("tools/call", json!({"name": "bump", "arguments": {}}))
-        .await;
+    let r = c.request("tools/call", json!({"name": "bump", "arguments": {}})).await;
     assert_eq!(text_of(&r.answer), "counter is 1");
     assert!(
         r.related
             .iter()
-            .any(|m| m["method"] == "notifications/resources/updated"
-                && m["params"]["uri"] == "echo://counter"),
+            .any(|m| m["method"] == "notifications/resources/updated" && m["params"]["uri"] == "echo://counter"),
         "{label}: no update in {:?}",
         r.related
     );
@@ -124,10 +97,7 @@ async fn exercise(front: Front, up: Up) {
     }
     assert_eq!(gw.manager.live_count(), 0, "{label}: the session is gone");
     if let Some(pid) = pid {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "{label}: the stdio child {pid} was stopped"
-        );
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{label}: the stdio child {pid} was stopped");
     }
     if let Some(inner) = inner {
         // Closing the client session closes the upstream session too (DELETE, or the SSE stream).
@@ -180,22 +150,13 @@ async fn unrelated_server_messages_use_the_get_stream() {
         let (gw, inner) = setup(up).await;
         let mut c = Client::new(&gw, Front::Streamable);
         c.connect().await;
-        let r = c
-            .request(
-                "tools/call",
-                json!({"name": "later", "arguments": {"ms": 50, "message": "queued"}}),
-            )
-            .await;
+        let r = c.request("tools/call", json!({"name": "later", "arguments": {"ms": 50, "message": "queued"}})).await;
         assert_eq!(text_of(&r.answer), "will log in 50 ms");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let mut stream = c.open_stream().await;
         let m = stream.next_message().await.expect("the queued message");
         assert_eq!(m["params"]["data"], "queued", "{up:?}");
-        c.request(
-            "tools/call",
-            json!({"name": "later", "arguments": {"ms": 50, "message": "live"}}),
-        )
-        .await;
+        c.request("tools/call", json!({"name": "later", "arguments": {"ms": 50, "message": "live"}})).await;
         let m = stream.next_message().await.expect("the live message");
         assert_eq!(m["params"]["data"], "live", "{up:?}");
         assert!(!stream.ids.is_empty(), "events carry ids");
@@ -212,13 +173,7 @@ async fn client_ids_of_any_type_come_back_unchanged() {
     let gw = echo_gateway().await;
     let mut c = Client::new(&gw, Front::Streamable);
     c.connect().await;
-    for id in [
-        json!("req-1"),
-        json!(0),
-        json!(-5),
-        json!("1"),
-        json!(9007199254740993u64),
-    ] {
+    for id in [json!("req-1"), json!(0), json!(-5), json!("1"), json!(9007199254740993u64)] {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "x"}}});
         let resp = c.post(&body).await;
         let mut s = harness::SseStream::new(resp);
@@ -235,9 +190,7 @@ async fn streams_are_primed_for_2025_11_25() {
     let gw = echo_gateway().await;
     let mut c = Client::new(&gw, Front::Streamable);
     c.connect().await;
-    let resp = c
-        .post(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
-        .await;
+    let resp = c.post(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"})).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut s = harness::SseStream::new(resp);
     let first = s.next_event().await.expect("priming event");

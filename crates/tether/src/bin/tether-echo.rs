@@ -17,10 +17,7 @@ struct Out(Mutex<BufWriter<std::io::Stdout>>);
 
 impl Out {
     fn send(&self, v: &Value) {
-        let mut w = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // A closed stdout means the gateway is gone; the read loop ends on stdin EOF.
         let _ = serde_json::to_writer(&mut *w, v);
         let _ = w.write_all(b"\n");
@@ -36,11 +33,7 @@ struct State {
 
 fn main() {
     let out = Arc::new(Out(Mutex::new(BufWriter::new(std::io::stdout()))));
-    let state = Arc::new(Mutex::new(State {
-        counter: 0,
-        subscribed: false,
-        level: "info".into(),
-    }));
+    let state = Arc::new(Mutex::new(State { counter: 0, subscribed: false, level: "info".into() }));
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -51,10 +44,7 @@ fn main() {
             eprintln!("tether-echo: not JSON: {line}");
             continue;
         };
-        let (Some(id), Some(method)) = (
-            msg.get("id").cloned(),
-            msg.get("method").and_then(Value::as_str),
-        ) else {
+        let (Some(id), Some(method)) = (msg.get("id").cloned(), msg.get("method").and_then(Value::as_str)) else {
             continue; // notifications and responses need no answer
         };
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
@@ -66,15 +56,8 @@ fn main() {
         };
         let result = match method {
             "initialize" => {
-                let asked = params
-                    .get("protocolVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let v = if VERSIONS.contains(&asked) {
-                    asked
-                } else {
-                    VERSIONS[3]
-                };
+                let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+                let v = if VERSIONS.contains(&asked) { asked } else { VERSIONS[3] };
                 Ok(json!({
                     "protocolVersion": v,
                     "capabilities": {"tools": {"listChanged": true}, "logging": {}, "resources": {"subscribe": true, "listChanged": true}},
@@ -126,14 +109,12 @@ fn main() {
                     _ => call(name, &args),
                 }
             }
-            "resources/list" => Ok(
-                json!({"resources": [{"uri": "echo://counter", "name": "counter", "mimeType": "text/plain"}]}),
-            ),
+            "resources/list" => {
+                Ok(json!({"resources": [{"uri": "echo://counter", "name": "counter", "mimeType": "text/plain"}]}))
+            }
             "resources/read" => {
                 let c = lock(&state).counter;
-                Ok(
-                    json!({"contents": [{"uri": "echo://counter", "mimeType": "text/plain", "text": c.to_string()}]}),
-                )
+                Ok(json!({"contents": [{"uri": "echo://counter", "mimeType": "text/plain", "text": c.to_string()}]}))
             }
             "resources/subscribe" => {
                 lock(&state).subscribed = true;
@@ -144,11 +125,7 @@ fn main() {
                 Ok(json!({}))
             }
             "logging/setLevel" => {
-                lock(&state).level = params
-                    .get("level")
-                    .and_then(Value::as_str)
-                    .unwrap_or("info")
-                    .to_owned();
+                lock(&state).level = params.get("level").and_then(Value::as_str).unwrap_or("info").to_owned();
                 Ok(json!({}))
             }
             "prompts/list" => Ok(json!({"prompts": []})),
@@ -168,12 +145,7 @@ fn text(s: String) -> Value {
 
 fn call(name: &str, args: &Value) -> Result<Value, (i64, String)> {
     match name {
-        "echo" => Ok(text(
-            args.get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-        )),
+        "echo" => Ok(text(args.get("message").and_then(Value::as_str).unwrap_or("").to_owned())),
         "add" => {
             let a = args.get("a").and_then(Value::as_f64).unwrap_or(0.0);
             let b = args.get("b").and_then(Value::as_f64).unwrap_or(0.0);

@@ -36,32 +36,19 @@ impl FrontConfig {
     pub fn check_origin_and_host(&self, h: &HeaderMap) -> Result<(), GatewayError> {
         if let Some(origin) = h.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            let allowed = self
-                .allowed_origins
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+            let allowed = self.allowed_origins.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
                 || origin_host(origin).is_some_and(|host| LOOPBACK_NAMES.contains(&host.as_str()));
             if !allowed {
-                return Err(GatewayError::ForbiddenOrigin(
-                    origin.chars().take(100).collect(),
-                ));
+                return Err(GatewayError::ForbiddenOrigin(origin.chars().take(100).collect()));
             }
         }
         if self.check_host {
-            let host = h
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
             let name = strip_port(host).to_ascii_lowercase();
             let allowed = LOOPBACK_NAMES.contains(&name.as_str())
-                || self
-                    .allowed_hosts
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&name) || a.eq_ignore_ascii_case(host));
+                || self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(&name) || a.eq_ignore_ascii_case(host));
             if !allowed {
-                return Err(GatewayError::ForbiddenHost(
-                    host.chars().take(100).collect(),
-                ));
+                return Err(GatewayError::ForbiddenHost(host.chars().take(100).collect()));
             }
         }
         Ok(())
@@ -86,16 +73,9 @@ fn strip_port(authority: &str) -> &str {
 
 /// `Content-Type` must be JSON.
 pub fn content_type(h: &HeaderMap) -> Result<(), GatewayError> {
-    let ct = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(GatewayError::UnsupportedMediaType)
-    }
+    if mime.eq_ignore_ascii_case("application/json") { Ok(()) } else { Err(GatewayError::UnsupportedMediaType) }
 }
 
 /// What a POST may be answered with, from `Accept`.
@@ -105,17 +85,9 @@ pub fn accept_for_post(h: &HeaderMap) -> Result<Accept, GatewayError> {
             "Not Acceptable: Accept must list application/json and text/event-stream",
         ));
     };
-    let mut a = Accept {
-        json: false,
-        sse: false,
-    };
+    let mut a = Accept { json: false, sse: false };
     for part in accept.split(',') {
-        let mime = part
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         match mime.as_str() {
             "application/json" | "application/*" => a.json = true,
             "text/event-stream" | "text/*" => a.sse = true,
@@ -136,30 +108,20 @@ pub fn accept_for_post(h: &HeaderMap) -> Result<Accept, GatewayError> {
 
 /// A GET stream needs `text/event-stream`.
 pub fn accept_for_stream(h: &HeaderMap) -> Result<(), GatewayError> {
-    let accept = h
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if accept.contains("text/event-stream") || accept.contains("*/*") || accept.contains("text/*") {
         Ok(())
     } else {
-        Err(GatewayError::NotAcceptable(
-            "Not Acceptable: Accept must list text/event-stream",
-        ))
+        Err(GatewayError::NotAcceptable("Not Acceptable: Accept must list text/event-stream"))
     }
 }
 
 /// `MCP-Protocol-Version`, when present on a session request, must be a handshake revision.
 pub fn protocol_version(h: &HeaderMap) -> Result<(), GatewayError> {
-    match h
-        .get("mcp-protocol-version")
-        .map(|v| v.to_str().unwrap_or(""))
-    {
+    match h.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or("")) {
         None => Ok(()),
         Some(v) if version::era(v) == Some(Era::Handshake) => Ok(()),
-        Some(v) => Err(GatewayError::UnsupportedVersion(
-            v.chars().take(40).collect(),
-        )),
+        Some(v) => Err(GatewayError::UnsupportedVersion(v.chars().take(40).collect())),
     }
 }
 
@@ -170,16 +132,11 @@ pub fn session_id(h: &HeaderMap) -> Option<&str> {
 
 /// Reads the body, refusing more than `limit` bytes.
 pub async fn body(body: Body, h: &HeaderMap, limit: usize) -> Result<bytes::Bytes, GatewayError> {
-    let declared = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| GatewayError::PayloadTooLarge { limit })
+    axum::body::to_bytes(body, limit).await.map_err(|_| GatewayError::PayloadTooLarge { limit })
 }
 
 #[cfg(test)]
@@ -207,36 +164,17 @@ mod tests {
     #[test]
     fn localhost_origins_and_hosts_pass_foreign_ones_do_not() {
         let f = front();
+        assert!(f.check_origin_and_host(&headers(&[("host", "127.0.0.1:8080")])).is_ok());
         assert!(
-            f.check_origin_and_host(&headers(&[("host", "127.0.0.1:8080")]))
+            f.check_origin_and_host(&headers(&[("host", "localhost"), ("origin", "http://localhost:3000")])).is_ok()
+        );
+        assert!(f.check_origin_and_host(&headers(&[("host", "[::1]:9"), ("origin", "http://[::1]:9")])).is_ok());
+        assert!(
+            f.check_origin_and_host(&headers(&[("host", "localhost:1"), ("origin", "https://app.example.com")]))
                 .is_ok()
         );
-        assert!(
-            f.check_origin_and_host(&headers(&[
-                ("host", "localhost"),
-                ("origin", "http://localhost:3000")
-            ]))
-            .is_ok()
-        );
-        assert!(
-            f.check_origin_and_host(&headers(&[
-                ("host", "[::1]:9"),
-                ("origin", "http://[::1]:9")
-            ]))
-            .is_ok()
-        );
-        assert!(
-            f.check_origin_and_host(&headers(&[
-                ("host", "localhost:1"),
-                ("origin", "https://app.example.com")
-            ]))
-            .is_ok()
-        );
         assert!(matches!(
-            f.check_origin_and_host(&headers(&[
-                ("host", "localhost:1"),
-                ("origin", "http://evil.example.com")
-            ])),
+            f.check_origin_and_host(&headers(&[("host", "localhost:1"), ("origin", "http://evil.example.com")])),
             Err(GatewayError::ForbiddenOrigin(_))
         ));
         assert!(matches!(
@@ -251,11 +189,7 @@ mod tests {
 
     #[test]
     fn accept_decides_the_answer_format() {
-        let a = accept_for_post(&headers(&[(
-            "accept",
-            "application/json, text/event-stream",
-        )]))
-        .expect("ok");
+        let a = accept_for_post(&headers(&[("accept", "application/json, text/event-stream")])).expect("ok");
         assert!(a.json && a.sse);
         let a = accept_for_post(&headers(&[("accept", "application/json")])).expect("ok");
         assert!(a.json && !a.sse);
@@ -265,13 +199,7 @@ mod tests {
 
     #[test]
     fn content_type_and_version_checks() {
-        assert!(
-            content_type(&headers(&[(
-                "content-type",
-                "application/json; charset=utf-8"
-            )]))
-            .is_ok()
-        );
+        assert!(content_type(&headers(&[("content-type", "application/json; charset=utf-8")])).is_ok());
         assert!(content_type(&headers(&[("content-type", "text/plain")])).is_err());
         assert!(content_type(&HeaderMap::new()).is_err());
         assert!(protocol_version(&headers(&[("mcp-protocol-version", "2025-03-26")])).is_ok());

@@ -72,10 +72,8 @@ pub async fn post(
     let run = async {
         app.front.check_origin_and_host(&headers)?;
         guard::content_type(&headers)?;
-        let sid = query
-            .get("session_id")
-            .or_else(|| query.get("sessionId"))
-            .ok_or(GatewayError::MissingSessionQuery)?;
+        let sid =
+            query.get("session_id").or_else(|| query.get("sessionId")).ok_or(GatewayError::MissingSessionQuery)?;
         let bytes = guard::body(body, &headers, app.front.max_body).await?;
         let msg = Message::parse(&bytes)?;
         let session = app.manager.get(sid).await?;
@@ -84,10 +82,9 @@ pub async fn post(
         }
         match msg.kind() {
             Kind::Request => {
-                let sink = session
-                    .standalone_sink()
-                    .ok_or(GatewayError::SessionNotFound)?;
-                let span = tracing::info_span!("request", session_id = %session.id(), method = msg.method().unwrap_or(""));
+                let sink = session.standalone_sink().ok_or(GatewayError::SessionNotFound)?;
+                let span =
+                    tracing::info_span!("request", session_id = %session.id(), method = msg.method().unwrap_or(""));
                 let id = msg.id().map(ToOwned::to_owned);
                 if let Err(e) = session.request(msg, sink.clone()).instrument(span).await {
                     // The client waits on its stream, so the error goes there.
@@ -100,6 +97,5 @@ pub async fn post(
         }
         Ok((StatusCode::ACCEPTED, "Accepted").into_response())
     };
-    run.await
-        .unwrap_or_else(|e: GatewayError| error_response(&e, None))
+    run.await.unwrap_or_else(|e: GatewayError| error_response(&e, None))
 }

@@ -1,5 +1,5 @@
 //! The transports facing MCP clients: Streamable HTTP at `/mcp` and legacy HTTP+SSE at `/sse`
-//! + `/messages/`. They validate what arrives, hand messages to the session layer and stream
+//! and `/messages/`. They validate what arrives, hand messages to the session layer and stream
 //! what comes back. [`error_response`] is the only place an error becomes an HTTP answer.
 
 mod guard;
@@ -39,28 +39,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/mcp",
-            get(streamable::get)
-                .post(streamable::post)
-                .delete(streamable::delete)
-                .fallback(method_not_allowed),
+            get(streamable::get).post(streamable::post).delete(streamable::delete).fallback(method_not_allowed),
         )
         .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
-        .route(
-            "/messages/",
-            legacy_post.clone().fallback(method_not_allowed),
-        )
-        .route(
-            "/messages",
-            legacy_post.clone().fallback(method_not_allowed),
-        )
+        .route("/messages/", legacy_post.clone().fallback(method_not_allowed))
+        .route("/messages", legacy_post.clone().fallback(method_not_allowed))
         .route("/message", legacy_post.fallback(method_not_allowed))
         .with_state(state)
 }
 
 async fn method_not_allowed() -> Response {
     let mut r = error_response(&GatewayError::MethodNotAllowed, None);
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
     r
 }
 
@@ -76,13 +66,5 @@ pub fn error_response(err: &GatewayError, id: Option<&RawValue>) -> Response {
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

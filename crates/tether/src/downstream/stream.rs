@@ -21,19 +21,15 @@ use crate::session::{Outbound, Session};
 /// A body fed by a channel, and the response that carries it.
 pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Bytes>, Response) {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let body = Body::from_stream(stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    }));
+    let body =
+        Body::from_stream(stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) },
+        ));
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some((name, value)) = extra
         && let Ok(v) = HeaderValue::from_str(&value)
@@ -95,20 +91,12 @@ impl Pump {
     /// Writes a priming event (id, `retry`, empty data) when the session's revision wants one.
     pub async fn prime(&self) -> bool {
         let version = self.session.protocol_version();
-        if self.legacy
-            || !version
-                .as_deref()
-                .is_some_and(tether_protocol::version::primes_streams)
-        {
+        if self.legacy || !version.as_deref().is_some_and(tether_protocol::version::primes_streams) {
             return true;
         }
         let mut buf = Vec::new();
         let id = self.session.next_event_id(self.stream);
-        sse::encode_priming(
-            &mut buf,
-            &id,
-            self.session.config().retry_hint.as_millis() as u64,
-        );
+        sse::encode_priming(&mut buf, &id, self.session.config().retry_hint.as_millis() as u64);
         self.raw(buf).await
     }
 
@@ -122,8 +110,7 @@ impl Pump {
         deadline: Option<Instant>,
         on_tick: Option<&(dyn Fn() -> Vec<Bytes> + Send + Sync)>,
     ) -> End {
-        let mut keepalive =
-            tokio::time::interval_at(Instant::now() + self.keepalive, self.keepalive);
+        let mut keepalive = tokio::time::interval_at(Instant::now() + self.keepalive, self.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

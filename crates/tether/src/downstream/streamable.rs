@@ -39,9 +39,7 @@ async fn post_inner(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
     app.front.check_origin_and_host(headers).map_err(no_id)?;
     guard::content_type(headers).map_err(no_id)?;
     let accept = guard::accept_for_post(headers).map_err(no_id)?;
-    let bytes = guard::body(body, headers, app.front.max_body)
-        .await
-        .map_err(no_id)?;
+    let bytes = guard::body(body, headers, app.front.max_body).await.map_err(no_id)?;
     let msg = Message::parse(&bytes).map_err(|e| no_id(e.into()))?;
     let id = msg.id().map(ToOwned::to_owned);
     let with_id = |e: GatewayError| (e, id.clone());
@@ -95,18 +93,12 @@ fn modern_request(msg: &Message, headers: &HeaderMap) -> Option<String> {
     {
         return Some(v.as_str().unwrap_or("").to_owned());
     }
-    let header = headers
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())?;
+    let header = headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok())?;
     (version::era(header) != Some(version::Era::Handshake)).then(|| header.to_owned())
 }
 
 /// `initialize` opens a session: tether issues the id and starts the upstream side.
-async fn initialize(
-    app: &AppState,
-    msg: Message,
-    accept: Accept,
-) -> Result<Response, GatewayError> {
+async fn initialize(app: &AppState, msg: Message, accept: Accept) -> Result<Response, GatewayError> {
     let session = app.manager.create(Transport::StreamableHttp).await?;
     let span = tracing::info_span!("request", session_id = %session.id(), method = "initialize");
     let stream = session.next_stream();
@@ -119,15 +111,11 @@ async fn initialize(
                 Ok(Some(o)) if o.fin => return Ok(o),
                 Ok(Some(_)) => continue,
                 Ok(None) => {
-                    return Err(GatewayError::UpstreamUnavailable(
-                        "the session ended during initialize".into(),
-                    ));
+                    return Err(GatewayError::UpstreamUnavailable("the session ended during initialize".into()));
                 }
                 Err(_) => {
                     session.time_out(gid).await;
-                    return Err(GatewayError::UpstreamTimeout(
-                        session.config().request_timeout.as_secs(),
-                    ));
+                    return Err(GatewayError::UpstreamTimeout(session.config().request_timeout.as_secs()));
                 }
             }
         }
@@ -135,9 +123,7 @@ async fn initialize(
     .instrument(span)
     .await;
     let failed = |e: GatewayError| async {
-        app.manager
-            .close(session.id(), CloseReason::UpstreamFailed)
-            .await;
+        app.manager.close(session.id(), CloseReason::UpstreamFailed).await;
         e
     };
     let out = match answer {
@@ -147,14 +133,11 @@ async fn initialize(
     let ok = Message::parse(&out.data).is_ok_and(|m| m.kind() == Kind::Response);
     if !ok {
         // The upstream refused or could not start: no session is left behind.
-        app.manager
-            .close(session.id(), CloseReason::UpstreamFailed)
-            .await;
+        app.manager.close(session.id(), CloseReason::UpstreamFailed).await;
         let status = StatusCode::from_u16(out.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
         return Ok(json_response(status, out.data.to_vec()));
     }
-    let sid = HeaderValue::from_str(session.id())
-        .map_err(|_| GatewayError::Store("bad session id".into()))?;
+    let sid = HeaderValue::from_str(session.id()).map_err(|_| GatewayError::Store("bad session id".into()))?;
     if accept.json {
         let mut r = json_response(StatusCode::OK, out.data.to_vec());
         r.headers_mut().insert(SESSION_HEADER, sid);

@@ -50,8 +50,7 @@ impl Manager {
             GatewayError::Store(e.to_string())
         })?;
         let session = Session::new(record, self.deps.clone());
-        self.write()
-            .insert(session.id().to_owned(), session.clone());
+        self.write().insert(session.id().to_owned(), session.clone());
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
         Ok(session)
     }
@@ -78,11 +77,7 @@ impl Manager {
             return Err(GatewayError::SessionNotFound);
         };
         if self.expired(record.last_active) {
-            let _ = self
-                .deps
-                .store
-                .close(id, now_ms(), CloseReason::Expired)
-                .await;
+            let _ = self.deps.store.close(id, now_ms(), CloseReason::Expired).await;
             return Err(GatewayError::SessionNotFound);
         }
         let session = Session::new(record, self.deps.clone());
@@ -129,8 +124,7 @@ impl Manager {
     pub fn spawn_background(self: &Arc<Self>, stop: CancellationToken) {
         let me = self.clone();
         tokio::spawn(async move {
-            let reap_every =
-                (me.deps.config.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let reap_every = (me.deps.config.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
             let mut reap = tokio::time::interval(reap_every);
             let mut flush = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -144,12 +138,8 @@ impl Manager {
     }
 
     async fn reap(&self) {
-        let expired: Vec<String> = self
-            .read()
-            .values()
-            .filter(|s| self.expired(s.last_active()))
-            .map(|s| s.id().to_owned())
-            .collect();
+        let expired: Vec<String> =
+            self.read().values().filter(|s| self.expired(s.last_active())).map(|s| s.id().to_owned()).collect();
         for id in expired {
             info!(session_id = %id, "session expired");
             self.close(&id, CloseReason::Expired).await;
@@ -181,15 +171,11 @@ impl Manager {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Session>>> {
-        self.sessions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Session>>> {
-        self.sessions
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

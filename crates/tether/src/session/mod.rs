@@ -113,10 +113,7 @@ impl Sink {
     }
 
     async fn deliver(&self, out: Outbound) -> bool {
-        self.tx
-            .send_timeout(out, Duration::from_secs(5))
-            .await
-            .is_ok()
+        self.tx.send_timeout(out, Duration::from_secs(5)).await.is_ok()
     }
 }
 
@@ -323,27 +320,18 @@ impl Session {
     async fn replay(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
         let (params, was, state) = {
             let r = lock(&self.record);
-            (
-                r.client_init.clone(),
-                r.protocol_version.clone(),
-                r.state.clone(),
-            )
+            (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())
         };
         let Some(params) = params else { return Ok(()) };
-        let answer = self
-            .internal_request(up, "initialize", Some(&params))
-            .await?;
-        let result = answer.result().ok_or_else(|| {
-            GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into())
-        })?;
+        let answer = self.internal_request(up, "initialize", Some(&params)).await?;
+        let result = answer
+            .result()
+            .ok_or_else(|| GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into()))?;
         let now = protocol_version_of(result);
         if let (Some(was), Some(now)) = (&was, &now)
             && was != now
         {
-            return Err(GatewayError::VersionChanged {
-                was: was.clone(),
-                now: now.clone(),
-            });
+            return Err(GatewayError::VersionChanged { was: was.clone(), now: now.clone() });
         }
         if let Some(v) = now.as_deref().or(was.as_deref()) {
             up.set_protocol_version(v);
@@ -352,21 +340,16 @@ impl Session {
             let mut r = lock(&self.record);
             r.upstream_init = Some(result.to_owned());
         }
-        up.send(
-            &Message::notification("notifications/initialized", None),
-            None,
-        )
-        .await
-        .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
+        up.send(&Message::notification("notifications/initialized", None), None)
+            .await
+            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
         if let Some(level) = &state.log_level {
             let p = raw_value(&serde_json::json!({ "level": level }));
-            self.internal_request(up, "logging/setLevel", Some(&p))
-                .await?;
+            self.internal_request(up, "logging/setLevel", Some(&p)).await?;
         }
         for uri in &state.subscriptions {
             let p = raw_value(&serde_json::json!({ "uri": uri }));
-            self.internal_request(up, "resources/subscribe", Some(&p))
-                .await?;
+            self.internal_request(up, "resources/subscribe", Some(&p)).await?;
         }
         if lock(&self.routes).standalone.is_some() {
             up.open_standalone();
@@ -397,28 +380,17 @@ impl Session {
                 started: Instant::now(),
             },
         );
-        if let Err(e) = up
-            .send(&Message::request(gid, method, params), Some(gid))
-            .await
-        {
+        if let Err(e) = up.send(&Message::request(gid, method, params), Some(gid)).await {
             lock(&self.routes).pending.remove(&gid);
             return Err(GatewayError::UpstreamUnavailable(e.to_string()));
         }
-        let timeout = self
-            .deps
-            .config
-            .request_timeout
-            .min(Duration::from_secs(60));
+        let timeout = self.deps.config.request_timeout.min(Duration::from_secs(60));
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(m)) => Ok(m),
-            Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(format!(
-                "the upstream went away during {method}"
-            ))),
+            Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(format!("the upstream went away during {method}"))),
             Err(_) => {
                 lock(&self.routes).pending.remove(&gid);
-                Err(GatewayError::UpstreamUnavailable(format!(
-                    "the upstream did not answer {method}"
-                )))
+                Err(GatewayError::UpstreamUnavailable(format!("the upstream did not answer {method}")))
             }
         }
     }
@@ -431,19 +403,12 @@ impl Session {
     /// Returns the gateway id, which the caller uses to time the request out.
     pub async fn request(self: &Arc<Self>, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
         let method = msg.method().unwrap_or_default().to_owned();
-        let client_id = msg
-            .id()
-            .map(ToOwned::to_owned)
-            .unwrap_or_else(|| numeric_id(0));
+        let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
         let gid = next_gid();
         self.note_activity(method == "tools/call");
         let progress_token = msg.params().and_then(progress_token_of_request);
         let state_change = msg.params().and_then(|p| state_change_of(&method, p));
-        let init_params = if method == "initialize" {
-            msg.params().map(ToOwned::to_owned)
-        } else {
-            None
-        };
+        let init_params = if method == "initialize" { msg.params().map(ToOwned::to_owned) } else { None };
         let mut upstream_msg = msg;
         upstream_msg.set_id(numeric_id(gid));
         let mut stale = None;
@@ -493,7 +458,7 @@ impl Session {
             let Some(gid) = self.cancel_by_client_id(&msg) else {
                 return Ok(());
             };
-            rewrite_param(&mut msg, "requestId", numeric_id(gid));
+            rewrite_param(&mut msg, "requestId", &numeric_id(gid));
             if let Some(up) = self.current().filter(Upstream::is_alive) {
                 let _ = up.send(&msg, None).await;
             }
@@ -502,9 +467,7 @@ impl Session {
         let up = self.upstream(None).await?;
         match up.send(&msg, None).await {
             Ok(()) => Ok(()),
-            Err(SendError::Refused { status, detail }) => {
-                Err(GatewayError::UpstreamRefused { status, detail })
-            }
+            Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
             Err(e) => {
                 // Lost with the connection; the revive replays what matters (initialized).
                 tracing::debug!(session_id = %self.id, error = %e, "notification not delivered");
@@ -521,10 +484,7 @@ impl Session {
             tracing::debug!(session_id = %self.id, id = %key, "answer to an unknown server request; dropped");
             return Ok(());
         };
-        let Some(up) = self
-            .current()
-            .filter(|u| u.generation() == sr.generation && u.is_alive())
-        else {
+        let Some(up) = self.current().filter(|u| u.generation() == sr.generation && u.is_alive()) else {
             tracing::debug!(session_id = %self.id, "answer for an upstream that has since restarted; dropped");
             return Ok(());
         };
@@ -542,12 +502,7 @@ impl Session {
         let p = lock(&self.routes).pending.remove(&gid)?;
         if let Some(up) = self.current().filter(Upstream::is_alive) {
             let params = raw_value(&serde_json::json!({ "requestId": gid, "reason": "timed out" }));
-            let _ = up
-                .send(
-                    &Message::notification("notifications/cancelled", Some(&params)),
-                    None,
-                )
-                .await;
+            let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
         }
         let secs = self.deps.config.request_timeout.as_secs();
         warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
@@ -583,12 +538,7 @@ impl Session {
 
     /// Writes one message to a sink.
     pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
-        sink.deliver(Outbound {
-            data,
-            fin: true,
-            status: None,
-        })
-        .await
+        sink.deliver(Outbound { data, fin: true, status: None }).await
     }
 
     /// Ends client requests older than the request timeout and returns their errors (for
@@ -600,9 +550,7 @@ impl Session {
             let gids: Vec<u64> = r
                 .pending
                 .iter()
-                .filter(|(_, p)| {
-                    matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout
-                })
+                .filter(|(_, p)| matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout)
                 .map(|(g, _)| *g)
                 .collect();
             gids.iter().filter_map(|g| r.pending.remove(g)).collect()
@@ -615,21 +563,13 @@ impl Session {
             .iter()
             .map(|p| {
                 if let Some(up) = up.clone() {
-                    let params = raw_value(
-                        &serde_json::json!({ "requestId": p.seq, "reason": "timed out" }),
-                    );
+                    let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
                     tokio::spawn(async move {
-                        let _ = up
-                            .send(
-                                &Message::notification("notifications/cancelled", Some(&params)),
-                                None,
-                            )
-                            .await;
+                        let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
                     });
                 }
                 warn!(session_id = %self.id, method = %p.method, "request timed out");
-                let err =
-                    GatewayError::UpstreamTimeout(timeout.as_secs()).to_message(Some(&p.client_id));
+                let err = GatewayError::UpstreamTimeout(timeout.as_secs()).to_message(Some(&p.client_id));
                 Bytes::from(err.to_bytes())
             })
             .collect()
@@ -653,12 +593,7 @@ impl Session {
         for p in pending {
             if let Reply::Client(sink) = p.reply {
                 let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
-                sink.deliver(Outbound {
-                    data: err.to_bytes().into(),
-                    fin: true,
-                    status: Some(404),
-                })
-                .await;
+                sink.deliver(Outbound { data: err.to_bytes().into(), fin: true, status: Some(404) }).await;
             }
         }
         let up = self.binding.lock().await.take();
@@ -684,9 +619,7 @@ impl Session {
 
     /// The stdio child's pid, if the binding is a live child.
     pub fn upstream_pid(&self) -> Option<u32> {
-        self.current()
-            .filter(Upstream::is_alive)
-            .and_then(|u| u.pid())
+        self.current().filter(Upstream::is_alive).and_then(|u| u.pid())
     }
 
     fn note_activity(&self, tool_call: bool) {
@@ -724,9 +657,7 @@ impl Session {
         let gid = r
             .pending
             .iter()
-            .find(|(_, p2)| {
-                matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == p.request_id.get()
-            })
+            .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == p.request_id.get())
             .map(|(g, _)| *g)?;
         // Dropping the pending entry ends the client's stream for it: a cancelled request
         // gets no answer.
@@ -760,9 +691,7 @@ fn protocol_version_of(result: &RawValue) -> Option<String> {
         #[serde(rename = "protocolVersion")]
         protocol_version: Option<String>,
     }
-    serde_json::from_str::<R>(result.get())
-        .ok()?
-        .protocol_version
+    serde_json::from_str::<R>(result.get()).ok()?.protocol_version
 }
 
 fn progress_token_of_request(params: &RawValue) -> Option<String> {
@@ -799,7 +728,7 @@ fn state_change_of(method: &str, params: &RawValue) -> Option<StateChange> {
     p.level.or(p.uri).map(make)
 }
 
-fn rewrite_param(msg: &mut Message, key: &str, value: Box<RawValue>) {
+fn rewrite_param(msg: &mut Message, key: &str, value: &RawValue) {
     let Some(params) = msg.params() else { return };
     let Ok(mut v) = serde_json::from_str::<serde_json::Value>(params.get()) else {
         return;

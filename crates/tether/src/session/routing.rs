@@ -13,19 +13,15 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{
-    Outbound, Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock,
-    protocol_version_of, rewrite_param,
+    Outbound, Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of,
+    rewrite_param,
 };
 use crate::error::GatewayError;
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
 impl Session {
     /// Reads one binding's events until it is gone.
-    pub(super) async fn route_events(
-        self: Arc<Self>,
-        generation: u64,
-        mut rx: mpsc::Receiver<UpstreamEvent>,
-    ) {
+    pub(super) async fn route_events(self: Arc<Self>, generation: u64, mut rx: mpsc::Receiver<UpstreamEvent>) {
         while let Some(ev) = rx.recv().await {
             match ev {
                 UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
@@ -48,17 +44,10 @@ impl Session {
             }
             let n = self.server_seq.fetch_add(1, Ordering::Relaxed) + 1;
             let client_id = format!("tether-{n}");
-            let upstream_id = msg
-                .id()
-                .map(ToOwned::to_owned)
-                .unwrap_or_else(|| numeric_id(0));
-            lock(&self.routes).server_requests.insert(
-                format!("\"{client_id}\""),
-                ServerRequest {
-                    upstream_id,
-                    generation,
-                },
-            );
+            let upstream_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
+            lock(&self.routes)
+                .server_requests
+                .insert(format!("\"{client_id}\""), ServerRequest { upstream_id, generation });
             msg.set_id(string_id(&client_id));
             let target = self.target(origin, None);
             return self.deliver(target, msg).await;
@@ -73,12 +62,10 @@ impl Session {
                 let client_id = lock(&self.routes)
                     .server_requests
                     .iter()
-                    .find(|(_, sr)| {
-                        sr.generation == generation && sr.upstream_id.get() == upstream_id
-                    })
+                    .find(|(_, sr)| sr.generation == generation && sr.upstream_id.get() == upstream_id)
                     .map(|(k, _)| k.clone());
                 match client_id.and_then(|k| RawValue::from_string(k).ok()) {
-                    Some(id) => rewrite_param(&mut msg, "requestId", id),
+                    Some(id) => rewrite_param(&mut msg, "requestId", &id),
                     None => return,
                 }
             }
@@ -107,11 +94,7 @@ impl Session {
             self.apply_success(&p, &msg).await;
         }
         msg.set_id(p.client_id);
-        let out = Outbound {
-            data: Bytes::from(msg.to_bytes()),
-            fin: true,
-            status: None,
-        };
+        let out = Outbound { data: Bytes::from(msg.to_bytes()), fin: true, status: None };
         if !sink.deliver(out).await {
             debug!(session_id = %self.id, method = %p.method, "the client's stream closed before its answer");
         }
@@ -182,11 +165,8 @@ impl Session {
             _ => None,
         };
         if let Some(token) = progress_token
-            && let Some(s) = r
-                .pending
-                .values()
-                .filter(|p| p.progress_token.as_deref() == Some(token))
-                .find_map(sse_sink)
+            && let Some(s) =
+                r.pending.values().filter(|p| p.progress_token.as_deref() == Some(token)).find_map(sse_sink)
         {
             return Some(s);
         }
@@ -200,11 +180,7 @@ impl Session {
         {
             return Some(s.clone());
         }
-        let newest = r
-            .pending
-            .values()
-            .filter(|p| sse_sink(p).is_some())
-            .max_by_key(|p| p.seq);
+        let newest = r.pending.values().filter(|p| sse_sink(p).is_some()).max_by_key(|p| p.seq);
         if let Some(s) = newest.and_then(sse_sink) {
             return Some(s);
         }
@@ -215,14 +191,7 @@ impl Session {
         let data = Bytes::from(msg.to_bytes());
         if let Some(sink) = target {
             let stream = sink.stream;
-            if sink
-                .deliver(Outbound {
-                    data: data.clone(),
-                    fin: false,
-                    status: None,
-                })
-                .await
-            {
+            if sink.deliver(Outbound { data: data.clone(), fin: false, status: None }).await {
                 return;
             }
             self.detach_standalone(stream);
@@ -239,14 +208,9 @@ impl Session {
     async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason) {
         let orphans: Vec<Pending> = {
             let mut r = lock(&self.routes);
-            r.server_requests
-                .retain(|_, sr| sr.generation != generation);
-            let gids: Vec<u64> = r
-                .pending
-                .iter()
-                .filter(|(_, p)| p.generation == generation)
-                .map(|(g, _)| *g)
-                .collect();
+            r.server_requests.retain(|_, sr| sr.generation != generation);
+            let gids: Vec<u64> =
+                r.pending.iter().filter(|(_, p)| p.generation == generation).map(|(g, _)| *g).collect();
             gids.iter().filter_map(|g| r.pending.remove(g)).collect()
         };
         if reason != QuitReason::Closed {
@@ -257,20 +221,12 @@ impl Session {
                 continue;
             };
             let (err, status) = if p.method == "initialize" {
-                (
-                    GatewayError::UpstreamUnavailable(reason.to_string()),
-                    Some(503),
-                )
+                (GatewayError::UpstreamUnavailable(reason.to_string()), Some(503))
             } else {
                 (GatewayError::UpstreamRestarted(reason.to_string()), None)
             };
             let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            sink.deliver(Outbound {
-                data,
-                fin: true,
-                status,
-            })
-            .await;
+            sink.deliver(Outbound { data, fin: true, status }).await;
         }
     }
 }
@@ -281,9 +237,7 @@ fn progress_token_of_notification(params: &RawValue) -> Option<String> {
         #[serde(rename = "progressToken", borrow)]
         token: &'a RawValue,
     }
-    serde_json::from_str::<P<'_>>(params.get())
-        .ok()
-        .map(|p| p.token.get().to_owned())
+    serde_json::from_str::<P<'_>>(params.get()).ok().map(|p| p.token.get().to_owned())
 }
 
 fn request_id_of(params: &RawValue) -> Option<String> {
@@ -292,7 +246,5 @@ fn request_id_of(params: &RawValue) -> Option<String> {
         #[serde(rename = "requestId", borrow)]
         id: &'a RawValue,
     }
-    serde_json::from_str::<P<'_>>(params.get())
-        .ok()
-        .map(|p| p.id.get().to_owned())
+    serde_json::from_str::<P<'_>>(params.get()).ok().map(|p| p.id.get().to_owned())
 }

@@ -46,11 +46,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Marks a record closed.
     async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError>;
     /// Open records, oldest first, after `after` (an id) for paging.
-    async fn list_open(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError>;
     /// Flushes anything written behind.
     async fn flush(&self) -> Result<(), StoreError>;
     /// A short name for logs.
@@ -69,14 +65,8 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut HashMap<String, SessionRecord>) -> T,
-    ) -> Result<T, StoreError> {
-        let mut g = self
-            .records
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?;
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, SessionRecord>) -> T) -> Result<T, StoreError> {
+        let mut g = self.records.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
         Ok(f(&mut g))
     }
 }
@@ -132,17 +122,9 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    async fn list_open(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
         self.with(|m| {
-            let mut open: Vec<_> = m
-                .values()
-                .filter(|r| r.closed_at.is_none())
-                .cloned()
-                .collect();
+            let mut open: Vec<_> = m.values().filter(|r| r.closed_at.is_none()).cloned().collect();
             open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             let start = match after {
                 Some(a) => open.iter().position(|r| r.id == a).map_or(0, |i| i + 1),

@@ -177,20 +177,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// Opens a connection of the configured kind.
-    pub async fn connect(
-        spec: &UpstreamSpec,
-        generation: u64,
-        ctx: ConnectContext,
-    ) -> Result<Upstream, ConnectError> {
+    pub async fn connect(spec: &UpstreamSpec, generation: u64, ctx: ConnectContext) -> Result<Upstream, ConnectError> {
         let kind = match spec {
             UpstreamSpec::Stdio { command } => Kind::Stdio(stdio::Handle::spawn(command, ctx)?),
             UpstreamSpec::Streamable { url } => Kind::Streamable(streamable::Handle::new(url, ctx)),
             UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
         };
-        Ok(Upstream {
-            kind: Arc::new(kind),
-            generation,
-        })
+        Ok(Upstream { kind: Arc::new(kind), generation })
     }
 
     /// Which connection this is for the session; a revive makes a new generation.

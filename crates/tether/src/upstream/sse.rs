@@ -29,17 +29,11 @@ pub struct Handle {
 impl Handle {
     /// Opens the SSE stream and waits for the `endpoint` event.
     pub async fn connect(url: &str, ctx: ConnectContext) -> Result<Handle, ConnectError> {
-        let fail = |reason: String| ConnectError::Connect {
-            url: url.to_owned(),
-            reason,
-        };
+        let fail = |reason: String| ConnectError::Connect { url: url.to_owned(), reason };
         let base = reqwest::Url::parse(url).map_err(|e| fail(e.to_string()))?;
         let resp = tokio::time::timeout(
             ctx.options.connect_timeout,
-            ctx.http
-                .get(base.clone())
-                .header(ACCEPT, "text/event-stream")
-                .send(),
+            ctx.http.get(base.clone()).header(ACCEPT, "text/event-stream").send(),
         )
         .await
         .map_err(|_| fail("timed out".into()))?
@@ -51,36 +45,20 @@ impl Handle {
         let (endpoint_tx, endpoint_rx) = oneshot::channel();
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "sse");
         let reader = tokio::spawn(
-            read_stream(
-                resp,
-                ctx.events,
-                alive.clone(),
-                ctx.options.max_message,
-                endpoint_tx,
-            )
-            .instrument(span),
+            read_stream(resp, ctx.events, alive.clone(), ctx.options.max_message, endpoint_tx).instrument(span),
         );
         let endpoint = tokio::time::timeout(ctx.options.connect_timeout, endpoint_rx)
             .await
             .map_err(|_| fail("no `endpoint` event".into()))?
             .map_err(|_| fail("the stream ended before the `endpoint` event".into()))?;
-        let post_url = base
-            .join(endpoint.trim())
-            .map_err(|e| fail(format!("bad endpoint: {e}")))?;
-        Ok(Handle {
-            http: ctx.http,
-            post_url: post_url.to_string(),
-            alive,
-            reader,
-        })
+        let post_url = base.join(endpoint.trim()).map_err(|e| fail(format!("bad endpoint: {e}")))?;
+        Ok(Handle { http: ctx.http, post_url: post_url.to_string(), alive, reader })
     }
 
     /// POSTs one message to the endpoint; answers arrive on the stream.
     pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
         if !self.is_alive() {
-            return Err(SendError::Unreachable(
-                "the upstream SSE stream has ended".into(),
-            ));
+            return Err(SendError::Unreachable("the upstream SSE stream has ended".into()));
         }
         let resp = self
             .http
@@ -102,10 +80,7 @@ impl Handle {
             self.alive.store(false, Ordering::Release);
             return Err(SendError::SessionLost);
         }
-        Err(SendError::Refused {
-            status,
-            detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
-        })
+        Err(SendError::Refused { status, detail: String::from_utf8_lossy(&body).chars().take(200).collect() })
     }
 
     /// Whether the stream is still open.
@@ -147,18 +122,14 @@ async fn read_stream(
                         let _ = tx.send(ev.data);
                     }
                 }
-                None | Some("message") if !ev.data.is_empty() => {
-                    match Message::parse(ev.data.as_bytes()) {
-                        Ok(m) => {
-                            let _ = events
-                                .send(UpstreamEvent::Message(Origin::Unrelated, m))
-                                .await;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "upstream SSE event is not a JSON-RPC message; skipped")
-                        }
+                None | Some("message") if !ev.data.is_empty() => match Message::parse(ev.data.as_bytes()) {
+                    Ok(m) => {
+                        let _ = events.send(UpstreamEvent::Message(Origin::Unrelated, m)).await;
                     }
-                }
+                    Err(e) => {
+                        warn!(error = %e, "upstream SSE event is not a JSON-RPC message; skipped")
+                    }
+                },
                 _ => {}
             }
         }

@@ -33,10 +33,9 @@ pub struct Handle {
 impl Handle {
     /// Starts the command and the tasks that own its pipes.
     pub fn spawn(command: &[String], ctx: ConnectContext) -> Result<Handle, ConnectError> {
-        let (program, args) = command.split_first().ok_or_else(|| ConnectError::Spawn {
-            command: String::new(),
-            reason: "empty command".into(),
-        })?;
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| ConnectError::Spawn { command: String::new(), reason: "empty command".into() })?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -44,13 +43,10 @@ impl Handle {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| ConnectError::Spawn {
-            command: program.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|e| ConnectError::Spawn { command: program.clone(), reason: e.to_string() })?;
         let pid = child.id().unwrap_or(0);
-        let span =
-            tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid);
+        let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid);
         let alive = Arc::new(AtomicBool::new(true));
 
         let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(64);
@@ -67,16 +63,8 @@ impl Handle {
         }
         let (close_tx, close_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
-        let reaper = Reaper {
-            alive: alive.clone(),
-            pid,
-            grace: ctx.options.close_grace,
-        };
-        tokio::spawn(
-            reaper
-                .run(child, reader, close_rx, ctx.events, exited_tx)
-                .instrument(span),
-        );
+        let reaper = Reaper { alive: alive.clone(), pid, grace: ctx.options.close_grace };
+        tokio::spawn(reaper.run(child, reader, close_rx, ctx.events, exited_tx).instrument(span));
         Ok(Handle {
             stdin: Mutex::new(Some(stdin_tx)),
             alive,
@@ -97,9 +85,7 @@ impl Handle {
         };
         let mut line = msg.to_bytes();
         line.push(b'\n');
-        tx.send(line)
-            .await
-            .map_err(|_| SendError::Unreachable("the stdio child's stdin is closed".into()))
+        tx.send(line).await.map_err(|_| SendError::Unreachable("the stdio child's stdin is closed".into()))
     }
 
     /// Whether the child is still running.
@@ -125,11 +111,7 @@ impl Handle {
     }
 }
 
-async fn write_stdin(
-    mut stdin: tokio::process::ChildStdin,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    alive: Arc<AtomicBool>,
-) {
+async fn write_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>, alive: Arc<AtomicBool>) {
     while let Some(line) = rx.recv().await {
         if let Err(e) = stdin.write_all(&line).await {
             // EPIPE: the child is gone; the reaper reports why.
@@ -141,11 +123,7 @@ async fn write_stdin(
     // Dropping stdin closes it: the child's cue to exit.
 }
 
-async fn read_stdout(
-    stdout: tokio::process::ChildStdout,
-    events: mpsc::Sender<UpstreamEvent>,
-    max: usize,
-) {
+async fn read_stdout(stdout: tokio::process::ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
     let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(max));
     while let Some(line) = lines.next().await {
         let line = match line {
@@ -165,11 +143,7 @@ async fn read_stdout(
         }
         match Message::parse(trimmed.as_bytes()) {
             Ok(msg) => {
-                if events
-                    .send(UpstreamEvent::Message(Origin::Unrelated, msg))
-                    .await
-                    .is_err()
-                {
+                if events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_err() {
                     return;
                 }
             }

@@ -76,9 +76,7 @@ impl Handle {
     pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
         let shared = &self.shared;
         if !self.is_alive() {
-            return Err(SendError::Unreachable(
-                "the upstream session has ended".into(),
-            ));
+            return Err(SendError::Unreachable("the upstream session has ended".into()));
         }
         let had_session = shared.session_id().is_some();
         let resp = shared
@@ -95,10 +93,7 @@ impl Handle {
             })?;
         let status = resp.status();
         if msg.is("initialize")
-            && let Some(sid) = resp
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
+            && let Some(sid) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())
             && let Ok(mut s) = shared.session.lock()
         {
             *s = Some(sid.to_owned());
@@ -164,18 +159,12 @@ impl Handle {
         let shared = &self.shared;
         let was_alive = shared.alive.swap(false, Ordering::AcqRel);
         if was_alive && shared.session_id().is_some() {
-            let req = shared
-                .http
-                .delete(&shared.url)
-                .headers(shared.headers("application/json"));
+            let req = shared.http.delete(&shared.url).headers(shared.headers("application/json"));
             if let Err(e) = tokio::time::timeout(Duration::from_secs(5), req.send()).await {
                 debug!(error = %e, "upstream DELETE timed out");
             }
         }
-        let _ = shared
-            .events
-            .send(UpstreamEvent::Closed(QuitReason::Closed))
-            .await;
+        let _ = shared.events.send(UpstreamEvent::Closed(QuitReason::Closed)).await;
     }
 }
 
@@ -245,10 +234,7 @@ async fn read_sse(shared: Arc<Shared>, resp: reqwest::Response, origin: Origin, 
             warn!("upstream response stream could not be resumed");
             return;
         }
-        tokio::time::sleep(Duration::from_millis(
-            outcome.retry_ms.unwrap_or(500).min(10_000),
-        ))
-        .await;
+        tokio::time::sleep(Duration::from_millis(outcome.retry_ms.unwrap_or(500).min(10_000))).await;
         let mut headers = shared.headers("text/event-stream");
         if let Ok(v) = HeaderValue::from_str(&last_id) {
             headers.insert("last-event-id", v);
@@ -277,17 +263,8 @@ struct PumpOutcome {
     retry_ms: Option<u64>,
 }
 
-async fn pump(
-    shared: &Shared,
-    resp: reqwest::Response,
-    origin: Origin,
-    gid: Option<u64>,
-) -> PumpOutcome {
-    let mut out = PumpOutcome {
-        done: false,
-        last_event_id: None,
-        retry_ms: None,
-    };
+async fn pump(shared: &Shared, resp: reqwest::Response, origin: Origin, gid: Option<u64>) -> PumpOutcome {
+    let mut out = PumpOutcome { done: false, last_event_id: None, retry_ms: None };
     let mut decoder = Decoder::new(shared.max);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -311,9 +288,8 @@ async fn pump(
             }
             match Message::parse(ev.data.as_bytes()) {
                 Ok(m) => {
-                    let is_answer = matches!(m.kind(), Kind::Response | Kind::Error)
-                        && gid.is_some()
-                        && m.numeric_id() == gid;
+                    let is_answer =
+                        matches!(m.kind(), Kind::Response | Kind::Error) && gid.is_some() && m.numeric_id() == gid;
                     shared.deliver(origin, m).await;
                     if is_answer {
                         out.done = true;
@@ -374,10 +350,7 @@ async fn standalone(shared: Arc<Shared>) {
 }
 
 fn content_type(h: &HeaderMap) -> String {
-    h.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase()
+    h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
 }
 
 /// Whether an HTTP answer means "your session is gone": a 404 for a request that carried a
@@ -415,21 +388,9 @@ mod tests {
         assert!(is_session_lost(404, true, b""));
         assert!(!is_session_lost(404, false, b"not found"));
         assert!(is_session_lost(400, true, br#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#));
-        assert!(is_session_lost(
-            404,
-            true,
-            br#"{"error":{"code":-32001,"message":"Session not found"}}"#
-        ));
-        assert!(is_session_lost(
-            400,
-            true,
-            br#"{"error":{"code":-32600,"message":"Session terminated"}}"#
-        ));
-        assert!(!is_session_lost(
-            400,
-            true,
-            br#"{"error":{"code":-32602,"message":"bad params"}}"#
-        ));
+        assert!(is_session_lost(404, true, br#"{"error":{"code":-32001,"message":"Session not found"}}"#));
+        assert!(is_session_lost(400, true, br#"{"error":{"code":-32600,"message":"Session terminated"}}"#));
+        assert!(!is_session_lost(400, true, br#"{"error":{"code":-32602,"message":"bad params"}}"#));
         assert!(!is_session_lost(500, true, b"session"));
     }
 }

@@ -22,9 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Awaits `f`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .expect("timed out: the operation hung")
+    tokio::time::timeout(WAIT, f).await.expect("timed out: the operation hung")
 }
 
 /// The `tether-echo` server that ships with the workspace.
@@ -38,16 +36,8 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         store: StoreSpec::Memory,
         upstream,
-        front: FrontConfig {
-            allowed_origins: vec![],
-            allowed_hosts: vec![],
-            check_host: true,
-            max_body: 4 << 20,
-        },
-        session: SessionConfig {
-            request_timeout: Duration::from_secs(10),
-            ..SessionConfig::default()
-        },
+        front: FrontConfig { allowed_origins: vec![], allowed_hosts: vec![], check_host: true, max_body: 4 << 20 },
+        session: SessionConfig { request_timeout: Duration::from_secs(10), ..SessionConfig::default() },
         log_level: "warn".into(),
         log_format: LogFormat::Plain,
     }
@@ -55,20 +45,13 @@ pub fn config(upstream: UpstreamSpec) -> Config {
 
 /// A gateway serving `config` on an ephemeral loopback port.
 pub async fn start(config: Config) -> Gateway {
-    let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .await
-        .expect("bind");
-    within(Gateway::start(config, listener))
-        .await
-        .expect("gateway starts")
+    let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
+    within(Gateway::start(config, listener)).await.expect("gateway starts")
 }
 
 /// A gateway in front of `tether-echo` over stdio.
 pub async fn echo_gateway() -> Gateway {
-    start(config(UpstreamSpec::Stdio {
-        command: echo_command(),
-    }))
-    .await
+    start(config(UpstreamSpec::Stdio { command: echo_command() })).await
 }
 
 /// The client-facing transports.
@@ -120,45 +103,25 @@ impl Client {
 
     /// A client of the gateway at `base` (`http://host:port`).
     pub fn for_base(base: String, front: Front) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base,
-            front,
-            session: None,
-            next_id: 1,
-            legacy: None,
-        }
+        Client { http: reqwest::Client::new(), base, front, session: None, next_id: 1, legacy: None }
     }
 
     /// The handshake: `initialize` then `notifications/initialized`.
     pub async fn connect(&mut self) -> Value {
         if self.front == Front::LegacySse {
-            let resp = within(
-                self.http
-                    .get(format!("{}/sse", self.base))
-                    .header("accept", "text/event-stream")
-                    .send(),
-            )
-            .await
-            .expect("GET /sse");
+            let resp = within(self.http.get(format!("{}/sse", self.base)).header("accept", "text/event-stream").send())
+                .await
+                .expect("GET /sse");
             assert_eq!(resp.status(), StatusCode::OK);
             let mut events = SseStream::new(resp);
             let endpoint = events.next_event().await.expect("endpoint event");
             assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
             let post_url = format!("{}{}", self.base, endpoint.data);
             self.session = post_url.split("session_id=").nth(1).map(str::to_owned);
-            self.legacy = Some(LegacyStream {
-                post_url,
-                events,
-                seen: Vec::new(),
-            });
+            self.legacy = Some(LegacyStream { post_url, events, seen: Vec::new() });
         }
         let init = self.request("initialize", init_params()).await;
-        let ok = if self.front == Front::LegacySse {
-            StatusCode::ACCEPTED
-        } else {
-            StatusCode::OK
-        };
+        let ok = if self.front == Front::LegacySse { StatusCode::ACCEPTED } else { StatusCode::OK };
         assert_eq!(init.status, ok, "initialize: {:?}", init.answer);
         let result = init.answer["result"].clone();
         assert!(result.is_object(), "initialize failed: {}", init.answer);
@@ -179,12 +142,10 @@ impl Client {
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(body.to_string());
-        if self.front == Front::Streamable {
-            if let Some(s) = &self.session {
-                req = req
-                    .header("mcp-session-id", s)
-                    .header("mcp-protocol-version", "2025-11-25");
-            }
+        if self.front == Front::Streamable
+            && let Some(s) = &self.session
+        {
+            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
         }
         within(req.send()).await.expect("POST")
     }
@@ -200,17 +161,9 @@ impl Client {
             let legacy = self.legacy.as_mut().expect("legacy stream");
             let mut related = std::mem::take(&mut legacy.seen);
             loop {
-                let m = legacy
-                    .events
-                    .next_message()
-                    .await
-                    .expect("the SSE stream ended");
+                let m = legacy.events.next_message().await.expect("the SSE stream ended");
                 if m.get("id") == Some(&json!(id)) && m.get("method").is_none() {
-                    return Exchange {
-                        status,
-                        answer: m,
-                        related,
-                    };
+                    return Exchange { status, answer: m, related };
                 }
                 related.push(m);
             }
@@ -227,25 +180,14 @@ impl Client {
         if !is_sse {
             let text = within(resp.text()).await.expect("body");
             let answer = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            return Exchange {
-                status,
-                answer,
-                related: Vec::new(),
-            };
+            return Exchange { status, answer, related: Vec::new() };
         }
         let mut events = SseStream::new(resp);
         let mut related = Vec::new();
         loop {
-            let m = events
-                .next_message()
-                .await
-                .expect("the response stream ended before its answer");
+            let m = events.next_message().await.expect("the response stream ended before its answer");
             if m.get("id") == Some(&json!(id)) && m.get("method").is_none() {
-                return Exchange {
-                    status,
-                    answer: m,
-                    related,
-                };
+                return Exchange { status, answer: m, related };
             }
             related.push(m);
         }
@@ -335,8 +277,7 @@ impl SseStream {
             }
             let chunk = within(self.body.next()).await?;
             let chunk = chunk.ok()?;
-            self.queue
-                .extend(self.decoder.feed(&chunk).expect("SSE decodes"));
+            self.queue.extend(self.decoder.feed(&chunk).expect("SSE decodes"));
         }
     }
 
@@ -353,47 +294,29 @@ impl SseStream {
 }
 
 /// A raw POST to `/mcp` with the given headers and body.
-pub async fn raw_post(
-    gw: &Gateway,
-    headers: &[(&str, &str)],
-    body: impl Into<reqwest::Body>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("http://{}/mcp", gw.addr))
-        .body(body);
+pub async fn raw_post(gw: &Gateway, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().post(format!("http://{}/mcp", gw.addr)).body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = within(req.send()).await.expect("POST");
     let status = resp.status();
     let text = within(resp.text()).await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// The standard headers of a well-formed POST.
-pub const JSON_POST: [(&str, &str); 2] = [
-    ("content-type", "application/json"),
-    ("accept", "application/json, text/event-stream"),
-];
+pub const JSON_POST: [(&str, &str); 2] =
+    [("content-type", "application/json"), ("accept", "application/json, text/event-stream")];
 
 /// Sends exactly `request` (an HTTP/1.1 request without a body framing surprise) over a raw
 /// socket and returns the status code: for headers an HTTP client would add on its own.
 pub async fn raw_http(gw: &Gateway, request: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = within(tokio::net::TcpStream::connect(gw.addr))
-        .await
-        .expect("connect");
-    within(sock.write_all(request.as_bytes()))
-        .await
-        .expect("write");
+    let mut sock = within(tokio::net::TcpStream::connect(gw.addr)).await.expect("connect");
+    within(sock.write_all(request.as_bytes())).await.expect("write");
     let mut buf = vec![0u8; 1024];
     let n = within(sock.read(&mut buf)).await.expect("read");
     let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line")
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line")
 }
