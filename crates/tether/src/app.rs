@@ -15,6 +15,7 @@ use crate::config::{Config, StoreSpec};
 use crate::downstream::{self, AppState};
 use crate::session::store::{MemoryStore, SessionStore};
 use crate::session::{Deps, Manager};
+use crate::stats::Stats;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,7 +41,9 @@ impl Gateway {
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        let manager = Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone() });
+        let stats = Arc::new(Stats::default());
+        let manager =
+            Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
         manager.spawn_background(stop.clone());

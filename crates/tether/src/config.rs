@@ -8,7 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::downstream::FrontConfig;
-use crate::session::SessionConfig;
+use crate::session::{RestartPolicy, SessionConfig};
 use crate::upstream::{UpstreamOptions, UpstreamSpec};
 
 /// `tether serve` flags. Every flag also reads `TETHER_<NAME>` and the TOML key of the same
@@ -45,6 +45,22 @@ pub struct ServeArgs {
     /// Keep-alive comment interval on idle SSE streams [default: 15s]
     #[arg(long, env = "TETHER_KEEPALIVE", value_name = "DURATION")]
     pub keepalive: Option<String>,
+    /// Release an upstream binding unused this long; the next use revives it [default: 10m]
+    #[arg(long, env = "TETHER_UPSTREAM_IDLE", value_name = "DURATION")]
+    pub upstream_idle: Option<String>,
+    /// Tools whose calls may be retried after an upstream restart, besides those annotated
+    /// readOnlyHint or idempotentHint (repeatable, or comma-separated)
+    #[arg(long = "retry-tools", env = "TETHER_RETRY_TOOLS", value_name = "TOOL", value_delimiter = ',')]
+    pub retry_tools: Vec<String>,
+    /// Upstream failures within --restart-window that open the crash-loop breaker [default: 5]
+    #[arg(long, env = "TETHER_RESTART_MAX_FAILURES", value_name = "N")]
+    pub restart_max_failures: Option<usize>,
+    /// The window failures are counted in [default: 60s]
+    #[arg(long, env = "TETHER_RESTART_WINDOW", value_name = "DURATION")]
+    pub restart_window: Option<String>,
+    /// How long an open breaker refuses restarts (requests get 503) [default: 30s]
+    #[arg(long, env = "TETHER_RESTART_COOLDOWN", value_name = "DURATION")]
+    pub restart_cooldown: Option<String>,
     /// Largest request body in bytes [default: 4194304]
     #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
@@ -76,6 +92,11 @@ pub struct FileConfig {
     session_ttl: Option<String>,
     request_timeout: Option<String>,
     keepalive: Option<String>,
+    upstream_idle: Option<String>,
+    retry_tools: Option<Vec<String>>,
+    restart_max_failures: Option<usize>,
+    restart_window: Option<String>,
+    restart_cooldown: Option<String>,
     max_body: Option<usize>,
     max_sessions: Option<usize>,
     log_level: Option<String>,
@@ -206,10 +227,15 @@ impl Config {
         let ttl = duration("session_ttl", &args.session_ttl, &file.session_ttl, "24h")?;
         let request_timeout = duration("request_timeout", &args.request_timeout, &file.request_timeout, "5m")?;
         let keepalive = duration("keepalive", &args.keepalive, &file.keepalive, "15s")?;
+        let upstream_idle = duration("upstream_idle", &args.upstream_idle, &file.upstream_idle, "10m")?;
+        let restart_window = duration("restart_window", &args.restart_window, &file.restart_window, "60s")?;
+        let restart_cooldown = duration("restart_cooldown", &args.restart_cooldown, &file.restart_cooldown, "30s")?;
         for (key, d, flag) in [
             ("session_ttl", ttl, &args.session_ttl),
             ("request_timeout", request_timeout, &args.request_timeout),
             ("keepalive", keepalive, &args.keepalive),
+            ("upstream_idle", upstream_idle, &args.upstream_idle),
+            ("restart_window", restart_window, &args.restart_window),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -219,6 +245,25 @@ impl Config {
                 });
             }
         }
+        let max_failures = args.restart_max_failures.or(file.restart_max_failures).unwrap_or(5);
+        if max_failures == 0 {
+            return Err(ConfigError::Invalid {
+                key: "restart_max_failures",
+                source_name: src(args.restart_max_failures.is_some()),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let restart = RestartPolicy {
+            max_failures,
+            window: restart_window,
+            cooldown: restart_cooldown,
+            ..RestartPolicy::default()
+        };
+        let retry_tools = if args.retry_tools.is_empty() {
+            file.retry_tools.clone().unwrap_or_default()
+        } else {
+            args.retry_tools.clone()
+        };
         let max_body = args.max_body.or(file.max_body).unwrap_or(4 << 20);
         let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(10_000);
 
@@ -263,6 +308,9 @@ impl Config {
                 request_timeout,
                 keepalive,
                 max_sessions,
+                upstream_idle,
+                restart,
+                retry_tools,
                 upstream: UpstreamOptions::default(),
                 ..SessionConfig::default()
             },

@@ -67,6 +67,12 @@ pub enum GatewayError {
     /// The upstream could not be started or reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The upstream keeps failing: restarts are refused until the cool-down ends.
+    #[error("the upstream server is crash-looping; tether retries it in {retry_after_s} s")]
+    CrashLoop {
+        /// Seconds until the next attempt.
+        retry_after_s: u64,
+    },
     /// The upstream refused the message with an HTTP error and no JSON-RPC answer.
     #[error("upstream answered HTTP {status}")]
     UpstreamRefused {
@@ -152,6 +158,12 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
                 Some(json!({ "reason": "upstream_unavailable", "detail": d })),
+                Fault::Upstream,
+            ),
+            E::CrashLoop { retry_after_s } => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UPSTREAM_UNAVAILABLE,
+                Some(json!({ "reason": "crash_loop", "retry_after_s": retry_after_s })),
                 Fault::Upstream,
             ),
             E::UpstreamRefused { status, detail } => w(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod session;
+pub mod stats;
 pub mod telemetry;
 pub mod upstream;
 

@@ -36,7 +36,7 @@ impl Manager {
     }
 
     /// Creates a session and stores its record.
-    pub async fn create(&self, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+    pub async fn create(self: &Arc<Self>, transport: Transport) -> Result<Arc<Session>, GatewayError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -49,15 +49,16 @@ impl Manager {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())
         })?;
-        let session = Session::new(record, self.deps.clone());
+        let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
         self.write().insert(session.id().to_owned(), session.clone());
+        self.deps.stats.sessions_created.inc();
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
         Ok(session)
     }
 
     /// The live session with this id. A session not live in this process is loaded from the
     /// store; an unknown, closed or expired one is [`GatewayError::SessionNotFound`].
-    pub async fn get(&self, id: &str) -> Result<Arc<Session>, GatewayError> {
+    pub async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<Session>, GatewayError> {
         let live = self.read().get(id).cloned();
         if let Some(s) = live {
             if self.expired(s.last_active()) {
@@ -80,8 +81,9 @@ impl Manager {
             let _ = self.deps.store.close(id, now_ms(), CloseReason::Expired).await;
             return Err(GatewayError::SessionNotFound);
         }
-        let session = Session::new(record, self.deps.clone());
+        let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
         let session = self.write().entry(id.to_owned()).or_insert(session).clone();
+        self.deps.stats.sessions_resumed.inc();
         info!(session_id = %id, "session resumed from the store");
         Ok(session)
     }
@@ -96,6 +98,10 @@ impl Manager {
         session.shutdown().await;
         if let Err(e) = self.deps.store.close(id, now_ms(), reason).await {
             warn!(session_id = %id, error = %e, "closing the session record failed");
+        }
+        match reason {
+            CloseReason::Expired => self.deps.stats.sessions_expired.inc(),
+            _ => self.deps.stats.sessions_closed.inc(),
         }
         info!(session_id = %id, reason = reason.as_str(), "session closed");
         true
@@ -127,11 +133,15 @@ impl Manager {
             let reap_every = (me.deps.config.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
             let mut reap = tokio::time::interval(reap_every);
             let mut flush = tokio::time::interval(Duration::from_secs(1));
+            let idle_every =
+                (me.deps.config.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let mut idle = tokio::time::interval(idle_every);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = reap.tick() => me.reap().await,
                     _ = flush.tick() => me.flush_activity().await,
+                    _ = idle.tick() => me.reap_idle_upstreams().await,
                 }
             }
         });
@@ -143,6 +153,19 @@ impl Manager {
         for id in expired {
             info!(session_id = %id, "session expired");
             self.close(&id, CloseReason::Expired).await;
+        }
+    }
+
+    /// Releases upstream bindings unused for `upstream_idle`; their sessions stay, and the next
+    /// use revives them. A session with a request in flight or an open standalone stream keeps
+    /// its binding: the client is waiting for what the server may send.
+    pub async fn reap_idle_upstreams(&self) {
+        let idle = self.deps.config.upstream_idle;
+        let sessions: Vec<Arc<Session>> = self.read().values().filter(|s| s.upstream_idle_for(idle)).cloned().collect();
+        for s in sessions {
+            info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
+            self.deps.stats.upstream_reaped.inc();
+            s.release_upstream().await;
         }
     }
 

@@ -13,27 +13,33 @@ pub mod manager;
 pub mod record;
 pub mod store;
 
+mod breaker;
+mod client;
+mod revive;
 mod routing;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::message::raw_value;
 use tether_protocol::{Kind, Message};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::error::GatewayError;
-use crate::upstream::{ConnectContext, SendError, Upstream, UpstreamOptions, UpstreamSpec};
+use crate::stats::Stats;
+use crate::upstream::{Upstream, UpstreamOptions, UpstreamSpec};
 use record::{SessionRecord, SessionState, Transport, now_ms};
 use store::{Activity, SessionStore};
 
+pub use breaker::RestartPolicy;
 pub use manager::Manager;
+
+use breaker::Breaker;
 
 /// Tunables of the session layer.
 #[derive(Debug, Clone)]
@@ -46,8 +52,12 @@ pub struct SessionConfig {
     pub keepalive: Duration,
     /// The reconnection delay announced to clients in `retry`.
     pub retry_hint: Duration,
-    /// How long a POST waits for its answer before switching to an SSE response.
-    pub sse_after: Duration,
+    /// How long an upstream binding may sit unused before it is released (the session stays).
+    pub upstream_idle: Duration,
+    /// Restart backoff and crash-loop breaker.
+    pub restart: RestartPolicy,
+    /// Tools whose calls may be retried after an upstream restart, besides annotated ones.
+    pub retry_tools: Vec<String>,
     /// Messages kept for a standalone stream that is not open yet.
     pub backlog: usize,
     /// The most live sessions at once.
@@ -63,7 +73,9 @@ impl Default for SessionConfig {
             request_timeout: Duration::from_secs(300),
             keepalive: Duration::from_secs(15),
             retry_hint: Duration::from_secs(1),
-            sse_after: Duration::from_millis(500),
+            upstream_idle: Duration::from_secs(600),
+            restart: RestartPolicy::default(),
+            retry_tools: Vec::new(),
             backlog: 256,
             max_sessions: 10_000,
             upstream: UpstreamOptions::default(),
@@ -81,6 +93,8 @@ pub struct Deps {
     pub http: reqwest::Client,
     /// Tunables.
     pub config: SessionConfig,
+    /// Counters.
+    pub stats: Arc<Stats>,
 }
 
 /// One message for a client stream.
@@ -138,6 +152,12 @@ struct Pending {
     init_params: Option<Box<RawValue>>,
     seq: u64,
     started: Instant,
+    /// The request as sent upstream, kept to send it again after a revive.
+    upstream_msg: Option<Arc<Message>>,
+    /// Whether repeating it is harmless.
+    retry_safe: bool,
+    /// How many times it was sent again after it may have reached the upstream.
+    attempts: u8,
 }
 
 struct ServerRequest {
@@ -156,7 +176,7 @@ struct Routes {
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 
-fn next_gid() -> u64 {
+pub(super) fn next_gid() -> u64 {
     NEXT_GID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -176,11 +196,19 @@ pub struct Session {
     closed: AtomicBool,
     activity: Mutex<Activity>,
     revives: AtomicU64,
+    breaker: Mutex<Breaker>,
+    /// Tools the upstream annotated read-only or idempotent, from `tools/list` answers.
+    safe_tools: Mutex<HashSet<String>>,
+    /// Digests of the list answers the client has seen, by kind.
+    list_digests: Mutex<HashMap<&'static str, u64>>,
+    /// Unix milliseconds of the last message sent upstream.
+    upstream_used: AtomicU64,
+    manager: Weak<Manager>,
 }
 
 impl Session {
     /// A live session for a record (new, or loaded from the store).
-    pub fn new(record: SessionRecord, deps: Arc<Deps>) -> Arc<Session> {
+    pub fn new(record: SessionRecord, deps: Arc<Deps>, manager: Weak<Manager>) -> Arc<Session> {
         Arc::new(Session {
             id: record.id.clone(),
             transport: record.transport,
@@ -196,6 +224,11 @@ impl Session {
             closed: AtomicBool::new(false),
             activity: Mutex::new(Activity::default()),
             revives: AtomicU64::new(0),
+            breaker: Mutex::new(Breaker::default()),
+            safe_tools: Mutex::new(HashSet::new()),
+            list_digests: Mutex::new(HashMap::new()),
+            upstream_used: AtomicU64::new(now_ms()),
+            manager,
         })
     }
 
@@ -250,378 +283,6 @@ impl Session {
         lock(&self.record).last_active
     }
 
-    fn current(&self) -> Option<Upstream> {
-        lock(&self.current).clone()
-    }
-
-    /// The live upstream binding, connecting or reviving it when missing or dead. `stale`
-    /// names a generation the caller saw fail: it is replaced even if it still looks alive.
-    async fn upstream(self: &Arc<Self>, stale: Option<u64>) -> Result<Upstream, GatewayError> {
-        if stale.is_none()
-            && let Some(u) = self.current()
-            && u.is_alive()
-        {
-            return Ok(u);
-        }
-        let mut slot = self.binding.lock().await;
-        if let Some(u) = slot.as_ref()
-            && u.is_alive()
-            && Some(u.generation()) != stale
-        {
-            return Ok(u.clone());
-        }
-        if self.is_closed() {
-            return Err(GatewayError::SessionNotFound);
-        }
-        let cause = match slot.take() {
-            Some(old) => {
-                old.close().await;
-                "upstream_lost"
-            }
-            None if self.generations.load(Ordering::Relaxed) > 0 => "upstream_reaped",
-            None => "first_use",
-        };
-        let started = Instant::now();
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(256);
-        let ctx = ConnectContext {
-            session_id: self.id.clone(),
-            events: tx,
-            options: self.deps.config.upstream.clone(),
-            http: self.deps.http.clone(),
-        };
-        let up = Upstream::connect(&self.deps.spec, generation, ctx)
-            .await
-            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
-        tokio::spawn(self.clone().route_events(generation, rx));
-        let replay = lock(&self.record).upstream_init.is_some();
-        if replay {
-            if let Err(e) = self.replay(&up).await {
-                warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cause, error = %e, "revive failed");
-                up.close().await;
-                return Err(e);
-            }
-            self.revives.fetch_add(1, Ordering::Relaxed);
-            info!(
-                session_id = %self.id,
-                upstream = self.deps.spec.kind(),
-                cause,
-                generation,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "session revived"
-            );
-        }
-        *slot = Some(up.clone());
-        *lock(&self.current) = Some(up.clone());
-        Ok(up)
-    }
-
-    /// Rebuilds the upstream side of an initialized session on a fresh connection.
-    async fn replay(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
-        let (params, was, state) = {
-            let r = lock(&self.record);
-            (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())
-        };
-        let Some(params) = params else { return Ok(()) };
-        let answer = self.internal_request(up, "initialize", Some(&params)).await?;
-        let result = answer
-            .result()
-            .ok_or_else(|| GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into()))?;
-        let now = protocol_version_of(result);
-        if let (Some(was), Some(now)) = (&was, &now)
-            && was != now
-        {
-            return Err(GatewayError::VersionChanged { was: was.clone(), now: now.clone() });
-        }
-        if let Some(v) = now.as_deref().or(was.as_deref()) {
-            up.set_protocol_version(v);
-        }
-        {
-            let mut r = lock(&self.record);
-            r.upstream_init = Some(result.to_owned());
-        }
-        up.send(&Message::notification("notifications/initialized", None), None)
-            .await
-            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
-        if let Some(level) = &state.log_level {
-            let p = raw_value(&serde_json::json!({ "level": level }));
-            self.internal_request(up, "logging/setLevel", Some(&p)).await?;
-        }
-        for uri in &state.subscriptions {
-            let p = raw_value(&serde_json::json!({ "uri": uri }));
-            self.internal_request(up, "resources/subscribe", Some(&p)).await?;
-        }
-        if lock(&self.routes).standalone.is_some() {
-            up.open_standalone();
-        }
-        Ok(())
-    }
-
-    /// Sends a request of tether's own and waits for its answer.
-    async fn internal_request(
-        &self,
-        up: &Upstream,
-        method: &str,
-        params: Option<&RawValue>,
-    ) -> Result<Message, GatewayError> {
-        let gid = next_gid();
-        let (tx, rx) = oneshot::channel();
-        self.insert_pending(
-            gid,
-            Pending {
-                client_id: numeric_id(gid),
-                method: method.to_owned(),
-                reply: Reply::Internal(tx),
-                generation: up.generation(),
-                progress_token: None,
-                state_change: None,
-                init_params: None,
-                seq: gid,
-                started: Instant::now(),
-            },
-        );
-        if let Err(e) = up.send(&Message::request(gid, method, params), Some(gid)).await {
-            lock(&self.routes).pending.remove(&gid);
-            return Err(GatewayError::UpstreamUnavailable(e.to_string()));
-        }
-        let timeout = self.deps.config.request_timeout.min(Duration::from_secs(60));
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(m)) => Ok(m),
-            Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(format!("the upstream went away during {method}"))),
-            Err(_) => {
-                lock(&self.routes).pending.remove(&gid);
-                Err(GatewayError::UpstreamUnavailable(format!("the upstream did not answer {method}")))
-            }
-        }
-    }
-
-    fn insert_pending(&self, gid: u64, p: Pending) {
-        lock(&self.routes).pending.insert(gid, p);
-    }
-
-    /// Forwards a client request. Its answer, and messages related to it, go to `sink`.
-    /// Returns the gateway id, which the caller uses to time the request out.
-    pub async fn request(self: &Arc<Self>, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
-        let method = msg.method().unwrap_or_default().to_owned();
-        let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
-        let gid = next_gid();
-        self.note_activity(method == "tools/call");
-        let progress_token = msg.params().and_then(progress_token_of_request);
-        let state_change = msg.params().and_then(|p| state_change_of(&method, p));
-        let init_params = if method == "initialize" { msg.params().map(ToOwned::to_owned) } else { None };
-        let mut upstream_msg = msg;
-        upstream_msg.set_id(numeric_id(gid));
-        let mut stale = None;
-        let mut last_error = String::new();
-        let mut pending = Some(Pending {
-            client_id,
-            method,
-            reply: Reply::Client(sink),
-            generation: 0,
-            progress_token,
-            state_change,
-            init_params,
-            seq: gid,
-            started: Instant::now(),
-        });
-        // A message the upstream provably never received is sent again on a revived binding.
-        for _ in 0..2 {
-            let up = self.upstream(stale).await?;
-            let Some(mut p) = pending.take() else { break };
-            p.generation = up.generation();
-            self.insert_pending(gid, p);
-            match up.send(&upstream_msg, Some(gid)).await {
-                Ok(()) => return Ok(gid),
-                Err(e @ (SendError::Unreachable(_) | SendError::SessionLost)) => {
-                    pending = lock(&self.routes).pending.remove(&gid);
-                    if pending.is_none() {
-                        // The upstream died and its death already answered the request.
-                        return Ok(gid);
-                    }
-                    last_error = e.to_string();
-                    stale = Some(up.generation());
-                }
-                Err(SendError::Refused { status, detail }) => {
-                    lock(&self.routes).pending.remove(&gid);
-                    return Err(GatewayError::UpstreamRefused { status, detail });
-                }
-            }
-        }
-        Err(GatewayError::UpstreamUnavailable(last_error))
-    }
-
-    /// Forwards a client notification.
-    pub async fn notify(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
-        self.note_activity(false);
-        let mut msg = msg;
-        if msg.is("notifications/cancelled") {
-            let Some(gid) = self.cancel_by_client_id(&msg) else {
-                return Ok(());
-            };
-            rewrite_param(&mut msg, "requestId", &numeric_id(gid));
-            if let Some(up) = self.current().filter(Upstream::is_alive) {
-                let _ = up.send(&msg, None).await;
-            }
-            return Ok(());
-        }
-        let up = self.upstream(None).await?;
-        match up.send(&msg, None).await {
-            Ok(()) => Ok(()),
-            Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
-            Err(e) => {
-                // Lost with the connection; the revive replays what matters (initialized).
-                tracing::debug!(session_id = %self.id, error = %e, "notification not delivered");
-                Ok(())
-            }
-        }
-    }
-
-    /// Forwards the client's answer to a server→client request, to the upstream's original id.
-    pub async fn answer(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
-        self.note_activity(false);
-        let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
-        let Some(sr) = lock(&self.routes).server_requests.remove(&key) else {
-            tracing::debug!(session_id = %self.id, id = %key, "answer to an unknown server request; dropped");
-            return Ok(());
-        };
-        let Some(up) = self.current().filter(|u| u.generation() == sr.generation && u.is_alive()) else {
-            tracing::debug!(session_id = %self.id, "answer for an upstream that has since restarted; dropped");
-            return Ok(());
-        };
-        let mut msg = msg;
-        msg.set_id(sr.upstream_id);
-        if let Err(e) = up.send(&msg, None).await {
-            tracing::debug!(session_id = %self.id, error = %e, "answer not delivered");
-        }
-        Ok(())
-    }
-
-    /// Ends a request that ran out of time: the upstream is told to cancel it, and the client
-    /// gets the returned error (or nothing, if the answer won the race).
-    pub async fn time_out(&self, gid: u64) -> Option<Message> {
-        let p = lock(&self.routes).pending.remove(&gid)?;
-        if let Some(up) = self.current().filter(Upstream::is_alive) {
-            let params = raw_value(&serde_json::json!({ "requestId": gid, "reason": "timed out" }));
-            let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
-        }
-        let secs = self.deps.config.request_timeout.as_secs();
-        warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
-        Some(GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id)))
-    }
-
-    /// Opens the client's standalone stream (replacing an older one) and returns what was
-    /// queued for it.
-    pub fn attach_standalone(&self, sink: Sink) -> Vec<Bytes> {
-        let backlog: Vec<Bytes> = {
-            let mut r = lock(&self.routes);
-            r.standalone = Some(sink);
-            r.backlog.drain(..).collect()
-        };
-        if let Some(up) = self.current().filter(Upstream::is_alive) {
-            up.open_standalone();
-        }
-        backlog
-    }
-
-    /// Forgets the standalone stream `stream`, if it is still the current one.
-    pub fn detach_standalone(&self, stream: u64) {
-        let mut r = lock(&self.routes);
-        if r.standalone.as_ref().is_some_and(|s| s.stream == stream) {
-            r.standalone = None;
-        }
-    }
-
-    /// The standalone stream's sink (a legacy session's only stream).
-    pub fn standalone_sink(&self) -> Option<Sink> {
-        lock(&self.routes).standalone.clone()
-    }
-
-    /// Writes one message to a sink.
-    pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
-        sink.deliver(Outbound { data, fin: true, status: None }).await
-    }
-
-    /// Ends client requests older than the request timeout and returns their errors (for
-    /// streams that have no per-request timer: legacy SSE).
-    pub fn expire_overdue(&self) -> Vec<Bytes> {
-        let timeout = self.deps.config.request_timeout;
-        let overdue: Vec<Pending> = {
-            let mut r = lock(&self.routes);
-            let gids: Vec<u64> = r
-                .pending
-                .iter()
-                .filter(|(_, p)| matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout)
-                .map(|(g, _)| *g)
-                .collect();
-            gids.iter().filter_map(|g| r.pending.remove(g)).collect()
-        };
-        if overdue.is_empty() {
-            return Vec::new();
-        }
-        let up = self.current().filter(Upstream::is_alive);
-        overdue
-            .iter()
-            .map(|p| {
-                if let Some(up) = up.clone() {
-                    let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
-                    tokio::spawn(async move {
-                        let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
-                    });
-                }
-                warn!(session_id = %self.id, method = %p.method, "request timed out");
-                let err = GatewayError::UpstreamTimeout(timeout.as_secs()).to_message(Some(&p.client_id));
-                Bytes::from(err.to_bytes())
-            })
-            .collect()
-    }
-
-    /// Whether a standalone stream is open.
-    pub fn has_standalone(&self) -> bool {
-        lock(&self.routes).standalone.is_some()
-    }
-
-    /// Ends the session's live side: pending requests get an error, streams end, the upstream
-    /// closes. The record is closed by the manager.
-    pub async fn shutdown(&self) {
-        self.closed.store(true, Ordering::Release);
-        let pending: Vec<Pending> = {
-            let mut r = lock(&self.routes);
-            r.standalone = None;
-            r.server_requests.clear();
-            r.pending.drain().map(|(_, p)| p).collect()
-        };
-        for p in pending {
-            if let Reply::Client(sink) = p.reply {
-                let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
-                sink.deliver(Outbound { data: err.to_bytes().into(), fin: true, status: Some(404) }).await;
-            }
-        }
-        let up = self.binding.lock().await.take();
-        lock(&self.current).take();
-        if let Some(up) = up {
-            up.close().await;
-        }
-    }
-
-    /// Closes the upstream binding but keeps the session (idle reap, gateway shutdown).
-    pub async fn release_upstream(&self) {
-        let up = self.binding.lock().await.take();
-        lock(&self.current).take();
-        if let Some(up) = up {
-            up.close().await;
-        }
-    }
-
-    /// Whether an upstream binding is live.
-    pub fn upstream_alive(&self) -> bool {
-        self.current().is_some_and(|u| u.is_alive())
-    }
-
-    /// The stdio child's pid, if the binding is a live child.
-    pub fn upstream_pid(&self) -> Option<u32> {
-        self.current().filter(Upstream::is_alive).and_then(|u| u.pid())
-    }
-
     fn note_activity(&self, tool_call: bool) {
         let now = now_ms();
         {
@@ -643,26 +304,6 @@ impl Session {
             return None;
         }
         Some(std::mem::take(&mut *a))
-    }
-
-    fn cancel_by_client_id(&self, msg: &Message) -> Option<u64> {
-        #[derive(Deserialize)]
-        struct P<'a> {
-            #[serde(rename = "requestId", borrow)]
-            request_id: &'a RawValue,
-        }
-        let params = msg.params()?;
-        let p: P<'_> = serde_json::from_str(params.get()).ok()?;
-        let mut r = lock(&self.routes);
-        let gid = r
-            .pending
-            .iter()
-            .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == p.request_id.get())
-            .map(|(g, _)| *g)?;
-        // Dropping the pending entry ends the client's stream for it: a cancelled request
-        // gets no answer.
-        r.pending.remove(&gid);
-        Some(gid)
     }
 
     async fn store_state(&self, state: SessionState) {

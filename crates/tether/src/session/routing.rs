@@ -1,6 +1,8 @@
 //! Where upstream messages go: answers to the request they answer, server→client requests and
 //! notifications to the stream they belong to, and what a dead connection leaves behind.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -21,16 +23,25 @@ use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
 impl Session {
     /// Reads one binding's events until it is gone.
-    pub(super) async fn route_events(self: Arc<Self>, generation: u64, mut rx: mpsc::Receiver<UpstreamEvent>) {
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
-                UpstreamEvent::Closed(reason) => {
-                    self.on_closed(generation, reason).await;
-                    return;
+    ///
+    /// Boxed, because a binding's death may revive the session, which starts a new reader:
+    /// the explicit `Send` future type breaks that cycle for the compiler.
+    pub(super) fn route_events(
+        self: Arc<Self>,
+        generation: u64,
+        mut rx: mpsc::Receiver<UpstreamEvent>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
+                    UpstreamEvent::Closed(reason) => {
+                        self.on_closed(generation, reason).await;
+                        return;
+                    }
                 }
             }
-        }
+        })
     }
 
     async fn route(self: &Arc<Self>, generation: u64, origin: Origin, mut msg: Message) {
@@ -90,13 +101,41 @@ impl Session {
             }
             Reply::Client(ref sink) => sink.clone(),
         };
+        if msg.kind() == Kind::Error
+            && is_session_error(msg.error_object())
+            && p.attempts == 0
+            && let Some(up) = self.current()
+        {
+            // The upstream did not process it: it forgot our session. Revive and send again.
+            let mut p = p;
+            p.attempts += 1;
+            let generation = p.generation;
+            info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
+            up.mark_lost();
+            self.spawn_dispatch(gid, p, sink, generation);
+            return;
+        }
         if msg.kind() == Kind::Response {
             self.apply_success(&p, &msg).await;
+            self.learn_from_list(&p.method, &msg);
         }
         msg.set_id(p.client_id);
         let out = Outbound { data: Bytes::from(msg.to_bytes()), fin: true, status: None };
         if !sink.deliver(out).await {
             debug!(session_id = %self.id, method = %p.method, "the client's stream closed before its answer");
+        }
+    }
+
+    /// Remembers what list answers say: which tools are safe to retry, and a digest of each
+    /// list for telling the client about changes across a revive.
+    fn learn_from_list(&self, method: &str, msg: &Message) {
+        let Some(kind) = method.strip_suffix("/list") else { return };
+        let Some(kind) = super::revive::LIST_KINDS.iter().find(|k| **k == kind) else { return };
+        let Some(result) = msg.result() else { return };
+        lock(&self.list_digests).insert(kind, super::revive::digest(result.get()));
+        if *kind == "tools" {
+            let safe = safe_tools_of(result);
+            lock(&self.safe_tools).extend(safe);
         }
     }
 
@@ -158,7 +197,7 @@ impl Session {
     /// upstream stream, or carrying a request's progress token, goes with that request; other
     /// messages from a channel that does not say (stdio) go to the newest request still
     /// waiting, since servers emit them while serving it; then the standalone stream.
-    fn target(&self, origin: Origin, progress_token: Option<&str>) -> Option<Sink> {
+    pub(super) fn target(&self, origin: Origin, progress_token: Option<&str>) -> Option<Sink> {
         let r = lock(&self.routes);
         let sse_sink = |p: &Pending| match &p.reply {
             Reply::Client(s) if s.sse => Some(s.clone()),
@@ -187,7 +226,7 @@ impl Session {
         r.standalone.clone()
     }
 
-    async fn deliver(&self, target: Option<Sink>, msg: Message) {
+    pub(super) async fn deliver(&self, target: Option<Sink>, msg: Message) {
         let data = Bytes::from(msg.to_bytes());
         if let Some(sink) = target {
             let stream = sink.stream;
@@ -204,30 +243,65 @@ impl Session {
         r.backlog.push_back(data);
     }
 
-    /// A binding ended: every request it carried ends too, with an error saying so.
+    /// A binding ended: every request it carried ends too, with an error saying so, unless
+    /// repeating it is safe, in which case it is sent again on a revived binding. A session
+    /// whose client listens on a standalone stream is revived at once.
     async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason) {
-        let orphans: Vec<Pending> = {
+        let orphans: Vec<(u64, Pending)> = {
             let mut r = lock(&self.routes);
             r.server_requests.retain(|_, sr| sr.generation != generation);
             let gids: Vec<u64> =
                 r.pending.iter().filter(|(_, p)| p.generation == generation).map(|(g, _)| *g).collect();
-            gids.iter().filter_map(|g| r.pending.remove(g)).collect()
+            gids.iter().filter_map(|g| r.pending.remove(g).map(|p| (*g, p))).collect()
         };
-        if reason != QuitReason::Closed {
+        let unexpected = reason != QuitReason::Closed;
+        if unexpected {
+            self.binding_died();
             info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
         }
-        for p in orphans {
-            let Reply::Client(sink) = p.reply else {
+        let mut retried = false;
+        for (gid, mut p) in orphans {
+            let Reply::Client(sink) = &p.reply else { continue };
+            let sink = sink.clone();
+            if p.method == "initialize" {
+                let err = GatewayError::UpstreamUnavailable(reason.to_string());
+                let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
+                sink.deliver(Outbound { data, fin: true, status: Some(503) }).await;
                 continue;
-            };
-            let (err, status) = if p.method == "initialize" {
-                (GatewayError::UpstreamUnavailable(reason.to_string()), Some(503))
-            } else {
-                (GatewayError::UpstreamRestarted(reason.to_string()), None)
-            };
+            }
+            if p.retry_safe && p.attempts == 0 && !self.is_closed() {
+                p.attempts += 1;
+                retried = true;
+                self.deps.stats.requests_retried.inc();
+                self.spawn_dispatch(gid, p, sink, generation);
+                continue;
+            }
+            self.deps.stats.requests_interrupted.inc();
+            let err = GatewayError::UpstreamRestarted(reason.to_string());
             let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            sink.deliver(Outbound { data, fin: true, status }).await;
+            sink.deliver(Outbound { data, fin: true, status: None }).await;
         }
+        if unexpected && !retried && self.has_standalone() && !self.is_closed() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.upstream(Some(generation)).await {
+                    warn!(session_id = %me.id, error = %e, "restarting the upstream for an open stream failed; the next request retries");
+                }
+            });
+        }
+    }
+
+    /// Sends a request again on a revived binding, in the background; its client hears the
+    /// outcome on `sink`.
+    fn spawn_dispatch(self: &Arc<Self>, gid: u64, p: Pending, sink: Sink, stale: u64) {
+        let me = self.clone();
+        let client_id = p.client_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
+                let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
+                sink.deliver(Outbound { data, fin: true, status: None }).await;
+            }
+        });
     }
 }
 
@@ -247,4 +321,72 @@ fn request_id_of(params: &RawValue) -> Option<String> {
         id: &'a RawValue,
     }
     serde_json::from_str::<P<'_>>(params.get()).ok().map(|p| p.id.get().to_owned())
+}
+
+/// Tools annotated `readOnlyHint` or `idempotentHint` in a `tools/list` result.
+fn safe_tools_of(result: &RawValue) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct List {
+        #[serde(default)]
+        tools: Vec<Tool>,
+    }
+    #[derive(Deserialize)]
+    struct Tool {
+        name: String,
+        #[serde(default)]
+        annotations: Option<Annotations>,
+    }
+    #[derive(Deserialize)]
+    struct Annotations {
+        #[serde(rename = "readOnlyHint", default)]
+        read_only: Option<bool>,
+        #[serde(rename = "idempotentHint", default)]
+        idempotent: Option<bool>,
+    }
+    let Ok(list) = serde_json::from_str::<List>(result.get()) else { return Vec::new() };
+    list.tools
+        .into_iter()
+        .filter(|t| t.annotations.as_ref().is_some_and(|a| a.read_only == Some(true) || a.idempotent == Some(true)))
+        .map(|t| t.name)
+        .collect()
+}
+
+/// Whether a JSON-RPC error says the session is unknown (−32001, or a −32600/−32000 that says so).
+fn is_session_error(error: Option<&RawValue>) -> bool {
+    #[derive(Deserialize)]
+    struct E {
+        code: i64,
+        #[serde(default)]
+        message: String,
+    }
+    let Some(e) = error.and_then(|e| serde_json::from_str::<E>(e.get()).ok()) else { return false };
+    let says_session = e.message.to_ascii_lowercase().contains("session");
+    e.code == -32001 || ((e.code == -32600 || e.code == -32000) && says_session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).expect("json")
+    }
+
+    #[test]
+    fn annotated_tools_are_safe_to_retry() {
+        let r = raw(
+            r#"{"tools":[{"name":"a","annotations":{"readOnlyHint":true}},{"name":"b","annotations":{"idempotentHint":true,"destructiveHint":false}},{"name":"c","annotations":{"readOnlyHint":false}},{"name":"d"}],"nextCursor":"x"}"#,
+        );
+        assert_eq!(safe_tools_of(&r), vec!["a", "b"]);
+        assert!(safe_tools_of(&raw("{}")).is_empty());
+    }
+
+    #[test]
+    fn session_errors_are_recognised() {
+        assert!(is_session_error(Some(&raw(r#"{"code":-32001,"message":"Session not found"}"#))));
+        assert!(is_session_error(Some(&raw(r#"{"code":-32600,"message":"Invalid or expired session"}"#))));
+        assert!(!is_session_error(Some(&raw(r#"{"code":-32600,"message":"bad request"}"#))));
+        assert!(!is_session_error(Some(&raw(r#"{"code":-32602,"message":"session param missing"}"#))));
+        assert!(!is_session_error(None));
+    }
 }

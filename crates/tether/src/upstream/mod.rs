@@ -95,6 +95,9 @@ pub enum SendError {
     /// Provably not delivered: the connection is down (safe to send again after a revive).
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// The connection broke after the message went out: it may or may not have been processed.
+    #[error("upstream connection interrupted: {0}")]
+    Interrupted(String),
     /// The upstream answered that it does not know our session: the message was not processed.
     #[error("upstream session lost")]
     SessionLost,
@@ -220,6 +223,15 @@ impl Upstream {
             Kind::Stdio(h) => h.is_alive(),
             Kind::Streamable(h) => h.is_alive(),
             Kind::Sse(h) => h.is_alive(),
+        }
+    }
+
+    /// Marks the connection unusable (the upstream said it lost our session in-band).
+    pub fn mark_lost(&self) {
+        match &*self.kind {
+            Kind::Stdio(_) => {}
+            Kind::Streamable(h) => h.mark_lost(),
+            Kind::Sse(h) => h.mark_lost(),
         }
     }
 

@@ -69,7 +69,11 @@ impl Handle {
             .await
             .map_err(|e| {
                 self.alive.store(false, Ordering::Release);
-                SendError::Unreachable(e.to_string())
+                if e.is_connect() {
+                    SendError::Unreachable(e.to_string())
+                } else {
+                    SendError::Interrupted(e.to_string())
+                }
             })?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
@@ -81,6 +85,11 @@ impl Handle {
             return Err(SendError::SessionLost);
         }
         Err(SendError::Refused { status, detail: String::from_utf8_lossy(&body).chars().take(200).collect() })
+    }
+
+    /// Forgets the upstream session: the next use starts a new one.
+    pub fn mark_lost(&self) {
+        self.alive.store(false, Ordering::Release);
     }
 
     /// Whether the stream is still open.

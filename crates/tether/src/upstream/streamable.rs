@@ -66,6 +66,11 @@ impl Handle {
         }
     }
 
+    /// Forgets the upstream session: the next use starts a new one.
+    pub fn mark_lost(&self) {
+        self.shared.mark_dead();
+    }
+
     /// Whether the upstream session is still believed valid.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
@@ -89,7 +94,7 @@ impl Handle {
             .await
             .map_err(|e| {
                 shared.mark_dead();
-                SendError::Unreachable(describe(&e))
+                if e.is_connect() { SendError::Unreachable(describe(&e)) } else { SendError::Interrupted(describe(&e)) }
             })?;
         let status = resp.status();
         if msg.is("initialize")
@@ -106,9 +111,9 @@ impl Handle {
                 let task = read_sse(shared2, resp, origin, gid);
                 tokio::spawn(task.instrument(shared.span.clone()));
             } else if content_type.starts_with("application/json") {
-                let body = resp.bytes().await.map_err(|e| SendError::Refused {
-                    status: status.as_u16(),
-                    detail: format!("reading the response body failed: {e}"),
+                let body = resp.bytes().await.map_err(|e| {
+                    shared.mark_dead();
+                    SendError::Interrupted(format!("reading the response body failed: {e}"))
                 })?;
                 if !body.is_empty() {
                     shared.deliver_body(origin, &body).await;

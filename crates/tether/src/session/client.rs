@@ -1,0 +1,331 @@
+//! What a client does with its session: requests, notifications, answers to server requests,
+//! timeouts, streams, and the end of the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tether_protocol::Message;
+use tether_protocol::message::{numeric_id, raw_value};
+use tracing::warn;
+
+use super::record::now_ms;
+use super::{
+    Outbound, Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of,
+};
+use crate::error::GatewayError;
+use crate::upstream::{SendError, Upstream};
+
+/// Methods that only read, or set state to a value: repeating them is harmless.
+const SAFE_METHODS: [&str; 9] = [
+    "ping",
+    "resources/read",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tools/list",
+    "resources/templates/list",
+];
+
+impl Session {
+    /// Forwards a client request. Its answer, and messages related to it, go to `sink`.
+    /// Returns the gateway id, which the caller uses to time the request out.
+    pub async fn request(self: &Arc<Self>, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
+        let method = msg.method().unwrap_or_default().to_owned();
+        let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
+        let gid = next_gid();
+        self.note_activity(method == "tools/call");
+        let progress_token = msg.params().and_then(progress_token_of_request);
+        let state_change = msg.params().and_then(|p| state_change_of(&method, p));
+        let init_params = if method == "initialize" { msg.params().map(ToOwned::to_owned) } else { None };
+        let retry_safe = self.is_retry_safe(&method, msg.params());
+        let mut upstream_msg = msg;
+        upstream_msg.set_id(numeric_id(gid));
+        let pending = Pending {
+            client_id,
+            method,
+            reply: Reply::Client(sink),
+            generation: 0,
+            progress_token,
+            state_change,
+            init_params,
+            seq: gid,
+            started: Instant::now(),
+            upstream_msg: Some(Arc::new(upstream_msg)),
+            retry_safe,
+            attempts: 0,
+        };
+        self.dispatch(gid, pending, None).await.map(|()| gid)
+    }
+
+    /// Sends a waiting request on a live binding. A message the upstream provably never
+    /// received is sent again after a revive; one that may have reached it is retried once
+    /// when repeating it is safe, and otherwise ends with "upstream restarted".
+    pub(super) async fn dispatch(
+        self: &Arc<Self>,
+        gid: u64,
+        mut p: Pending,
+        mut stale: Option<u64>,
+    ) -> Result<(), GatewayError> {
+        let Some(msg) = p.upstream_msg.clone() else { return Ok(()) };
+        let mut undelivered = 0;
+        loop {
+            let up = self.upstream(stale).await?;
+            p.generation = up.generation();
+            self.insert_pending(gid, p);
+            self.upstream_used.store(now_ms(), Ordering::Relaxed);
+            let err = match up.send(&msg, Some(gid)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            // Take the request back, unless the binding's death already decided its fate.
+            let Some(back) = lock(&self.routes).pending.remove(&gid) else { return Ok(()) };
+            p = back;
+            stale = Some(up.generation());
+            match err {
+                SendError::Unreachable(_) | SendError::SessionLost if undelivered < 2 => undelivered += 1,
+                SendError::Unreachable(d) => return Err(GatewayError::UpstreamUnavailable(d)),
+                SendError::SessionLost => {
+                    return Err(GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into()));
+                }
+                SendError::Interrupted(d) => {
+                    if !p.retry_safe || p.attempts > 0 {
+                        self.deps.stats.requests_interrupted.inc();
+                        return Err(GatewayError::UpstreamRestarted(d));
+                    }
+                    p.attempts += 1;
+                    self.deps.stats.requests_retried.inc();
+                }
+                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
+            }
+        }
+    }
+
+    /// Whether repeating this request is harmless: read-only methods, idempotent state
+    /// changes, and `tools/call` of tools annotated read-only or idempotent, or allowed by the
+    /// operator.
+    fn is_retry_safe(&self, method: &str, params: Option<&RawValue>) -> bool {
+        #[derive(Deserialize)]
+        struct Call<'a> {
+            #[serde(borrow)]
+            name: std::borrow::Cow<'a, str>,
+        }
+        if SAFE_METHODS.contains(&method) || method.ends_with("/list") {
+            return true;
+        }
+        if method != "tools/call" {
+            return false;
+        }
+        let Some(call) = params.and_then(|p| serde_json::from_str::<Call<'_>>(p.get()).ok()) else { return false };
+        self.deps.config.retry_tools.iter().any(|t| t == call.name.as_ref())
+            || lock(&self.safe_tools).contains(call.name.as_ref())
+    }
+
+    /// Forwards a client notification.
+    pub async fn notify(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
+        self.note_activity(false);
+        let mut msg = msg;
+        if msg.is("notifications/cancelled") {
+            let Some(gid) = self.cancel_by_client_id(&msg) else {
+                return Ok(());
+            };
+            rewrite_param(&mut msg, "requestId", &numeric_id(gid));
+            if let Some(up) = self.current().filter(Upstream::is_alive) {
+                let _ = up.send(&msg, None).await;
+            }
+            return Ok(());
+        }
+        let up = self.upstream(None).await?;
+        match up.send(&msg, None).await {
+            Ok(()) => Ok(()),
+            Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
+            Err(e) => {
+                // Lost with the connection; the revive replays what matters (initialized).
+                tracing::debug!(session_id = %self.id, error = %e, "notification not delivered");
+                Ok(())
+            }
+        }
+    }
+
+    /// Forwards the client's answer to a server→client request, to the upstream's original id.
+    pub async fn answer(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
+        self.note_activity(false);
+        let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
+        let Some(sr) = lock(&self.routes).server_requests.remove(&key) else {
+            tracing::debug!(session_id = %self.id, id = %key, "answer to an unknown server request; dropped");
+            return Ok(());
+        };
+        let Some(up) = self.current().filter(|u| u.generation() == sr.generation && u.is_alive()) else {
+            tracing::debug!(session_id = %self.id, "answer for an upstream that has since restarted; dropped");
+            return Ok(());
+        };
+        let mut msg = msg;
+        msg.set_id(sr.upstream_id);
+        if let Err(e) = up.send(&msg, None).await {
+            tracing::debug!(session_id = %self.id, error = %e, "answer not delivered");
+        }
+        Ok(())
+    }
+
+    /// Ends a request that ran out of time: the upstream is told to cancel it, and the client
+    /// gets the returned error (or nothing, if the answer won the race).
+    pub async fn time_out(&self, gid: u64) -> Option<Message> {
+        let p = lock(&self.routes).pending.remove(&gid)?;
+        if let Some(up) = self.current().filter(Upstream::is_alive) {
+            let params = raw_value(&serde_json::json!({ "requestId": gid, "reason": "timed out" }));
+            let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
+        }
+        let secs = self.deps.config.request_timeout.as_secs();
+        warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
+        Some(GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id)))
+    }
+
+    /// Opens the client's standalone stream (replacing an older one) and returns what was
+    /// queued for it.
+    pub fn attach_standalone(&self, sink: Sink) -> Vec<Bytes> {
+        let backlog: Vec<Bytes> = {
+            let mut r = lock(&self.routes);
+            r.standalone = Some(sink);
+            r.backlog.drain(..).collect()
+        };
+        if let Some(up) = self.current().filter(Upstream::is_alive) {
+            up.open_standalone();
+        }
+        backlog
+    }
+
+    /// Forgets the standalone stream `stream`, if it is still the current one.
+    pub fn detach_standalone(&self, stream: u64) {
+        let mut r = lock(&self.routes);
+        if r.standalone.as_ref().is_some_and(|s| s.stream == stream) {
+            r.standalone = None;
+        }
+    }
+
+    /// The standalone stream's sink (a legacy session's only stream).
+    pub fn standalone_sink(&self) -> Option<Sink> {
+        lock(&self.routes).standalone.clone()
+    }
+
+    /// Writes one message to a sink.
+    pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
+        sink.deliver(Outbound { data, fin: true, status: None }).await
+    }
+
+    /// Ends client requests older than the request timeout and returns their errors (for
+    /// streams that have no per-request timer: legacy SSE).
+    pub fn expire_overdue(&self) -> Vec<Bytes> {
+        let timeout = self.deps.config.request_timeout;
+        let overdue: Vec<Pending> = {
+            let mut r = lock(&self.routes);
+            let gids: Vec<u64> = r
+                .pending
+                .iter()
+                .filter(|(_, p)| matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout)
+                .map(|(g, _)| *g)
+                .collect();
+            gids.iter().filter_map(|g| r.pending.remove(g)).collect()
+        };
+        if overdue.is_empty() {
+            return Vec::new();
+        }
+        let up = self.current().filter(Upstream::is_alive);
+        overdue
+            .iter()
+            .map(|p| {
+                if let Some(up) = up.clone() {
+                    let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
+                    tokio::spawn(async move {
+                        let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
+                    });
+                }
+                warn!(session_id = %self.id, method = %p.method, "request timed out");
+                let err = GatewayError::UpstreamTimeout(timeout.as_secs()).to_message(Some(&p.client_id));
+                Bytes::from(err.to_bytes())
+            })
+            .collect()
+    }
+
+    /// Whether the binding is live, unused for `idle`, with nothing in flight and no client
+    /// stream waiting for server messages.
+    pub fn upstream_idle_for(&self, idle: std::time::Duration) -> bool {
+        let used = self.upstream_used.load(Ordering::Relaxed);
+        self.upstream_alive()
+            && now_ms().saturating_sub(used) >= idle.as_millis() as u64
+            && !self.has_standalone()
+            && lock(&self.routes).pending.is_empty()
+    }
+
+    /// Whether a standalone stream is open.
+    pub fn has_standalone(&self) -> bool {
+        lock(&self.routes).standalone.is_some()
+    }
+
+    /// Ends the session's live side: pending requests get an error, streams end, the upstream
+    /// closes. The record is closed by the manager.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let pending: Vec<Pending> = {
+            let mut r = lock(&self.routes);
+            r.standalone = None;
+            r.server_requests.clear();
+            r.pending.drain().map(|(_, p)| p).collect()
+        };
+        for p in pending {
+            if let Reply::Client(sink) = p.reply {
+                let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
+                sink.deliver(Outbound { data: err.to_bytes().into(), fin: true, status: Some(404) }).await;
+            }
+        }
+        let up = self.binding.lock().await.take();
+        lock(&self.current).take();
+        if let Some(up) = up {
+            up.close().await;
+        }
+    }
+
+    /// Closes the upstream binding but keeps the session (idle reap, gateway shutdown).
+    pub async fn release_upstream(&self) {
+        let up = self.binding.lock().await.take();
+        lock(&self.current).take();
+        if let Some(up) = up {
+            up.close().await;
+        }
+    }
+
+    /// Whether an upstream binding is live.
+    pub fn upstream_alive(&self) -> bool {
+        self.current().is_some_and(|u| u.is_alive())
+    }
+
+    /// The stdio child's pid, if the binding is a live child.
+    pub fn upstream_pid(&self) -> Option<u32> {
+        self.current().filter(Upstream::is_alive).and_then(|u| u.pid())
+    }
+
+    fn cancel_by_client_id(&self, msg: &Message) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(rename = "requestId", borrow)]
+            request_id: &'a RawValue,
+        }
+        let params = msg.params()?;
+        let p: P<'_> = serde_json::from_str(params.get()).ok()?;
+        let mut r = lock(&self.routes);
+        let gid = r
+            .pending
+            .iter()
+            .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == p.request_id.get())
+            .map(|(g, _)| *g)?;
+        // Dropping the pending entry ends the client's stream for it: a cancelled request
+        // gets no answer.
+        r.pending.remove(&gid);
+        Some(gid)
+    }
+}

@@ -1,0 +1,283 @@
+//! The upstream binding as a cache: connecting, reviving by replay (one at a time per
+//! session, paced by the restart policy), telling the client what changed across a revive, and
+//! tether's own requests on the upstream leg.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tether_protocol::Message;
+use tether_protocol::message::{numeric_id, raw_value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::breaker::Verdict;
+use super::record::CloseReason;
+use super::{Pending, Reply, Session, lock, next_gid, protocol_version_of};
+use crate::error::GatewayError;
+use crate::upstream::{ConnectContext, Origin, Upstream};
+
+/// The list kinds whose changes a client is told about.
+pub(super) const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
+
+impl Session {
+    pub(super) fn current(&self) -> Option<Upstream> {
+        lock(&self.current).clone()
+    }
+
+    /// The live upstream binding, connecting or reviving it when missing or dead. `stale`
+    /// names a generation the caller saw fail: it is replaced even if it still looks alive.
+    pub(super) async fn upstream(self: &Arc<Self>, stale: Option<u64>) -> Result<Upstream, GatewayError> {
+        if stale.is_none()
+            && let Some(u) = self.current()
+            && u.is_alive()
+        {
+            return Ok(u);
+        }
+        let mut slot = self.binding.lock().await;
+        if let Some(u) = slot.as_ref()
+            && u.is_alive()
+            && Some(u.generation()) != stale
+        {
+            return Ok(u.clone());
+        }
+        if self.is_closed() {
+            return Err(GatewayError::SessionNotFound);
+        }
+        let policy = self.deps.config.restart;
+        let verdict = lock(&self.breaker).verdict(&policy, tokio::time::Instant::now(), rand::random());
+        match verdict {
+            Verdict::Open(left) => {
+                return Err(GatewayError::CrashLoop { retry_after_s: left.as_secs().max(1) });
+            }
+            Verdict::Attempt(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+            Verdict::Attempt(_) => {}
+        }
+        let cause = match slot.take() {
+            Some(old) => {
+                old.close().await;
+                "upstream_lost"
+            }
+            None if self.generations.load(Ordering::Relaxed) > 0 => "upstream_reaped",
+            None => "first_use",
+        };
+        let started = Instant::now();
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(256);
+        let ctx = ConnectContext {
+            session_id: self.id.clone(),
+            events: tx,
+            options: self.deps.config.upstream.clone(),
+            http: self.deps.http.clone(),
+        };
+        let up = match Upstream::connect(&self.deps.spec, generation, ctx).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.start_failed();
+                return Err(GatewayError::UpstreamUnavailable(e.to_string()));
+            }
+        };
+        tokio::spawn(self.clone().route_events(generation, rx));
+        let before = lock(&self.record).upstream_init.clone();
+        if before.is_some() {
+            if let Err(e) = self.replay(&up).await {
+                warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cause, error = %e, "revive failed");
+                self.deps.stats.revive_failures.inc();
+                up.close().await;
+                if let GatewayError::VersionChanged { .. } = e {
+                    self.close_from_within(CloseReason::UpstreamFailed);
+                } else {
+                    self.start_failed();
+                }
+                return Err(e);
+            }
+            self.deps.stats.revives.inc();
+            self.revives.fetch_add(1, Ordering::Relaxed);
+            info!(
+                session_id = %self.id,
+                upstream = self.deps.spec.kind(),
+                cause,
+                generation,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "session revived"
+            );
+            let me = self.clone();
+            let up2 = up.clone();
+            tokio::spawn(async move { me.announce_changes(&up2, before.as_deref()).await });
+        }
+        lock(&self.breaker).success();
+        *slot = Some(up.clone());
+        *lock(&self.current) = Some(up.clone());
+        Ok(up)
+    }
+
+    fn start_failed(&self) {
+        let opened = {
+            let mut b = lock(&self.breaker);
+            let was = b.is_open(tokio::time::Instant::now());
+            b.failure(&self.deps.config.restart, tokio::time::Instant::now());
+            !was && b.is_open(tokio::time::Instant::now())
+        };
+        if opened {
+            self.deps.stats.crash_loops.inc();
+            warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cooldown_s = self.deps.config.restart.cooldown.as_secs(), "upstream is crash-looping; refusing restarts for the cool-down");
+        }
+    }
+
+    /// Counts a binding that died on its own toward the crash-loop breaker.
+    pub(super) fn binding_died(&self) {
+        self.deps.stats.upstream_losses.inc();
+        self.start_failed();
+    }
+
+    /// Ends the session from inside (a revive that cannot continue it). The manager does the
+    /// closing, outside any lock held here.
+    fn close_from_within(&self, reason: CloseReason) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(m) = self.manager.upgrade() {
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                m.close(&id, reason).await;
+            });
+        }
+    }
+
+    /// Rebuilds the upstream side of an initialized session on a fresh connection.
+    async fn replay(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
+        let (params, was, state) = {
+            let r = lock(&self.record);
+            (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())
+        };
+        let Some(params) = params else { return Ok(()) };
+        let answer = self.internal_request(up, "initialize", Some(&params)).await?;
+        let result = answer
+            .result()
+            .ok_or_else(|| GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into()))?;
+        let now = protocol_version_of(result);
+        if let (Some(was), Some(now)) = (&was, &now)
+            && was != now
+        {
+            return Err(GatewayError::VersionChanged { was: was.clone(), now: now.clone() });
+        }
+        if let Some(v) = now.as_deref().or(was.as_deref()) {
+            up.set_protocol_version(v);
+        }
+        lock(&self.record).upstream_init = Some(result.to_owned());
+        up.send(&Message::notification("notifications/initialized", None), None)
+            .await
+            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
+        if let Some(level) = &state.log_level {
+            let p = raw_value(&serde_json::json!({ "level": level }));
+            self.internal_request(up, "logging/setLevel", Some(&p)).await?;
+        }
+        for uri in &state.subscriptions {
+            let p = raw_value(&serde_json::json!({ "uri": uri }));
+            self.internal_request(up, "resources/subscribe", Some(&p)).await?;
+        }
+        if lock(&self.routes).standalone.is_some() {
+            up.open_standalone();
+        }
+        Ok(())
+    }
+
+    /// After a revive: if the server's capabilities or a list the client has seen changed,
+    /// and the server declares `listChanged` for it, the client gets the `list_changed`.
+    async fn announce_changes(self: &Arc<Self>, up: &Upstream, before: Option<&RawValue>) {
+        let after = lock(&self.record).upstream_init.clone();
+        let caps_changed = capabilities_digest(before) != capabilities_digest(after.as_deref());
+        for kind in LIST_KINDS {
+            if !declares_list_changed(after.as_deref(), kind) {
+                continue;
+            }
+            let seen = lock(&self.list_digests).get(kind).copied();
+            let changed = match seen {
+                _ if caps_changed => true,
+                None => false,
+                Some(old) => match self.internal_request(up, &format!("{kind}/list"), None).await {
+                    Ok(m) => m.result().is_some_and(|r| digest(r.get()) != old),
+                    Err(_) => false,
+                },
+            };
+            if changed {
+                info!(session_id = %self.id, kind, "upstream list changed across the revive; telling the client");
+                let note = Message::notification(&format!("notifications/{kind}/list_changed"), None);
+                let target = self.target(Origin::Standalone, None);
+                self.deliver(target, note).await;
+            }
+        }
+    }
+
+    /// Sends a request of tether's own and waits for its answer.
+    pub(super) async fn internal_request(
+        &self,
+        up: &Upstream,
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> Result<Message, GatewayError> {
+        let gid = next_gid();
+        let (tx, rx) = oneshot::channel();
+        self.insert_pending(gid, Pending::internal(method, tx, up.generation(), gid));
+        if let Err(e) = up.send(&Message::request(gid, method, params), Some(gid)).await {
+            lock(&self.routes).pending.remove(&gid);
+            return Err(GatewayError::UpstreamUnavailable(e.to_string()));
+        }
+        let timeout = self.deps.config.request_timeout.min(Duration::from_secs(60));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(format!("the upstream went away during {method}"))),
+            Err(_) => {
+                lock(&self.routes).pending.remove(&gid);
+                Err(GatewayError::UpstreamUnavailable(format!("the upstream did not answer {method}")))
+            }
+        }
+    }
+
+    pub(super) fn insert_pending(&self, gid: u64, p: Pending) {
+        lock(&self.routes).pending.insert(gid, p);
+    }
+}
+
+impl Pending {
+    fn internal(method: &str, tx: oneshot::Sender<Message>, generation: u64, gid: u64) -> Pending {
+        Pending {
+            client_id: numeric_id(gid),
+            method: method.to_owned(),
+            reply: Reply::Internal(tx),
+            generation,
+            progress_token: None,
+            state_change: None,
+            init_params: None,
+            seq: gid,
+            started: Instant::now(),
+            upstream_msg: None,
+            retry_safe: false,
+            attempts: 0,
+        }
+    }
+}
+
+/// A stable digest of some JSON text.
+pub(super) fn digest(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn capabilities_digest(init: Option<&RawValue>) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        capabilities: Option<&'a RawValue>,
+    }
+    let r: R<'_> = serde_json::from_str(init?.get()).ok()?;
+    r.capabilities.map(|c| digest(c.get()))
+}
+
+fn declares_list_changed(init: Option<&RawValue>, kind: &str) -> bool {
+    let Some(init) = init else { return false };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(init.get()) else { return false };
+    v["capabilities"][kind]["listChanged"].as_bool() == Some(true)
+}
