@@ -2,7 +2,7 @@
 //! can be run, tested and benchmarked with nothing but the Rust toolchain.
 //!
 //! Tools: `echo` (returns its `message`), `add` (`a` + `b`), `sleep` (waits `ms`, then answers;
-//! for in-flight tests), `log` (sends a `notifications/message` at the client's level, then
+//! annotated idempotent), `work` (the same, unannotated: for in-flight tests), `log` (sends a `notifications/message` at the client's level, then
 //! answers) and `later` (answers, then logs outside any request). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
 //! `logging/setLevel`, `resources/subscribe`, `ping`.
 
@@ -71,7 +71,7 @@ fn main() {
                 let name = params.get("name").and_then(Value::as_str).unwrap_or("");
                 let args = params.get("arguments").cloned().unwrap_or(json!({}));
                 match name {
-                    "sleep" => {
+                    "sleep" | "work" => {
                         let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(1000);
                         let out = out.clone();
                         let id = id.clone();
@@ -164,6 +164,7 @@ fn tools() -> Value {
          "annotations": {"readOnlyHint": true}},
         {"name": "sleep", "description": "Waits ms milliseconds, then answers.", "inputSchema": obj(json!({"ms": {"type": "integer"}}), &[]),
          "annotations": {"idempotentHint": true}},
+        {"name": "work", "description": "Waits ms milliseconds, then answers (not idempotent).", "inputSchema": obj(json!({"ms": {"type": "integer"}}), &[])},
         {"name": "log", "description": "Sends a log message, then answers.", "inputSchema": obj(json!({"message": {"type": "string"}}), &[])},
         {"name": "later", "description": "Answers now; logs `message` after `ms` milliseconds.", "inputSchema": obj(json!({"ms": {"type": "integer"}, "message": {"type": "string"}}), &[])},
         {"name": "bump", "description": "Increments echo://counter (not idempotent).", "inputSchema": obj(json!({}), &[])}

@@ -110,7 +110,7 @@ impl Session {
     /// Whether repeating this request is harmless: read-only methods, idempotent state
     /// changes, and `tools/call` of tools annotated read-only or idempotent, or allowed by the
     /// operator.
-    fn is_retry_safe(&self, method: &str, params: Option<&RawValue>) -> bool {
+    pub(super) fn is_retry_safe(&self, method: &str, params: Option<&RawValue>) -> bool {
         #[derive(Deserialize)]
         struct Call<'a> {
             #[serde(borrow)]

@@ -269,6 +269,13 @@ impl Session {
                 sink.deliver(Outbound { data, fin: true, status: Some(503) }).await;
                 continue;
             }
+            let tools_unknown = !lock(&self.list_digests).contains_key("tools");
+            if !p.retry_safe && p.method == "tools/call" && tools_unknown && p.attempts == 0 && !self.is_closed() {
+                // The tool's annotations are not known yet: learn them from the revived upstream.
+                retried = true;
+                self.spawn_decide_after_revive(gid, p, sink, generation);
+                continue;
+            }
             if p.retry_safe && p.attempts == 0 && !self.is_closed() {
                 p.attempts += 1;
                 retried = true;
@@ -289,6 +296,39 @@ impl Session {
                 }
             });
         }
+    }
+
+    /// For a `tools/call` whose tool annotations were never seen: revive, list the tools, and
+    /// retry the call if its tool turns out read-only or idempotent; otherwise the client gets
+    /// "upstream restarted".
+    fn spawn_decide_after_revive(self: &Arc<Self>, gid: u64, mut p: Pending, sink: Sink, stale: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut reason = String::from("the upstream restarted");
+            match me.upstream(Some(stale)).await {
+                Ok(up) => {
+                    if let Ok(list) = me.internal_request(&up, "tools/list", None).await {
+                        me.learn_from_list("tools/list", &list);
+                    }
+                    let params = p.upstream_msg.as_ref().and_then(|m| m.params().map(ToOwned::to_owned));
+                    if me.is_retry_safe(&p.method, params.as_deref()) {
+                        p.attempts += 1;
+                        me.deps.stats.requests_retried.inc();
+                        let client_id = p.client_id.clone();
+                        if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
+                            let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
+                            sink.deliver(Outbound { data, fin: true, status: None }).await;
+                        }
+                        return;
+                    }
+                }
+                Err(e) => reason = e.to_string(),
+            }
+            me.deps.stats.requests_interrupted.inc();
+            let err = GatewayError::UpstreamRestarted(reason);
+            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
+            sink.deliver(Outbound { data, fin: true, status: None }).await;
+        });
     }
 
     /// Sends a request again on a revived binding, in the background; its client hears the

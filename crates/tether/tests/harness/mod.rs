@@ -106,6 +106,18 @@ impl Client {
         Client { http: reqwest::Client::new(), base, front, session: None, next_id: 1, legacy: None }
     }
 
+    /// Another client on the same Streamable HTTP session (for concurrent requests).
+    pub fn same_session(&self) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            front: self.front,
+            session: self.session.clone(),
+            next_id: self.next_id + 1_000_000,
+            legacy: None,
+        }
+    }
+
     /// The handshake: `initialize` then `notifications/initialized`.
     pub async fn connect(&mut self) -> Value {
         if self.front == Front::LegacySse {
@@ -242,7 +254,7 @@ impl Client {
 
 /// An SSE response being read.
 pub struct SseStream {
-    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Sync>>,
     decoder: Decoder,
     queue: std::collections::VecDeque<tether_protocol::sse::Event>,
     /// Every event id seen, in order.
@@ -319,4 +331,27 @@ pub async fn raw_http(gw: &Gateway, request: &str) -> u16 {
     let n = within(sock.read(&mut buf)).await.expect("read");
     let head = String::from_utf8_lossy(&buf[..n]);
     head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line")
+}
+
+/// Kills a process with SIGKILL.
+pub fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Waits until `cond` holds, polling; fails the test after [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let ok = tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "timed out waiting for: {what}");
+}
+
+/// The pid of the stdio child of the gateway's only session.
+pub fn only_child(gw: &Gateway) -> u32 {
+    let live = gw.manager.live();
+    assert_eq!(live.len(), 1, "one session");
+    live[0].upstream_pid().expect("a live stdio child")
 }

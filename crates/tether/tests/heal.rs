@@ -1,0 +1,318 @@
+//! Healing: a client session survives its upstream dying — a stdio child killed between and
+//! during calls, an HTTP or SSE upstream restarting and forgetting its sessions, a crash loop,
+//! idle reaping — with the session state replayed, and every in-flight request ending as
+//! documented. The same with the official SDK clients and real servers is in `heal_peers.rs`.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Client, Front, config, echo_command, eventually, kill9, only_child, start, within};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tether::Gateway;
+use tether::config::Config;
+use tether::upstream::UpstreamSpec;
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text result in {answer}")).to_owned()
+}
+
+async fn call(c: &mut Client, tool: &str, args: Value) -> Value {
+    c.request("tools/call", json!({"name": tool, "arguments": args})).await.answer
+}
+
+/// Sets the state a revive must replay: a log level and a subscription.
+async fn set_state(c: &mut Client) {
+    assert!(c.request("logging/setLevel", json!({"level": "debug"})).await.answer["result"].is_object());
+    assert!(c.request("resources/subscribe", json!({"uri": "echo://counter"})).await.answer["result"].is_object());
+    assert_eq!(text_of(&call(c, "log", json!({})).await), "logged at debug");
+}
+
+/// The state survived: the level still holds and the subscription still delivers updates.
+async fn assert_state_replayed(c: &mut Client) {
+    assert_eq!(text_of(&call(c, "log", json!({})).await), "logged at debug", "the log level was replayed");
+    let r = c.request("tools/call", json!({"name": "bump", "arguments": {}})).await;
+    assert!(
+        r.related.iter().any(|m| m["method"] == "notifications/resources/updated"),
+        "the subscription was replayed: {:?}",
+        r.related
+    );
+}
+
+fn stdio_config() -> Config {
+    config(UpstreamSpec::Stdio { command: echo_command() })
+}
+
+#[tokio::test]
+async fn a_killed_stdio_child_is_revived_between_calls() {
+    let gw = start(stdio_config()).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone();
+    set_state(&mut c).await;
+    let pid = only_child(&gw);
+    kill9(pid);
+    eventually("the child's death is noticed", || !gw.manager.live()[0].upstream_alive()).await;
+
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "after"})).await), "after");
+    assert_eq!(c.session, sid, "same session throughout");
+    assert_state_replayed(&mut c).await;
+    let session = &gw.manager.live()[0];
+    assert_eq!(session.revive_count(), 1);
+    assert_ne!(only_child(&gw), pid, "a new child");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_calls_end_as_documented_when_the_child_dies() {
+    let gw = start(stdio_config()).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    // Unsafe (unannotated) work in flight: an error that says it may or may not have run.
+    let mut other = c.same_session();
+    let unsafe_call = tokio::spawn(async move { call(&mut other, "work", json!({"ms": 3000})).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(only_child(&gw));
+    let answer = within(unsafe_call).await.expect("task");
+    assert_eq!(answer["error"]["code"], -32011, "{answer}");
+    assert_eq!(answer["error"]["data"]["reason"], "upstream_restarted");
+    assert!(answer["error"]["message"].as_str().expect("message").contains("may or may not have run"));
+
+    // A tool annotated idempotent is retried once after the revive and succeeds.
+    let mut other = c.same_session();
+    let safe_call = tokio::spawn(async move { call(&mut other, "sleep", json!({"ms": 1500})).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(only_child(&gw));
+    let answer = within(safe_call).await.expect("task");
+    assert_eq!(text_of(&answer), "slept 1500 ms", "retried after the revive: {answer}");
+
+    // The session goes on.
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "still"})).await), "still");
+    gw.shutdown().await;
+}
+
+async fn restart_on_same_port(old: Gateway) -> Gateway {
+    let addr = old.addr;
+    old.shutdown().await;
+    let listener = within(async {
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => return l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    within(Gateway::start(stdio_config(), listener)).await.expect("restart")
+}
+
+/// An HTTP (or SSE) upstream that restarts forgets every session: the next call finds out
+/// (404, or the stream ends) and the session is revived by replay.
+#[tokio::test]
+async fn an_upstream_server_restart_is_healed() {
+    for (kind, path) in [("streamable", "/mcp"), ("sse", "/sse")] {
+        let inner = start(stdio_config()).await;
+        let url = format!("http://{}{path}", inner.addr);
+        let spec = if kind == "sse" { UpstreamSpec::Sse { url } } else { UpstreamSpec::Streamable { url } };
+        let gw = start(config(spec)).await;
+        let mut c = Client::new(&gw, Front::Streamable);
+        c.connect().await;
+        let sid = c.session.clone();
+        set_state(&mut c).await;
+
+        let inner = restart_on_same_port(inner).await;
+        assert_eq!(inner.manager.live_count(), 0, "the upstream forgot its sessions");
+        assert_eq!(text_of(&call(&mut c, "echo", json!({"message": kind})).await), kind, "{kind}");
+        assert_eq!(c.session, sid);
+        assert_state_replayed(&mut c).await;
+        assert_eq!(gw.manager.live()[0].revive_count(), 1, "{kind}");
+        inner.shutdown().await;
+        gw.shutdown().await;
+    }
+}
+
+/// A client listening on its GET stream gets the upstream back at once, and keeps receiving.
+#[tokio::test]
+async fn an_open_stream_gets_its_upstream_back_at_once() {
+    let gw = start(stdio_config()).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let mut stream = c.open_stream().await;
+    let pid = only_child(&gw);
+    kill9(pid);
+    eventually("a new child without any request", || gw.manager.live()[0].upstream_pid().is_some_and(|p| p != pid))
+        .await;
+    call(&mut c, "later", json!({"ms": 20, "message": "after revive"})).await;
+    let m = stream.next_message().await.expect("a message on the GET stream");
+    assert_eq!(m["params"]["data"], "after revive");
+    gw.shutdown().await;
+}
+
+/// An upstream that keeps dying opens the breaker: 503 with a clear reason, no restart storm;
+/// once it is fixed and the cool-down passed, the same session works again.
+#[tokio::test]
+async fn a_crash_loop_is_refused_then_recovers_on_the_same_session() {
+    let dir = std::env::temp_dir().join(format!("tether-crashloop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let broken = dir.join("broken");
+    let script =
+        format!("if [ -e '{}' ]; then echo broken >&2; exit 3; fi; exec '{}'", broken.display(), echo_command()[0]);
+    let mut cfg = config(UpstreamSpec::Stdio { command: vec!["sh".into(), "-c".into(), script] });
+    cfg.session.restart.max_failures = 3;
+    cfg.session.restart.window = Duration::from_secs(30);
+    cfg.session.restart.cooldown = Duration::from_millis(1500);
+    cfg.session.restart.backoff_base = Duration::from_millis(10);
+    let gw = start(cfg).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    set_state(&mut c).await;
+
+    std::fs::write(&broken, b"").expect("break the upstream");
+    kill9(only_child(&gw));
+    let mut saw_crash_loop = false;
+    for _ in 0..10 {
+        let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.answer);
+        assert_eq!(r.answer["error"]["code"], -32010);
+        if r.answer["error"]["data"]["reason"] == "crash_loop" {
+            assert!(r.answer["error"]["message"].as_str().expect("msg").contains("crash-looping"));
+            saw_crash_loop = true;
+            break;
+        }
+    }
+    assert!(saw_crash_loop, "the breaker opened");
+
+    std::fs::remove_file(&broken).expect("fix the upstream");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "fixed"})).await), "fixed");
+    assert_state_replayed(&mut c).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    gw.shutdown().await;
+}
+
+/// An idle upstream is released; the session stays, and the next call revives it with its state.
+#[tokio::test]
+async fn an_idle_upstream_is_reaped_and_comes_back_on_next_use() {
+    let mut cfg = stdio_config();
+    cfg.session.upstream_idle = Duration::from_millis(300);
+    let gw = start(cfg).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    set_state(&mut c).await;
+    let pid = only_child(&gw);
+    eventually("the idle child is stopped", || !std::path::Path::new(&format!("/proc/{pid}")).exists()).await;
+    assert_eq!(gw.manager.live_count(), 1, "the session itself stays");
+    assert_state_replayed(&mut c).await;
+    assert_eq!(gw.manager.live()[0].revive_count(), 1);
+    gw.shutdown().await;
+}
+
+/// The client-session TTL is separate: an idle session expires and is then answered 404.
+#[tokio::test]
+async fn an_expired_session_is_404() {
+    let mut cfg = stdio_config();
+    cfg.session.ttl = Duration::from_millis(400);
+    let gw = start(cfg).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "alive"})).await), "alive", "in use, it stays");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = c.request("tools/list", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+}
+
+/// Chaos: several sessions make 500+ calls while their children are killed at random. Every
+/// safe call succeeds, every unsafe call either succeeds or ends with "upstream restarted",
+/// and nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_random_kills_under_load() {
+    let mut cfg = stdio_config();
+    cfg.session.restart.max_failures = 10_000; // random kills are not a crash loop
+    let gw = start(cfg).await;
+    let sessions = 4;
+    let calls_per_session = 150;
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        let mut c = Client::new(&gw, Front::Streamable);
+        c.connect().await;
+        c.request("tools/list", json!({})).await;
+        clients.push(c);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let killer = {
+        let stop = stop.clone();
+        let manager = gw.manager.clone();
+        tokio::spawn(async move {
+            let mut kills = 0u32;
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(rand::random_range(40..120))).await;
+                let live = manager.live();
+                if live.is_empty() {
+                    continue;
+                }
+                if let Some(pid) = live[rand::random_range(0..live.len())].upstream_pid() {
+                    kill9(pid);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut counts = [0u32; 5]; // safe ok, unsafe ok, unsafe restarted, safe failed, other
+            for i in 0..calls_per_session {
+                let (tool, args, safe) = match i % 3 {
+                    0 => ("echo", json!({"message": format!("m{i}")}), true),
+                    1 => ("sleep", json!({"ms": 5}), true),
+                    _ => ("work", json!({"ms": 15}), false),
+                };
+                let a = call(&mut c, tool, args).await;
+                match (safe, a.get("result").is_some(), a["error"]["data"]["reason"].as_str()) {
+                    (true, true, _) => counts[0] += 1,
+                    (false, true, _) => counts[1] += 1,
+                    (false, false, Some("upstream_restarted")) => counts[2] += 1,
+                    (true, false, _) => {
+                        eprintln!("safe call failed: {a}");
+                        counts[3] += 1
+                    }
+                    _ => {
+                        eprintln!("unexpected answer: {a}");
+                        counts[4] += 1
+                    }
+                }
+            }
+            counts
+        }));
+    }
+    let mut total = [0u32; 5];
+    for t in tasks {
+        let counts = tokio::time::timeout(Duration::from_secs(120), t).await.expect("no call hangs").expect("task");
+        for (a, b) in total.iter_mut().zip(counts) {
+            *a += b;
+        }
+    }
+    stop.cancel();
+    let kills = within(killer).await.expect("killer");
+    eprintln!(
+        "chaos: {} calls, {kills} kills, {} revives: safe ok {}, unsafe ok {}, unsafe upstream_restarted {}, safe failed {}, other {}",
+        sessions * calls_per_session,
+        gw.manager.live().iter().map(|s| s.revive_count()).sum::<u64>(),
+        total[0],
+        total[1],
+        total[2],
+        total[3],
+        total[4]
+    );
+    assert!(kills > 5, "the chaos happened ({kills} kills)");
+    assert_eq!(total[3], 0, "every safe call succeeded");
+    assert_eq!(total[4], 0, "every failure was the documented one");
+    assert_eq!(total.iter().sum::<u32>(), (sessions * calls_per_session) as u32);
+    gw.shutdown().await;
+}
