@@ -29,6 +29,13 @@ Checks (server-everything tool names are fixed by its dist source):
   subscribe    resources/list, resources/subscribe to the first resource, tools/call
                `toggle-subscriber-updates`; a notifications/resources/updated for that URI must
                arrive within the wait bound (the server sends one immediately, then every 5 s).
+
+Scenario `--scenario heal [--upstream-kind auto|server-everything|fixture]` (instead of the checks
+above): ONE session throughout, while a harness kills the upstream under tether at kill points.
+At each one the driver prints `{"event": "kill-point", "name": NAME}` on stdout and blocks until it
+reads a line `go` on stdin. Kill points: `between` (nothing in flight), `during` (a call in flight)
+and, with server-everything, `during-unsafe`. Its check lines are named `heal:<step>` and end with
+the same `N passed, N failed` line; see the "scenario: heal" section below for what each asserts.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 ALL_CHECKS = ["tools", "sampling", "elicitation", "progress", "logging", "subscribe"]
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
@@ -424,6 +432,502 @@ async def amain(args: argparse.Namespace, names: list[str]) -> int:
     return 0 if failed == 0 else 1
 
 
+# ------------------------------------------------------------------------------- scenario: heal
+#
+# `--scenario heal`: ONE client session throughout, while the harness kills the upstream under it
+# at named kill points. At a kill point the driver prints `{"event": "kill-point", "name": N}` on
+# stdout, flushes, and blocks until it reads a line `go` on stdin (the harness has then killed the
+# upstream, and for an HTTP upstream started a new one). What tether promises, and is checked:
+#   * the client keeps its Mcp-Session-Id: one initialize on the wire, every request carries the
+#     same session id, no HTTP 404, no "session not found";
+#   * state is replayed on the new upstream: logging/setLevel and resources/subscribe;
+#   * a call in flight when the upstream dies ends by its documented outcome, without hanging:
+#     a tool annotated readOnlyHint/idempotentHint is retried (and succeeds), any other ends with
+#     JSON-RPC error -32011 whose data.reason is "upstream_restarted".
+#
+# Logging-level check (deterministic, no reliance on random levels): both servers emit a known
+# info-level message on demand —
+#   server-everything: its resources/subscribe handler always logs "Received Subscribe Resource
+#     request …" at info (through sendLoggingMessage, which honours the session's level; a fresh
+#     process has no level and sends everything);
+#   fixture: test_tool_with_logging sends three info messages (honouring logging/setLevel).
+# With the level at "error", that message must NOT arrive; a later marker that travels the same
+# path (server-everything: a resources/updated sent right after on the same upstream stream; the
+# fixture: the call's own result, plus a 1 s grace) bounds the wait. Controls on each side make
+# the negative meaningful: at level "debug" the same trigger DOES deliver the message (before the
+# kill and again after it), so its absence at "error" is the level, not a broken channel.
+
+SE_RESOURCE_TOOL = SUBSCRIBE_TOOL
+FIX_TEXT_TOOL = "test_simple_text"
+FIX_LOG_TOOL = "test_tool_with_logging"
+FIX_SAMPLING_TOOL = "test_sampling"
+FIX_WATCHED = "test://watched-resource"
+UPSTREAM_RESTARTED = -32011
+
+
+class KillPoints:
+    """Prints kill points and waits for the harness's `go` on stdin."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.seen: list[str] = []
+
+    async def hit(self, name: str) -> float:
+        print(json.dumps({"event": "kill-point", "name": name}), flush=True)
+        self.seen.append(name)
+        with anyio.fail_after(self.timeout):
+            line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if line.strip() != "go":
+            raise RuntimeError(f"kill-point {name}: expected 'go' on stdin, got {line!r}")
+        return time.monotonic()
+
+
+class Heal:
+    def __init__(self, client: Client, rec: Recorder, args: argparse.Namespace, kp: KillPoints) -> None:
+        self.client, self.rec, self.args, self.kp = client, rec, args, kp
+        self.passed = self.failed = 0
+        self.kind = ""
+        self.sid: str | None = None
+        self.tools: dict[str, Any] = {}
+        self.sampling_hook: Callable[[], Awaitable[None]] | None = None
+
+    # -- bookkeeping
+
+    def record(self, name: str, ok: bool, detail: Any) -> None:
+        emit(f"heal:{name}", ok, detail)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+    async def step(self, name: str, fn: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]) -> bool:
+        try:
+            with anyio.fail_after(self.args.check_timeout):
+                ok, detail = await fn()
+        except TimeoutError:
+            ok, detail = False, {"error": f"timeout: step did not complete within {self.args.check_timeout}s (hang)"}
+        except Exception as e:  # noqa: BLE001 - every failure is a reported result
+            ok, detail = False, {"error": exc_text(e)}
+        if not ok:
+            detail["wire_tail"] = self.rec.wire[-10:]
+            if self.rec.transport_errors:
+                detail["transport_errors"] = self.rec.transport_errors[-5:]
+        self.record(name, ok, detail)
+        return ok
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, session id) of every request on the wire."""
+        out = []
+        for line in self.rec.wire:
+            if " -> " not in line:
+                continue
+            parts = line.split(" -> ", 1)[1].split()
+            method = parts[1] if len(parts) > 1 and not parts[1].startswith("sid=") else ""
+            sid = next((p[4:] for p in parts if p.startswith("sid=")), "-")
+            out.append((method, sid))
+        return out
+
+    def current_sid(self) -> str | None:
+        sids = [s for _, s in self.requests() if s != "-"]
+        return sids[-1] if sids else None
+
+    def statuses_404(self) -> list[str]:
+        return [line for line in self.rec.wire if " <- 404 " in line]
+
+    def logs_since(self, mark: int) -> list[tuple[float, Any]]:
+        return self.rec.logs[mark:]
+
+    def updates(self, uri: str, since: int = 0) -> list[float]:
+        return [
+            t
+            for t, n in self.rec.notifications[since:]
+            if isinstance(n, types.ResourceUpdatedNotification) and str(n.params.uri) == uri
+        ]
+
+    def safe(self, tool: str) -> bool:
+        t = self.tools.get(tool)
+        a = getattr(t, "annotations", None)
+        return bool(a and (a.read_only_hint or a.idempotent_hint))
+
+    async def call_text(self, tool: str, arguments: dict[str, Any] | None = None) -> tuple[bool, str]:
+        result = await self.client.call_tool(tool, arguments or {})
+        return not result.is_error, text_of(result)
+
+    async def simple_call(self, expect_sid: bool) -> tuple[bool, dict[str, Any]]:
+        if self.kind == "server-everything":
+            msg = f"heal from py {self.rec.nonce}"
+            ok, text = await self.call_text(ECHO_TOOL, {"message": msg})
+            ok = ok and msg in text
+        else:
+            ok, text = await self.call_text(FIX_TEXT_TOOL)
+            ok = ok and "simple text response" in text
+        sid = self.current_sid()
+        detail: dict[str, Any] = {"result": text[:200], "session_id": sid, "session_id_before": self.sid}
+        if expect_sid:
+            same = sid is not None and sid == self.sid
+            detail["same_session"] = same
+            ok = ok and same
+        return ok, detail
+
+    def below(self, entries: list[tuple[float, Any]], level: str) -> list[dict[str, Any]]:
+        floor = LEVELS.index(level)
+        return [{"t": t, "level": p.level, "data": str(p.data)[:120]} for t, p in entries if LEVELS.index(p.level) < floor]
+
+    # -- the kill points with a call in flight
+
+    async def in_flight(self, kill_point: str, tool: str, arguments: dict[str, Any], via_progress: bool) -> tuple[bool, dict[str, Any]]:
+        """Starts `tool`, hits `kill_point` while it runs (after its first progress notification, or
+        from inside the sampling callback it triggers), then checks its outcome against the tool's
+        annotations."""
+        expect_retry = self.safe(tool)
+        box: dict[str, Any] = {}
+        done = anyio.Event()
+        started = anyio.Event()
+        progress: list[dict[str, Any]] = []
+        hit: dict[str, Any] = {"done": False, "t_go": None}
+        went = anyio.Event()
+
+        async def on_progress(p: float, total: float | None, message: str | None) -> None:
+            progress.append({"t": self.rec.now(), "progress": p, "total": total})
+            started.set()
+
+        async def at_kill_point() -> None:
+            hit["in_flight"] = not done.is_set()
+            hit["done"] = True
+            try:
+                hit["t_go"] = await self.kp.hit(kill_point)
+            finally:
+                went.set()
+
+        async def sampling_hook() -> None:
+            self.sampling_hook = None  # only the first sampling request of this call
+            await at_kill_point()
+
+        async def run() -> None:
+            t = time.monotonic()
+            try:
+                result = await self.client.call_tool(
+                    tool, arguments, progress_callback=on_progress if via_progress else None
+                )
+                box["result"] = result
+            except MCPError as e:
+                box["mcp_error"] = {"code": e.code, "message": e.message, "data": e.data}
+            except Exception as e:  # noqa: BLE001
+                box["error"] = exc_text(e)
+            finally:
+                box["elapsed_s"] = round(time.monotonic() - t, 2)
+                box["t_done"] = time.monotonic()
+                done.set()
+
+        if not via_progress:
+            self.sampling_hook = sampling_hook
+        detail: dict[str, Any] = {"tool": tool, "arguments": arguments, "annotated_safe": expect_retry,
+                                  "expected": "retried and succeeded" if expect_retry else f"error {UPSTREAM_RESTARTED} upstream_restarted"}
+        bound = self.args.request_timeout + 5
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                if via_progress:
+                    with anyio.move_on_after(15):
+                        await started.wait()
+                    await at_kill_point()
+                with anyio.move_on_after(bound + (0 if via_progress else 15)):
+                    await done.wait()
+                if hit["done"]:
+                    # The outcome may arrive before `go` is read (the harness kills first).
+                    with anyio.move_on_after(self.kp.timeout + 5):
+                        await went.wait()
+                if not done.is_set():
+                    tg.cancel_scope.cancel()
+        finally:
+            self.sampling_hook = None
+            if not hit["done"]:
+                # Keep the harness in step even when the call never got going.
+                detail["kill_point_hit_late"] = True
+                await self.kp.hit(kill_point)
+        detail["in_flight_at_kill"] = hit.get("in_flight", False)
+        detail["progress"] = progress
+        values = [p["progress"] for p in progress]
+        # A progress sequence that starts over is the visible trace of a retry.
+        detail["progress_restarted"] = any(b <= a for a, b in zip(values, values[1:]))
+        if not done.is_set():
+            detail["error"] = f"the call did not complete within {bound}s after the kill (hang)"
+            return False, detail
+        after_go = round(box["t_done"] - hit["t_go"], 2) if hit["t_go"] else None
+        detail.update({"elapsed_s": box["elapsed_s"], "completed_after_go_s": after_go})
+        ok = bool(detail["in_flight_at_kill"]) and after_go is not None and after_go < bound
+        if expect_retry:
+            result = box.get("result")
+            text = text_of(result) if result is not None else ""
+            detail["outcome"] = (
+                {"result": text[:200], "is_error": result.is_error}
+                if result is not None
+                else {k: v for k, v in box.items() if k in ("mcp_error", "error")}
+            )
+            if tool == PROGRESS_TOOL:
+                ok = ok and result is not None and not result.is_error and "Long running operation completed" in text
+            else:
+                ok = ok and result is not None and not result.is_error
+        else:
+            err = box.get("mcp_error")
+            detail["outcome"] = err or box.get("error") or ("unexpected success: " + text_of(box["result"])[:200])
+            data = err.get("data") if err else None
+            ok = ok and err is not None and err["code"] == UPSTREAM_RESTARTED and isinstance(data, dict) and data.get("reason") == "upstream_restarted"
+        return ok, detail
+
+    # -- the scenario
+
+    async def connect(self) -> tuple[bool, dict[str, Any]]:
+        listed = await self.client.list_tools()
+        self.tools = {t.name: t for t in listed.tools}
+        kind = self.args.upstream_kind
+        if kind == "auto":
+            if ECHO_TOOL in self.tools and PROGRESS_TOOL in self.tools:
+                kind = "server-everything"
+            elif FIX_TEXT_TOOL in self.tools:
+                kind = "fixture"
+            else:
+                return False, {"error": "cannot tell the upstream kind from tools/list", "tools": sorted(self.tools)[:30]}
+        self.kind = kind
+        self.sid = self.current_sid()
+        get_stream = await await_get_stream(self.rec, self.args)
+        need = [ECHO_TOOL, PROGRESS_TOOL, SUBSCRIBE_TOOL, SAMPLING_TOOL] if kind == "server-everything" else [FIX_TEXT_TOOL, FIX_LOG_TOOL, FIX_SAMPLING_TOOL]
+        missing = [t for t in need if t not in self.tools]
+        ok = self.sid is not None and not missing
+        return ok, {"kind": kind, "session_id": self.sid, "protocol": self.client.protocol_version, "get_stream": get_stream, "missing_tools": missing}
+
+    async def run(self) -> None:
+        if not await self.step("connect", self.connect):
+            # Still walk the kill points so the harness is not left waiting.
+            kind = self.kind or self.args.upstream_kind
+            for name in (["between", "during"] if kind == "fixture" else ["between", "during", "during-unsafe"]):
+                await self.kp.hit(name)
+            return
+        if self.kind == "server-everything":
+            await self.everything()
+        else:
+            await self.fixture()
+        await self.step("session-stable", self.session_stable)
+
+    async def session_stable(self) -> tuple[bool, dict[str, Any]]:
+        reqs = self.requests()
+        inits = [m for m, _ in reqs if m == "initialize"]
+        sids = sorted({s for _, s in reqs if s != "-"})
+        not_found = self.statuses_404()
+        ok = len(inits) == 1 and sids == [self.sid] and not not_found
+        return ok, {"initialize_requests": len(inits), "session_ids_used": sids, "http_404": not_found[:3],
+                    "requests": len(reqs), "kill_points": self.kp.seen}
+
+    # server-everything ------------------------------------------------------------------------
+
+    async def everything(self) -> None:
+        c, rec = self.client, self.rec
+        st: dict[str, Any] = {}
+
+        async def toggle(expect: str) -> str:
+            ok, text = await self.call_text(SUBSCRIBE_TOOL)
+            if not ok or expect not in text:
+                raise RuntimeError(f"{SUBSCRIBE_TOOL}: expected {expect!r}, got {text[:120]!r}")
+            return text[:60]
+
+        def acks(mark: int) -> list[Any]:
+            return [p for _, p in self.logs_since(mark) if p.level == "info" and "Subscribe" in str(p.data)]
+
+        async def level_control() -> tuple[bool, dict[str, Any]]:
+            resources = await c.list_resources()
+            if not resources.resources:
+                return False, {"error": "resources/list returned no resources"}
+            st["uri"] = str(resources.resources[0].uri)
+            await c.set_logging_level("debug")
+            mark = len(rec.logs)
+            await c.subscribe_resource(st["uri"])
+            got = await rec.wait_for(lambda: acks(mark), 10)
+            return bool(got), {"level": "debug", "uri": st["uri"], "info_ack_arrived": bool(got),
+                               "logs": [{"level": p.level, "data": str(p.data)[:100]} for _, p in self.logs_since(mark)]}
+
+        async def pre_subscribe_and_level() -> tuple[bool, dict[str, Any]]:
+            uri = st["uri"]
+            await c.set_logging_level("error")
+            mark_l = len(rec.logs)
+            await c.subscribe_resource(uri)  # its info ack must be filtered out now
+            mark_u = len(rec.notifications)
+            on = await toggle("Started")
+            got = await rec.wait_for(lambda: self.updates(uri, mark_u), self.args.wait)
+            await anyio.sleep(0.5)
+            below = self.below(self.logs_since(mark_l), "error")
+            off = await toggle("Stopped")
+            st["pre_level"] = (not below, {"level": "error", "below_level": below})
+            return bool(got), {"uri": uri, "update_arrived": bool(got), "toggle_on": on, "toggle_off": off}
+
+        async def pre_level() -> tuple[bool, dict[str, Any]]:
+            ok, d = st.get("pre_level", (False, {"error": "not run: the subscribe step failed"}))
+            return ok, d
+
+        await self.step("pre:level-control", level_control)
+        if "uri" in st:
+            await self.step("pre:subscribe", pre_subscribe_and_level)
+            await self.step("pre:level", pre_level)
+        await self.step("pre:call", lambda: self.simple_call(False))
+
+        await self.kp.hit("between")
+        mark_go = len(rec.logs)
+        await self.step("between:call", lambda: self.simple_call(True))
+
+        async def between_subscription() -> tuple[bool, dict[str, Any]]:
+            uri = st["uri"]
+            mark_u = len(rec.notifications)
+            # The toggle is per-process state: "Started" also shows this is a new process.
+            on = await toggle("Started")
+            got = await rec.wait_for(lambda: self.updates(uri, mark_u), self.args.wait)
+            return bool(got), {"uri": uri, "toggle_on": on, "update_arrived": bool(got),
+                               "note": "the new process knows the subscription only from tether's replay"}
+
+        async def between_level() -> tuple[bool, dict[str, Any]]:
+            uri = st["uri"]
+            await c.subscribe_resource(uri)  # would log an info ack if the level had not been replayed
+            await toggle("Stopped")
+            mark_u = len(rec.notifications)
+            await toggle("Started")  # sends a resources/updated at once, after the ack on the same stream
+            got = await rec.wait_for(lambda: self.updates(uri, mark_u), self.args.wait)
+            await anyio.sleep(0.5)
+            below = self.below(self.logs_since(mark_go), "error")
+            await toggle("Stopped")
+            ok = bool(got) and not below
+            return ok, {"level": "error (set before the kill)", "marker_update_arrived": bool(got), "below_level_since_kill": below,
+                        "logs_since_kill": [{"level": p.level, "data": str(p.data)[:100]} for _, p in self.logs_since(mark_go)]}
+
+        async def between_level_control() -> tuple[bool, dict[str, Any]]:
+            await c.set_logging_level("debug")
+            mark = len(rec.logs)
+            await c.subscribe_resource(st["uri"])
+            got = await rec.wait_for(lambda: acks(mark), 10)
+            return bool(got), {"level": "debug", "info_ack_arrived": bool(got)}
+
+        if "uri" in st:
+            await self.step("between:subscription", between_subscription)
+            await self.step("between:level", between_level)
+            await self.step("between:level-control", between_level_control)
+
+        await self.step("during:in-flight", lambda: self.in_flight("during", PROGRESS_TOOL, {"duration": 4, "steps": 4}, True))
+        await self.step("during:next-call", lambda: self.simple_call(True))
+        await self.step("during-unsafe:in-flight", lambda: self.in_flight(
+            "during-unsafe", SAMPLING_TOOL, {"prompt": f"heal {rec.nonce}", "maxTokens": 16}, False))
+        await self.step("during-unsafe:next-call", lambda: self.simple_call(True))
+
+    # fixture ----------------------------------------------------------------------------------
+
+    async def fixture(self) -> None:
+        c, rec = self.client, self.rec
+        st: dict[str, Any] = {}
+
+        async def logging_call(level: str, settle: float) -> tuple[bool, dict[str, Any]]:
+            await c.set_logging_level(level)
+            mark = len(rec.logs)
+            ok, text = await self.call_text(FIX_LOG_TOOL)
+            await rec.wait_for(lambda: len(self.logs_since(mark)) >= 3, settle)
+            return ok, {"level": level, "result": text[:80], "logs": [{"level": p.level, "data": str(p.data)[:80]} for _, p in self.logs_since(mark)]}
+
+        async def level_control() -> tuple[bool, dict[str, Any]]:
+            ok, d = await logging_call("debug", 5)
+            infos = [x for x in d["logs"] if x["level"] == "info"]
+            return ok and len(infos) >= 3, d
+
+        async def level_holds(mark: int | None) -> tuple[bool, dict[str, Any]]:
+            if mark is None:
+                ok, d = await logging_call("error", 1.0)
+                d["below_level"] = [x for x in d["logs"] if LEVELS.index(x["level"]) < LEVELS.index("error")]
+            else:
+                # After the kill: do NOT set the level again; it must have been replayed.
+                ok, text = await self.call_text(FIX_LOG_TOOL)
+                await anyio.sleep(1.0)
+                d = {"level": "error (set before the kill)", "result": text[:80],
+                     "below_level": self.below(self.logs_since(mark), "error")}
+            return ok and not d["below_level"], d
+
+        async def read_version() -> int | None:
+            r = await c.read_resource(FIX_WATCHED, cache_mode="bypass")
+            text = "".join(getattr(x, "text", "") or "" for x in r.contents)
+            m = text.rsplit("version ", 1)
+            return int(m[1]) if len(m) == 2 and m[1].strip().isdigit() else None
+
+        async def subscription(since_go: bool) -> tuple[bool, dict[str, Any]]:
+            if not since_go:
+                await c.subscribe_resource(FIX_WATCHED)
+            mark = st["mark_u"] if since_go else len(rec.notifications)
+            versions: list[int | None] = []
+            deadline = time.monotonic() + self.args.wait
+            # A fresh process that was not subscribed never bumps the version: >= 1 read from the
+            # new process proves the replayed subscription drives its timer.
+            while time.monotonic() < deadline:
+                got = await rec.wait_for(lambda: len(self.updates(FIX_WATCHED, mark)) > 0, deadline - time.monotonic())
+                if not got:
+                    break
+                mark = len(rec.notifications)
+                v = await read_version()
+                versions.append(v)
+                if v is not None and v >= 1:
+                    return True, {"uri": FIX_WATCHED, "versions_read": versions}
+            return False, {"uri": FIX_WATCHED, "versions_read": versions, "error": "no update followed by a version >= 1 in time"}
+
+        await self.step("pre:level-control", level_control)
+        await self.step("pre:level", lambda: level_holds(None))
+        await self.step("pre:subscribe", lambda: subscription(False))
+        await self.step("pre:call", lambda: self.simple_call(False))
+
+        await self.kp.hit("between")
+        st["mark_u"] = len(rec.notifications)
+        mark_go = len(rec.logs)
+        await self.step("between:call", lambda: self.simple_call(True))
+        await self.step("between:subscription", lambda: subscription(True))
+        await self.step("between:level", lambda: level_holds(mark_go))
+        await self.step("between:level-control", level_control)
+
+        await self.step("during:in-flight", lambda: self.in_flight(
+            "during", FIX_SAMPLING_TOOL, {"prompt": f"heal {rec.nonce}"}, False))
+        await self.step("during:next-call", lambda: self.simple_call(True))
+
+
+async def heal_main(args: argparse.Namespace) -> int:
+    rec = Recorder()
+    kp = KillPoints(args.kill_timeout)
+    callbacks = make_callbacks(rec)
+    plain_sampling = callbacks["sampling_callback"]
+    holder: dict[str, Heal] = {}
+
+    async def sampling_callback(ctx: Any, params: types.CreateMessageRequestParams) -> Any:
+        heal = holder.get("heal")
+        if heal is not None and heal.sampling_hook is not None:
+            await heal.sampling_hook()
+        return await plain_sampling(ctx, params)
+
+    callbacks["sampling_callback"] = sampling_callback
+    client = Client(
+        make_transport(args, rec),
+        mode=args.mode,
+        read_timeout_seconds=args.request_timeout,
+        client_info=types.Implementation(name="tether-py-driver", version="0.1.0"),
+        **callbacks,
+    )
+    heal = Heal(client, rec, args, kp)
+    stage = "connect"
+    try:
+        # One bound for everything; every step inside has its own, shorter one.
+        with anyio.fail_after(args.scenario_timeout):
+            async with client:
+                holder["heal"] = heal
+                stage = "scenario"
+                await heal.run()
+                stage = "close"
+    except TimeoutError:
+        heal.record("session", False, {"error": f"timeout: the scenario did not finish within {args.scenario_timeout}s (during {stage})",
+                                       "wire_tail": rec.wire[-10:]})
+    except Exception as e:  # noqa: BLE001 - every failure is a reported result
+        heal.record("session", False, {"error": exc_text(e), "stage": stage, "wire_tail": rec.wire[-10:],
+                                       "transport_errors": rec.transport_errors[-5:]})
+    print(f"{heal.passed} passed, {heal.failed} failed", flush=True)
+    return 0 if heal.failed == 0 else 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", required=True, help="server endpoint (…/mcp for streamable-http, …/sse for sse)")
@@ -431,6 +935,12 @@ def main() -> None:
     ap.add_argument("--mode", choices=["legacy", "auto"], default="legacy",
                     help="version negotiation: legacy = initialize handshake; auto = server/discover probe, then fall back")
     ap.add_argument("--checks", default=",".join(ALL_CHECKS), help=f"comma-separated subset of {','.join(ALL_CHECKS)}")
+    ap.add_argument("--scenario", choices=["checks", "heal"], default="checks",
+                    help="checks (default): the independent --checks; heal: one session across upstream kills at kill points")
+    ap.add_argument("--upstream-kind", choices=["auto", "server-everything", "fixture"], default="auto",
+                    help="heal: which server is behind the URL (auto = tell from tools/list)")
+    ap.add_argument("--kill-timeout", type=float, default=90.0, help="heal: how long to wait for `go` at a kill point (s)")
+    ap.add_argument("--scenario-timeout", type=float, default=300.0, help="heal: deadline for the whole scenario (s)")
     ap.add_argument("--log-level", default="info", choices=LEVELS, help="level for the logging check (default info)")
     ap.add_argument("--wait", type=float, default=20.0, help="bound for waiting on logging/resource notifications (s)")
     ap.add_argument("--request-timeout", type=float, default=30.0, help="per-request read timeout (s)")
@@ -440,12 +950,17 @@ def main() -> None:
     args = ap.parse_args()
     names = [c.strip() for c in args.checks.split(",") if c.strip()]
     unknown = [c for c in names if c not in CHECKS]
-    if unknown or not names:
+    if args.scenario == "checks" and (unknown or not names):
         ap.error(f"unknown checks {unknown}; known: {ALL_CHECKS}")
+    if args.scenario == "heal" and args.transport != "streamable-http":
+        ap.error("--scenario heal needs --transport streamable-http")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL, stream=sys.stderr)
 
     # Last-resort watchdog: if the event loop itself wedges, the deadlines above cannot fire.
-    budget = len(names) * (args.check_timeout + 10) + 15
+    if args.scenario == "heal":
+        budget = args.scenario_timeout + 30
+    else:
+        budget = len(names) * (args.check_timeout + 10) + 15
 
     def watchdog() -> None:
         time.sleep(budget)
@@ -454,6 +969,8 @@ def main() -> None:
         os._exit(1)
 
     threading.Thread(target=watchdog, daemon=True).start()
+    if args.scenario == "heal":
+        sys.exit(anyio.run(heal_main, args))
     sys.exit(anyio.run(amain, args, names))
 
 

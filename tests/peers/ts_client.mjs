@@ -26,6 +26,13 @@
 //   subscribe    resources/list, resources/subscribe to the first resource, tools/call
 //                `toggle-subscriber-updates`; notifications/resources/updated for that URI must
 //                arrive within the wait bound (sent immediately, then every 5 s).
+//
+// Scenario `--scenario heal [--upstream-kind auto|server-everything|fixture]` (instead of the
+// checks above): ONE session throughout, while a harness kills the upstream under tether at kill
+// points. At each one the driver prints {"event":"kill-point","name":NAME} on stdout and blocks
+// until it reads a line `go` on stdin. Kill points: `between` (nothing in flight), `during` (a call
+// in flight) and, with server-everything, `during-unsafe`. Check lines are named `heal:<step>` and
+// end with the same `N passed, N failed` line; see the "scenario: heal" section below.
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -36,7 +43,9 @@ import {
   LoggingMessageNotificationSchema,
   ResourceUpdatedNotificationSchema,
 } from "@modelcontextprotocol/sdk/types.js";
+import { McpError } from "@modelcontextprotocol/sdk/types.js";
 import { randomUUID } from "node:crypto";
+import { createInterface } from "node:readline";
 
 const ALL_CHECKS = ["tools", "sampling", "elicitation", "progress", "logging", "subscribe"];
 const LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
@@ -51,7 +60,8 @@ const SUBSCRIBE_TOOL = "toggle-subscriber-updates";
 function usage(msg) {
   process.stderr.write(
     `${msg ? msg + "\n" : ""}usage: ts_client.mjs --url URL [--transport streamable-http|sse] [--checks ${ALL_CHECKS.join(",")}]\n` +
-      "       [--log-level info] [--wait 20] [--request-timeout 30] [--check-timeout 60] [--trace]\n",
+      "       [--log-level info] [--wait 20] [--request-timeout 30] [--check-timeout 60] [--trace]\n" +
+      "       [--scenario checks|heal] [--upstream-kind auto|server-everything|fixture] [--kill-timeout 90] [--scenario-timeout 300]\n",
   );
   process.exit(2);
 }
@@ -66,6 +76,10 @@ function parseArgs(argv) {
     requestTimeout: 30,
     checkTimeout: 60,
     trace: false,
+    scenario: "checks",
+    upstreamKind: "auto",
+    killTimeout: 90,
+    scenarioTimeout: 300,
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
@@ -82,6 +96,10 @@ function parseArgs(argv) {
       case "--request-timeout": a.requestTimeout = Number(v()); break;
       case "--check-timeout": a.checkTimeout = Number(v()); break;
       case "--trace": a.trace = true; break;
+      case "--scenario": a.scenario = v(); break;
+      case "--upstream-kind": a.upstreamKind = v(); break;
+      case "--kill-timeout": a.killTimeout = Number(v()); break;
+      case "--scenario-timeout": a.scenarioTimeout = Number(v()); break;
       case "-h": case "--help": usage(); break;
       default: usage(`unknown argument ${k}`);
     }
@@ -91,7 +109,10 @@ function parseArgs(argv) {
   if (!LEVELS.includes(a.logLevel)) usage(`bad --log-level ${a.logLevel}`);
   a.names = a.checks.split(",").map((s) => s.trim()).filter(Boolean);
   const unknown = a.names.filter((n) => !ALL_CHECKS.includes(n));
-  if (unknown.length || !a.names.length) usage(`unknown checks ${JSON.stringify(unknown)}; known: ${ALL_CHECKS}`);
+  if (!["checks", "heal"].includes(a.scenario)) usage(`bad --scenario ${a.scenario}`);
+  if (!["auto", "server-everything", "fixture"].includes(a.upstreamKind)) usage(`bad --upstream-kind ${a.upstreamKind}`);
+  if (a.scenario === "heal" && a.transport !== "streamable-http") usage("--scenario heal needs --transport streamable-http");
+  if (a.scenario === "checks" && (unknown.length || !a.names.length)) usage(`unknown checks ${JSON.stringify(unknown)}; known: ${ALL_CHECKS}`);
   return a;
 }
 
@@ -185,6 +206,12 @@ function makeClient(args, rec) {
     { capabilities: { sampling: {}, elicitation: { form: {} } } },
   );
   client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
+    if (rec.samplingHook) {
+      // heal scenario: a kill point while this server->client request holds its call in flight.
+      const hook = rec.samplingHook;
+      rec.samplingHook = null;
+      await hook();
+    }
     rec.sampling.push(request.params);
     rec.poke();
     return {
@@ -370,8 +397,468 @@ async function runCheck(name, args) {
   return [ok, detail];
 }
 
+// ------------------------------------------------------------------------------- scenario: heal
+//
+// `--scenario heal`: ONE client session throughout, while the harness kills the upstream under it
+// at named kill points. At a kill point the driver prints {"event":"kill-point","name":N} on
+// stdout and blocks until it reads a line `go` on stdin (the harness has then killed the upstream,
+// and for an HTTP upstream started a new one). Checked, as tether promises:
+//   * the client keeps its Mcp-Session-Id: one initialize on the wire, every request carries the
+//     same session id, no HTTP 404, no "session not found";
+//   * state is replayed on the new upstream: logging/setLevel and resources/subscribe;
+//   * a call in flight when the upstream dies ends by its documented outcome, without hanging:
+//     a tool annotated readOnlyHint/idempotentHint is retried (and succeeds), any other ends with
+//     JSON-RPC error -32011 whose data.reason is "upstream_restarted".
+//
+// Logging-level check (deterministic; the same design as py_client.py): a known info-level
+// message on demand — server-everything's resources/subscribe handler logs "Received Subscribe
+// Resource request …" at info through sendLoggingMessage (which honours the session's level; a
+// fresh process has none and sends all), the fixture's test_tool_with_logging sends three info
+// messages. At level "error" it must NOT arrive; a marker on the same path bounds the wait
+// (server-everything: a resources/updated sent right after on the same upstream stream; fixture:
+// the call's result plus a 1 s grace). At level "debug" the same trigger DOES deliver it, before
+// the kill and after it, so its absence at "error" is the level, not a broken channel.
+
+const FIX_TEXT_TOOL = "test_simple_text";
+const FIX_LOG_TOOL = "test_tool_with_logging";
+const FIX_SAMPLING_TOOL = "test_sampling";
+const FIX_WATCHED = "test://watched-resource";
+const UPSTREAM_RESTARTED = -32011;
+
+class StdinLines {
+  constructor() {
+    this.lines = [];
+    this.waiters = [];
+    this.ended = false;
+    const rl = createInterface({ input: process.stdin });
+    rl.on("line", (l) => {
+      this.lines.push(l);
+      this.flush();
+    });
+    rl.on("close", () => {
+      this.ended = true;
+      this.flush();
+    });
+  }
+  flush() {
+    while (this.waiters.length && (this.lines.length || this.ended)) {
+      this.waiters.shift()(this.lines.length ? this.lines.shift() : null);
+    }
+  }
+  next() {
+    return new Promise((resolve) => {
+      this.waiters.push(resolve);
+      this.flush();
+    });
+  }
+}
+
+class KillPoints {
+  constructor(timeoutS) {
+    this.timeoutS = timeoutS;
+    this.seen = [];
+    this.stdin = null;
+  }
+  async hit(name) {
+    this.stdin ??= new StdinLines();
+    process.stdout.write(JSON.stringify({ event: "kill-point", name }) + "\n");
+    this.seen.push(name);
+    const line = await withTimeout(this.stdin.next(), this.timeoutS * 1000, `'go' at kill-point ${name}`);
+    if (line === null || line.trim() !== "go") throw new Error(`kill-point ${name}: expected 'go' on stdin, got ${JSON.stringify(line)}`);
+    return Date.now();
+  }
+}
+
+class Heal {
+  constructor(client, transport, rec, args, kp) {
+    Object.assign(this, { client, transport, rec, args, kp });
+    this.opts = { timeout: args.requestTimeout * 1000 };
+    this.passed = 0;
+    this.failed = 0;
+    this.kind = "";
+    this.sid = null;
+    this.tools = new Map();
+  }
+
+  record(name, ok, detail) {
+    process.stdout.write(JSON.stringify({ check: `heal:${name}`, ok, detail }) + "\n");
+    if (ok) this.passed++;
+    else this.failed++;
+  }
+
+  async step(name, fn) {
+    let ok = false;
+    let detail;
+    try {
+      [ok, detail] = await withTimeout(fn(), this.args.checkTimeout * 1000, `step ${name}`);
+    } catch (e) {
+      ok = false;
+      detail = { error: e instanceof TimeoutError ? e.message : `${e?.name ?? "Error"}: ${e?.message ?? e}` };
+    }
+    if (!ok) {
+      detail.wire_tail = this.rec.wire.slice(-10);
+      if (this.rec.errors.length) detail.transport_errors = this.rec.errors.slice(-5);
+    }
+    this.record(name, ok, detail);
+    return ok;
+  }
+
+  requests() {
+    return this.rec.wire
+      .filter((l) => l.includes(" -> "))
+      .map((l) => {
+        const m = / -> (\S+) (\S*) sid=(\S+)/.exec(l);
+        return m ? { method: m[2], sid: m[3] } : { method: "?", sid: "-" };
+      });
+  }
+
+  safe(tool) {
+    const a = this.tools.get(tool)?.annotations;
+    return Boolean(a && (a.readOnlyHint || a.idempotentHint));
+  }
+
+  below(entries, level) {
+    const floor = LEVELS.indexOf(level);
+    return entries.filter((l) => LEVELS.indexOf(l.level) < floor);
+  }
+
+  updates(uri, since = 0) {
+    return this.rec.updates.slice(since).filter((u) => u.uri === uri);
+  }
+
+  async callText(name, args = {}) {
+    const result = await this.client.callTool({ name, arguments: args }, undefined, this.opts);
+    return [!result.isError, textOf(result)];
+  }
+
+  async simpleCall(expectSid) {
+    let ok, text;
+    if (this.kind === "server-everything") {
+      const msg = `heal from ts ${this.rec.nonce}`;
+      [ok, text] = await this.callText(ECHO_TOOL, { message: msg });
+      ok = ok && text.includes(msg);
+    } else {
+      [ok, text] = await this.callText(FIX_TEXT_TOOL);
+      ok = ok && text.includes("simple text response");
+    }
+    const sid = this.transport.sessionId ?? null;
+    const detail = { result: text.slice(0, 200), session_id: sid, session_id_before: this.sid };
+    if (expectSid) {
+      detail.same_session = sid !== null && sid === this.sid;
+      ok = ok && detail.same_session;
+    }
+    return [ok, detail];
+  }
+
+  // Starts `tool`, hits `killPoint` while it runs (after its first progress notification, or from
+  // inside the sampling request it triggers), then checks its outcome against its annotations.
+  async inFlight(killPoint, tool, args, viaProgress) {
+    const expectRetry = this.safe(tool);
+    const progress = [];
+    const hit = { done: false, tGo: null, inFlight: false };
+    let done = false;
+    let tDone = null;
+    let outcome = null;
+    let firstProgress;
+    const started = new Promise((r) => (firstProgress = r));
+    let went;
+    const wentP = new Promise((r) => (went = r));
+    const atKillPoint = async () => {
+      hit.inFlight = !done;
+      hit.done = true;
+      try {
+        hit.tGo = await this.kp.hit(killPoint);
+      } finally {
+        went();
+      }
+    };
+    const t0 = Date.now();
+    if (!viaProgress) this.rec.samplingHook = atKillPoint;
+    const call = this.client
+      .callTool({ name: tool, arguments: args }, undefined, {
+        ...this.opts,
+        ...(viaProgress ? { onprogress: (p) => { progress.push({ t: this.rec.now(), progress: p.progress, total: p.total }); firstProgress(); } } : {}),
+      })
+      .then(
+        (result) => ({ result }),
+        (e) => (e instanceof McpError ? { mcp_error: { code: e.code, message: e.message, data: e.data ?? null } } : { error: `${e?.name}: ${e?.message ?? e}` }),
+      )
+      .then((o) => {
+        outcome = o;
+        done = true;
+        tDone = Date.now();
+      });
+    const detail = {
+      tool,
+      arguments: args,
+      annotated_safe: expectRetry,
+      expected: expectRetry ? "retried and succeeded" : `error ${UPSTREAM_RESTARTED} upstream_restarted`,
+    };
+    const bound = this.args.requestTimeout + 5;
+    try {
+      if (viaProgress) {
+        await Promise.race([started, sleep(15000)]);
+        await atKillPoint();
+      }
+      await Promise.race([call, sleep((bound + (viaProgress ? 0 : 15)) * 1000)]);
+      if (hit.done) await Promise.race([wentP, sleep((this.kp.timeoutS + 5) * 1000)]);
+    } finally {
+      this.rec.samplingHook = null;
+      if (!hit.done) {
+        detail.kill_point_hit_late = true;
+        await this.kp.hit(killPoint);
+      }
+    }
+    const values = progress.map((p) => p.progress);
+    Object.assign(detail, {
+      in_flight_at_kill: hit.inFlight,
+      progress,
+      // A progress sequence that starts over is the visible trace of a retry.
+      progress_restarted: values.some((v, i) => i > 0 && v <= values[i - 1]),
+    });
+    if (!done) {
+      detail.error = `the call did not complete within ${bound}s after the kill (hang)`;
+      return [false, detail];
+    }
+    const afterGo = hit.tGo !== null ? (tDone - hit.tGo) / 1000 : null;
+    Object.assign(detail, { elapsed_s: (tDone - t0) / 1000, completed_after_go_s: afterGo });
+    let ok = hit.inFlight && afterGo !== null && afterGo < bound;
+    if (expectRetry) {
+      const text = outcome.result ? textOf(outcome.result) : "";
+      detail.outcome = outcome.result ? { result: text.slice(0, 200), is_error: !!outcome.result.isError } : outcome;
+      ok = ok && !!outcome.result && !outcome.result.isError && (tool !== PROGRESS_TOOL || text.includes("Long running operation completed"));
+    } else {
+      const err = outcome.mcp_error;
+      detail.outcome = err ?? outcome.error ?? `unexpected success: ${textOf(outcome.result).slice(0, 200)}`;
+      ok = ok && !!err && err.code === UPSTREAM_RESTARTED && err.data?.reason === "upstream_restarted";
+    }
+    return [ok, detail];
+  }
+
+  async connect() {
+    const listed = await this.client.listTools(undefined, this.opts);
+    this.tools = new Map(listed.tools.map((t) => [t.name, t]));
+    let kind = this.args.upstreamKind;
+    if (kind === "auto") {
+      if (this.tools.has(ECHO_TOOL) && this.tools.has(PROGRESS_TOOL)) kind = "server-everything";
+      else if (this.tools.has(FIX_TEXT_TOOL)) kind = "fixture";
+      else return [false, { error: "cannot tell the upstream kind from tools/list", tools: [...this.tools.keys()].slice(0, 30) }];
+    }
+    this.kind = kind;
+    this.sid = this.transport.sessionId ?? null;
+    const getStream = await awaitGetStream(this.rec, this.args);
+    const need = kind === "server-everything" ? [ECHO_TOOL, PROGRESS_TOOL, SUBSCRIBE_TOOL, SAMPLING_TOOL] : [FIX_TEXT_TOOL, FIX_LOG_TOOL, FIX_SAMPLING_TOOL];
+    const missing = need.filter((t) => !this.tools.has(t));
+    return [this.sid !== null && !missing.length, { kind, session_id: this.sid, protocol: this.rec.protocol ?? null, get_stream: getStream, missing_tools: missing }];
+  }
+
+  async run() {
+    if (!(await this.step("connect", () => this.connect()))) {
+      const points = (this.kind || this.args.upstreamKind) === "fixture" ? ["between", "during"] : ["between", "during", "during-unsafe"];
+      for (const p of points) await this.kp.hit(p);
+      return;
+    }
+    if (this.kind === "server-everything") await this.everything();
+    else await this.fixture();
+    await this.step("session-stable", async () => {
+      const reqs = this.requests();
+      const inits = reqs.filter((r) => r.method === "initialize").length;
+      const sids = [...new Set(reqs.map((r) => r.sid).filter((s) => s !== "-"))].sort();
+      const notFound = this.rec.wire.filter((l) => / <- 404 /.test(l));
+      const ok = inits === 1 && sids.length === 1 && sids[0] === this.sid && this.transport.sessionId === this.sid && !notFound.length;
+      return [ok, { initialize_requests: inits, session_ids_used: sids, http_404: notFound.slice(0, 3), requests: reqs.length, kill_points: this.kp.seen }];
+    });
+  }
+
+  // server-everything ------------------------------------------------------------------------
+
+  async everything() {
+    const { client, rec, opts } = this;
+    const st = {};
+    const toggle = async (expect) => {
+      const [ok, text] = await this.callText(SUBSCRIBE_TOOL);
+      if (!ok || !text.includes(expect)) throw new Error(`${SUBSCRIBE_TOOL}: expected ${JSON.stringify(expect)}, got ${JSON.stringify(text.slice(0, 120))}`);
+      return text.slice(0, 60);
+    };
+    const acks = (mark) => rec.logs.slice(mark).filter((l) => l.level === "info" && l.data.includes("Subscribe"));
+
+    await this.step("pre:level-control", async () => {
+      const resources = await client.listResources(undefined, opts);
+      if (!resources.resources.length) return [false, { error: "resources/list returned no resources" }];
+      st.uri = resources.resources[0].uri;
+      await client.setLoggingLevel("debug", opts);
+      const mark = rec.logs.length;
+      await client.subscribeResource({ uri: st.uri }, opts);
+      await rec.waitFor(() => acks(mark).length > 0, 10);
+      const got = acks(mark).length > 0;
+      return [got, { level: "debug", uri: st.uri, info_ack_arrived: got, logs: rec.logs.slice(mark) }];
+    });
+    if (st.uri) {
+      await this.step("pre:subscribe", async () => {
+        await client.setLoggingLevel("error", opts);
+        const markL = rec.logs.length;
+        await client.subscribeResource({ uri: st.uri }, opts); // its info ack must be filtered out now
+        const markU = rec.updates.length;
+        const on = await toggle("Started");
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        await sleep(500);
+        const below = this.below(rec.logs.slice(markL), "error");
+        const off = await toggle("Stopped");
+        st.preLevel = [below.length === 0, { level: "error", below_level: below }];
+        return [got, { uri: st.uri, update_arrived: got, toggle_on: on, toggle_off: off }];
+      });
+      await this.step("pre:level", async () => st.preLevel ?? [false, { error: "not run: the subscribe step failed" }]);
+    }
+    await this.step("pre:call", () => this.simpleCall(false));
+
+    await this.kp.hit("between");
+    const markGo = rec.logs.length;
+    await this.step("between:call", () => this.simpleCall(true));
+    if (st.uri) {
+      await this.step("between:subscription", async () => {
+        const markU = rec.updates.length;
+        // The toggle is per-process state: "Started" also shows this is a new process.
+        const on = await toggle("Started");
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        return [got, { uri: st.uri, toggle_on: on, update_arrived: got, note: "the new process knows the subscription only from tether's replay" }];
+      });
+      await this.step("between:level", async () => {
+        await client.subscribeResource({ uri: st.uri }, opts); // would log an info ack if the level had not been replayed
+        await toggle("Stopped");
+        const markU = rec.updates.length;
+        await toggle("Started"); // sends a resources/updated at once, after the ack on the same stream
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        await sleep(500);
+        const below = this.below(rec.logs.slice(markGo), "error");
+        await toggle("Stopped");
+        return [got && below.length === 0, { level: "error (set before the kill)", marker_update_arrived: got, below_level_since_kill: below, logs_since_kill: rec.logs.slice(markGo) }];
+      });
+      await this.step("between:level-control", async () => {
+        await client.setLoggingLevel("debug", opts);
+        const mark = rec.logs.length;
+        await client.subscribeResource({ uri: st.uri }, opts);
+        await rec.waitFor(() => acks(mark).length > 0, 10);
+        const got = acks(mark).length > 0;
+        return [got, { level: "debug", info_ack_arrived: got }];
+      });
+    }
+    await this.step("during:in-flight", () => this.inFlight("during", PROGRESS_TOOL, { duration: 4, steps: 4 }, true));
+    await this.step("during:next-call", () => this.simpleCall(true));
+    await this.step("during-unsafe:in-flight", () =>
+      this.inFlight("during-unsafe", SAMPLING_TOOL, { prompt: `heal ${rec.nonce}`, maxTokens: 16 }, false));
+    await this.step("during-unsafe:next-call", () => this.simpleCall(true));
+  }
+
+  // fixture ----------------------------------------------------------------------------------
+
+  async fixture() {
+    const { client, rec, opts } = this;
+    const loggingCall = async (level, settleS) => {
+      await client.setLoggingLevel(level, opts);
+      const mark = rec.logs.length;
+      const [ok, text] = await this.callText(FIX_LOG_TOOL);
+      await rec.waitFor(() => rec.logs.length - mark >= 3, settleS);
+      return [ok, { level, result: text.slice(0, 80), logs: rec.logs.slice(mark) }];
+    };
+    const levelControl = async () => {
+      const [ok, d] = await loggingCall("debug", 5);
+      return [ok && d.logs.filter((l) => l.level === "info").length >= 3, d];
+    };
+    const readVersion = async () => {
+      const r = await client.readResource({ uri: FIX_WATCHED }, opts);
+      const m = /version (\d+)\s*$/.exec(r.contents.map((c) => c.text ?? "").join(""));
+      return m ? Number(m[1]) : null;
+    };
+    // A fresh process that was not subscribed never bumps the version: >= 1 read from the new
+    // process proves the replayed subscription drives its timer.
+    const subscription = async (markStart) => {
+      let mark = markStart;
+      const versions = [];
+      const deadline = Date.now() + this.args.wait * 1000;
+      while (Date.now() < deadline) {
+        await rec.waitFor(() => this.updates(FIX_WATCHED, mark).length > 0, (deadline - Date.now()) / 1000);
+        if (!this.updates(FIX_WATCHED, mark).length) break;
+        mark = rec.updates.length;
+        const v = await readVersion();
+        versions.push(v);
+        if (v !== null && v >= 1) return [true, { uri: FIX_WATCHED, versions_read: versions }];
+      }
+      return [false, { uri: FIX_WATCHED, versions_read: versions, error: "no update followed by a version >= 1 in time" }];
+    };
+
+    await this.step("pre:level-control", levelControl);
+    await this.step("pre:level", async () => {
+      const [ok, d] = await loggingCall("error", 1);
+      d.below_level = this.below(d.logs, "error");
+      return [ok && d.below_level.length === 0, d];
+    });
+    await this.step("pre:subscribe", async () => {
+      await client.subscribeResource({ uri: FIX_WATCHED }, opts);
+      return subscription(rec.updates.length);
+    });
+    await this.step("pre:call", () => this.simpleCall(false));
+
+    await this.kp.hit("between");
+    const markU = rec.updates.length;
+    const markGo = rec.logs.length;
+    await this.step("between:call", () => this.simpleCall(true));
+    await this.step("between:subscription", () => subscription(markU));
+    await this.step("between:level", async () => {
+      // After the kill: do NOT set the level again; it must have been replayed.
+      const [ok, text] = await this.callText(FIX_LOG_TOOL);
+      await sleep(1000);
+      const below = this.below(rec.logs.slice(markGo), "error");
+      return [ok && below.length === 0, { level: "error (set before the kill)", result: text.slice(0, 80), below_level: below }];
+    });
+    await this.step("between:level-control", levelControl);
+    await this.step("during:in-flight", () => this.inFlight("during", FIX_SAMPLING_TOOL, { prompt: `heal ${rec.nonce}` }, false));
+    await this.step("during:next-call", () => this.simpleCall(true));
+  }
+}
+
+async function healMain(args) {
+  const rec = new Recorder(args.trace);
+  const kp = new KillPoints(args.killTimeout);
+  const { client, transport } = makeClient(args, rec);
+  const heal = new Heal(client, transport, rec, args, kp);
+  let stage = "connect";
+  try {
+    await withTimeout(
+      (async () => {
+        await client.connect(transport, heal.opts);
+        stage = "scenario";
+        await heal.run();
+      })(),
+      args.scenarioTimeout * 1000,
+      "the heal scenario",
+    );
+  } catch (e) {
+    heal.record("session", false, {
+      error: e instanceof TimeoutError ? `${e.message} during ${stage}` : `${e?.name ?? "Error"}: ${e?.message ?? e}`,
+      stage,
+      wire_tail: rec.wire.slice(-10),
+      transport_errors: rec.errors.slice(-5),
+    });
+  }
+  await closeQuietly(client, transport, args);
+  process.stdout.write(`${heal.passed} passed, ${heal.failed} failed\n`);
+  return heal.failed === 0 ? 0 : 1;
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  if (args.scenario === "heal") {
+    const watchdog = setTimeout(() => {
+      process.stdout.write(JSON.stringify({ check: "watchdog", ok: false, detail: `driver exceeded ${args.scenarioTimeout + 30}s overall; killed` }) + "\n0 passed, 1 failed\n");
+      process.exit(1);
+    }, (args.scenarioTimeout + 30) * 1000);
+    const code = await healMain(args);
+    clearTimeout(watchdog);
+    process.exit(code);
+  }
   const budget = args.names.length * (args.checkTimeout + 15) + 15;
   const watchdog = setTimeout(() => {
     process.stdout.write(JSON.stringify({ check: "watchdog", ok: false, detail: `driver exceeded ${budget}s overall; killed` }) + "\n0 passed, 1 failed\n");

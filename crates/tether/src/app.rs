@@ -1,6 +1,7 @@
 //! Wiring: builds the store, the session manager and the routes from a [`Config`], serves them
-//! on an injected listener, and runs the one shutdown sequence: stop accepting, end open
-//! streams with a retry hint, drain with a deadline, flush the store, close every upstream.
+//! on injected listeners (MCP, and the admin on its own thread), and runs the one shutdown
+//! sequence: readiness off, stop accepting, end open streams with a retry hint, drain with a
+//! deadline, flush the store, close every upstream, then stop the admin.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,44 +12,84 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, StoreSpec};
+use crate::admin::timed_store::TimedStore;
+use crate::admin::{AdminServer, AdminState, AdminToken};
+use crate::config::Config;
 use crate::downstream::{self, AppState};
-use crate::session::store::{MemoryStore, SessionStore};
 use crate::session::{Deps, Manager};
 use crate::stats::Stats;
+use crate::telemetry::LogControl;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The sockets a gateway serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    /// MCP clients.
+    pub mcp: TcpListener,
+    /// The admin listener; `None` serves no admin.
+    pub admin: Option<TcpListener>,
+}
 
 /// A running gateway, for callers that need its address and sessions (tests, `main`).
 pub struct Gateway {
     /// The bound client-facing address.
     pub addr: SocketAddr,
+    /// The bound admin address, when an admin listener was given.
+    pub admin_addr: Option<SocketAddr>,
     /// The session manager.
     pub manager: Arc<Manager>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    admin: Option<AdminServer>,
 }
 
 impl Gateway {
-    /// Starts serving on `listener`.
+    /// Starts serving MCP on `listener`, with no admin listener.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Gateway> {
+        Gateway::start_with(config, Listeners { mcp: listener, admin: None }, None).await
+    }
+
+    /// Starts serving on `listeners`. `log`, when given, lets the admin API change the log
+    /// filter. Without a configured admin token, one is generated into the state directory.
+    pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
+        let listener = listeners.mcp;
         let addr = listener.local_addr()?;
-        let store: Arc<dyn SessionStore> = match &config.store {
-            StoreSpec::Memory => Arc::new(MemoryStore::new()),
-        };
+        let store = crate::store::open(&config.store).await?;
+        info!(store = %config.store.describe(), "session store opened");
+        let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
+        match store.count_open(since).await {
+            Ok(n) => info!(live_sessions = n, "recovered sessions from the store"),
+            Err(e) => warn!(error = %e, "counting stored sessions failed"),
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
             .build()?;
         let stats = Arc::new(Stats::default());
+        let store = TimedStore::wrap(store, stats.clone());
         let manager =
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
+        let admin = match listeners.admin {
+            Some(l) => {
+                let token = match config.admin.token.clone() {
+                    Some(t) => t,
+                    None => generated_admin_token()?,
+                };
+                Some(AdminServer::start(l, AdminState::new(manager.clone(), token, log, stop.clone())).await?)
+            }
+            None => None,
+        };
         manager.spawn_background(stop.clone());
-        let state =
-            AppState { manager: manager.clone(), front: Arc::new(config.front.clone()), shutdown: streams_end.clone() };
+        let hard_stop = CancellationToken::new();
+        let state = AppState {
+            manager: manager.clone(),
+            front: Arc::new(config.front.clone()),
+            shutdown: streams_end.clone(),
+            hard_stop: hard_stop.clone(),
+        };
         let router = downstream::router(state);
         info!(
             listen = %addr,
@@ -75,25 +116,49 @@ impl Gateway {
             tokio::select! {
                 _ = &mut serve => {}
                 _ = async { stop2.cancelled().await; tokio::time::sleep(DRAIN_DEADLINE).await } => {
-                    warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing the remaining connections");
+                    // Requests still running end their streams with a retry hint; their answers
+                    // are stored as they come and a client that resumes gets them.
+                    warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; ending the remaining streams");
+                    hard_stop.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
                 }
             }
             manager2.shutdown().await;
             info!("tether stopped");
         });
-        Ok(Gateway { addr, manager, stop, done })
+        Ok(Gateway { addr, admin_addr: admin.as_ref().map(AdminServer::addr), manager, stop, done, admin })
     }
 
-    /// Runs the shutdown sequence and waits for it.
+    /// Runs the shutdown sequence and waits for it. The admin answers (not ready) until the
+    /// data plane has stopped.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.done.await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
     }
 }
 
+/// A token for an admin API that has none configured: random, written to a file only the
+/// owner can read, whose path (never the token) is logged.
+fn generated_admin_token() -> anyhow::Result<AdminToken> {
+    let dir = crate::store::state_dir();
+    let token = AdminToken::generate();
+    let path = crate::admin::token::write_token_file(&dir, &token)
+        .map_err(|e| anyhow::anyhow!("cannot write the admin token into {}: {e}", dir.display()))?;
+    info!(path = %path.display(), "admin token generated; send it as `Authorization: Bearer <token>`");
+    Ok(token)
+}
+
 /// Serves until `shutdown` resolves, then shuts down in order.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let gw = Gateway::start(config, listener).await?;
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    log: Option<LogControl>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gw = Gateway::start_with(config, listeners, log).await?;
     shutdown.await;
     info!("shutting down");
     gw.shutdown().await;

@@ -8,8 +8,14 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::downstream::FrontConfig;
+use crate::session::store::Retention;
 use crate::session::{RestartPolicy, SessionConfig};
 use crate::upstream::{UpstreamOptions, UpstreamSpec};
+
+mod admin;
+mod effective;
+
+pub use admin::AdminConfig;
 
 /// `tether serve` flags. Every flag also reads `TETHER_<NAME>` and the TOML key of the same
 /// name (with `_` for `-`).
@@ -21,7 +27,7 @@ pub struct ServeArgs {
     /// TOML config file
     #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Session store: `memory` [default: memory]
+    /// Session store: `sqlite://PATH` or `memory` [default: sqlite in $XDG_STATE_HOME/tether/sessions.db]
     #[arg(long, env = "TETHER_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// A Streamable HTTP upstream (its MCP endpoint URL)
@@ -61,6 +67,12 @@ pub struct ServeArgs {
     /// How long an open breaker refuses restarts (requests get 503) [default: 30s]
     #[arg(long, env = "TETHER_RESTART_COOLDOWN", value_name = "DURATION")]
     pub restart_cooldown: Option<String>,
+    /// Stored SSE events kept per stream for Last-Event-ID resumption [default: 1000]
+    #[arg(long, env = "TETHER_EVENT_RETENTION", value_name = "N")]
+    pub event_retention: Option<usize>,
+    /// Stored SSE events older than this are dropped [default: 1h]
+    #[arg(long, env = "TETHER_EVENT_MAX_AGE", value_name = "DURATION")]
+    pub event_max_age: Option<String>,
     /// Largest request body in bytes [default: 4194304]
     #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
@@ -73,6 +85,16 @@ pub struct ServeArgs {
     /// Log format: plain or json [default: plain]
     #[arg(long, env = "TETHER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Address of the admin listener: health, metrics, the session API [default: 127.0.0.1:9090]
+    #[arg(long, env = "TETHER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Bearer token of the admin API (prefer the environment or a file: flags show in `ps`).
+    /// Without one, a loopback admin generates a token into $XDG_STATE_HOME/tether/admin.token
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// A file holding the admin API's bearer token
+    #[arg(long, env = "TETHER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// The stdio upstream: a command and its arguments, after `--`
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -93,6 +115,8 @@ pub struct FileConfig {
     request_timeout: Option<String>,
     keepalive: Option<String>,
     upstream_idle: Option<String>,
+    event_retention: Option<usize>,
+    event_max_age: Option<String>,
     retry_tools: Option<Vec<String>>,
     restart_max_failures: Option<usize>,
     restart_window: Option<String>,
@@ -101,14 +125,12 @@ pub struct FileConfig {
     max_sessions: Option<usize>,
     log_level: Option<String>,
     log_format: Option<String>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
 }
 
-/// Where sessions are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreSpec {
-    /// In process memory.
-    Memory,
-}
+pub use crate::store::StoreSpec;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +158,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The admin listener and its token.
+    pub admin: AdminConfig,
 }
 
 /// A configuration error, naming the key and its source.
@@ -165,6 +189,15 @@ pub enum ConfigError {
     /// More than one upstream was given.
     #[error("more than one upstream: use only one of `--upstream`, `--upstream-sse` and a command")]
     TwoUpstreams,
+    /// The admin listener is reachable from other hosts but has no token.
+    #[error(
+        "`admin_listen` {listen} is not a loopback address, so the admin API needs a token: set `admin_token` \
+         (--admin-token or TETHER_ADMIN_TOKEN) or `admin_token_file` (--admin-token-file)"
+    )]
+    AdminTokenRequired {
+        /// The admin address.
+        listen: SocketAddr,
+    },
 }
 
 impl Config {
@@ -193,15 +226,13 @@ impl Config {
         })?;
 
         let (set, store) = pick!(store);
-        let store = match store.as_deref().unwrap_or("memory") {
-            "memory" => StoreSpec::Memory,
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: "store",
-                    source_name: src(set),
-                    reason: format!("{other:?}: supported stores are `memory`"),
-                });
-            }
+        let store = match store.as_deref() {
+            None => StoreSpec::default_sqlite(),
+            Some(text) => StoreSpec::parse(text).map_err(|reason| ConfigError::Invalid {
+                key: "store",
+                source_name: src(set),
+                reason,
+            })?,
         };
 
         let command =
@@ -245,6 +276,11 @@ impl Config {
                 });
             }
         }
+        let event_max_age = duration("event_max_age", &args.event_max_age, &file.event_max_age, "1h")?;
+        let retention = Retention {
+            per_stream: args.event_retention.or(file.event_retention).unwrap_or(1000).max(1),
+            max_age_ms: event_max_age.as_millis() as u64,
+        };
         let max_failures = args.restart_max_failures.or(file.restart_max_failures).unwrap_or(5);
         if max_failures == 0 {
             return Err(ConfigError::Invalid {
@@ -296,7 +332,12 @@ impl Config {
                 });
             }
         };
-        let log_level = args.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into());
+        let (set, log_level) = pick!(log_level);
+        let log_level = log_level.unwrap_or_else(|| "info".into());
+        if let Err(e) = crate::telemetry::parse_filter(&log_level) {
+            return Err(ConfigError::Invalid { key: "log_level", source_name: src(set), reason: e.to_string() });
+        }
+        let admin = admin::load(args, &file, &file_name, listen)?;
 
         Ok(Config {
             listen,
@@ -311,11 +352,13 @@ impl Config {
                 upstream_idle,
                 restart,
                 retry_tools,
+                retention,
                 upstream: UpstreamOptions::default(),
                 ..SessionConfig::default()
             },
             log_level,
             log_format,
+            admin,
         })
     }
 }

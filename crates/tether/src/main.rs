@@ -47,10 +47,16 @@ fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
     })
 }
 
+/// Prints the effective configuration (TOML, secrets redacted) on stdout, so it can be saved
+/// as a config file.
 fn check_config(args: &ServeArgs) -> ExitCode {
+    use std::io::Write;
     match load(args) {
         Ok(c) => {
-            eprintln!("{c:#?}");
+            let mut out = std::io::stdout().lock();
+            if out.write_all(c.to_redacted_toml().as_bytes()).and_then(|()| out.flush()).is_err() {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -62,7 +68,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    tether::telemetry::init(&config.log_level, config.log_format);
+    let log = tether::telemetry::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -71,10 +77,14 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let mcp = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        tether::run(config, listener, shutdown_signal()).await
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin_listen): {e}", config.admin.listen))?;
+        let listeners = tether::Listeners { mcp, admin: Some(admin) };
+        tether::run(config, listeners, Some(log), shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,13 @@
 //! Process-wide counters, cheap to bump from any task, read by health and metrics. Labels are a
 //! closed set; no session id ever becomes a label.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod requests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use requests::{MethodClass, Outcome, RequestProbe, RequestStats};
 
 /// One counter.
 #[derive(Debug, Default)]
@@ -13,9 +19,186 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one away.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) for request latency: from a cached answer to a long tool call.
+pub const REQUEST_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Upper bounds (seconds) for store writes: memory, then an fsync'd SQLite commit, then trouble.
+pub const STORE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5];
+
+/// A latency histogram over fixed bucket bounds: lock-free to observe.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One counter per bound, then the overflow (+Inf) bucket; not cumulative.
+    buckets: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+/// A histogram read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations in seconds.
+    pub sum: f64,
+    /// Number of observations (the sum of `buckets`).
+    pub count: u64,
+    /// (upper bound, observations in this bucket only), ending with `f64::INFINITY`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        HistogramSnapshot {
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+}
+
+/// What a store write was, for its latency: a closed set of labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A new session record.
+    Create,
+    /// The handshake's outcome.
+    Handshake,
+    /// The replayable session state.
+    State,
+    /// Activity, written behind.
+    Touch,
+    /// A session closed.
+    Close,
+    /// A flush of what was written behind.
+    Flush,
+    /// An SSE event committed before it is sent.
+    EventAppend,
+    /// Events dropped beyond retention.
+    EventPrune,
+    /// A session's events dropped.
+    EventForget,
+}
+
+impl StoreOp {
+    /// Every store operation, in label order.
+    pub const ALL: [StoreOp; 9] = [
+        StoreOp::Create,
+        StoreOp::Handshake,
+        StoreOp::State,
+        StoreOp::Touch,
+        StoreOp::Close,
+        StoreOp::Flush,
+        StoreOp::EventAppend,
+        StoreOp::EventPrune,
+        StoreOp::EventForget,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Create => "create",
+            StoreOp::Handshake => "handshake",
+            StoreOp::State => "state",
+            StoreOp::Touch => "touch",
+            StoreOp::Close => "close",
+            StoreOp::Flush => "flush",
+            StoreOp::EventAppend => "event_append",
+            StoreOp::EventPrune => "event_prune",
+            StoreOp::EventForget => "event_forget",
+        }
+    }
+}
+
+/// Store write latency and failures, by operation.
+#[derive(Debug)]
+pub struct StoreStats {
+    latency: [Histogram; StoreOp::ALL.len()],
+    errors: [Counter; StoreOp::ALL.len()],
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            latency: std::array::from_fn(|_| Histogram::new(&STORE_BUCKETS)),
+            errors: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl StoreStats {
+    /// Records one write.
+    pub fn record(&self, op: StoreOp, took: Duration, ok: bool) {
+        self.latency[op as usize].observe(took);
+        if !ok {
+            self.errors[op as usize].inc();
+        }
+    }
+
+    /// The latency of one operation.
+    pub fn latency(&self, op: StoreOp) -> &Histogram {
+        &self.latency[op as usize]
+    }
+
+    /// Failed writes of one operation.
+    pub fn errors(&self, op: StoreOp) -> u64 {
+        self.errors[op as usize].get()
     }
 }
 
@@ -46,4 +229,23 @@ pub struct Stats {
     pub requests_interrupted: Counter,
     /// Requests ended by the request timeout.
     pub requests_timed_out: Counter,
+    /// `tools/call` requests served.
+    pub tool_calls: Counter,
+    /// Milliseconds lived by the sessions that ended (closed or expired), summed.
+    pub ended_session_ms: Counter,
+    /// SSE response streams open now.
+    pub sse_streams_open: Gauge,
+    /// Stored SSE events sent again to a client resuming with `Last-Event-ID`.
+    pub events_replayed: Counter,
+    /// Client requests by method class and outcome, with latency.
+    pub requests: RequestStats,
+    /// Store write latency.
+    pub store: StoreStats,
+}
+
+impl Stats {
+    /// A probe for one client message: it records the message's outcome and latency once.
+    pub fn probe(self: &Arc<Self>) -> Arc<RequestProbe> {
+        RequestProbe::new(self.clone())
+    }
 }

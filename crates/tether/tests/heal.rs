@@ -170,6 +170,7 @@ async fn a_crash_loop_is_refused_then_recovers_on_the_same_session() {
 
     std::fs::write(&broken, b"").expect("break the upstream");
     kill9(only_child(&gw));
+    eventually("the child's death is noticed", || !gw.manager.live()[0].upstream_alive()).await;
     let mut saw_crash_loop = false;
     for _ in 0..10 {
         let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
@@ -314,5 +315,31 @@ async fn chaos_random_kills_under_load() {
     assert_eq!(total[3], 0, "every safe call succeeded");
     assert_eq!(total[4], 0, "every failure was the documented one");
     assert_eq!(total.iter().sum::<u32>(), (sessions * calls_per_session) as u32);
+    gw.shutdown().await;
+}
+
+/// A request the child never read (it sat in the stdin pipe when the child died) provably did
+/// not run: it is sent again on the revived child even when it is not safe to repeat.
+#[tokio::test]
+async fn a_request_the_child_never_read_is_sent_again() {
+    let gw = start(stdio_config()).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    for round in 0..3 {
+        let pid = only_child(&gw);
+        // A stopped child reads nothing: the request waits in the pipe when it is killed.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP);
+        eventually("the child is stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+        .await;
+        let mut other = c.same_session();
+        let pending = tokio::spawn(async move { call(&mut other, "work", json!({"ms": 5})).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill9(pid);
+        let answer = within(pending).await.expect("task");
+        assert_eq!(text_of(&answer), "slept 5 ms", "round {round}: {answer}");
+    }
     gw.shutdown().await;
 }

@@ -3,7 +3,8 @@
 //!
 //! Tools: `echo` (returns its `message`), `add` (`a` + `b`), `sleep` (waits `ms`, then answers;
 //! annotated idempotent), `work` (the same, unannotated: for in-flight tests), `log` (sends a `notifications/message` at the client's level, then
-//! answers) and `later` (answers, then logs outside any request). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
+//! answers), `later` (answers, then logs outside any request) and `burst` (answers, then logs
+//! `count` numbered messages outside any request). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
 //! `logging/setLevel`, `resources/subscribe`, `ping`.
 
 use std::io::{BufRead, BufWriter, Write};
@@ -92,6 +93,20 @@ fn main() {
                         });
                         Ok(text(format!("will log in {ms} ms")))
                     }
+                    "burst" => {
+                        // Answers now; then sends `count` log messages, `ms` apart, outside any request.
+                        let count = args.get("count").and_then(Value::as_u64).unwrap_or(5);
+                        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(10);
+                        let out = out.clone();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            for i in 1..=count {
+                                out.send(&json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "logger": "burst", "data": i}}));
+                                std::thread::sleep(std::time::Duration::from_millis(ms));
+                            }
+                        });
+                        Ok(text(format!("bursting {count}")))
+                    }
                     "log" => {
                         let level = lock(&state).level.clone();
                         let data = args.get("message").cloned().unwrap_or(json!("log"));
@@ -167,6 +182,7 @@ fn tools() -> Value {
         {"name": "work", "description": "Waits ms milliseconds, then answers (not idempotent).", "inputSchema": obj(json!({"ms": {"type": "integer"}}), &[])},
         {"name": "log", "description": "Sends a log message, then answers.", "inputSchema": obj(json!({"message": {"type": "string"}}), &[])},
         {"name": "later", "description": "Answers now; logs `message` after `ms` milliseconds.", "inputSchema": obj(json!({"ms": {"type": "integer"}, "message": {"type": "string"}}), &[])},
+        {"name": "burst", "description": "Answers now; then logs 1..count, ms apart.", "inputSchema": obj(json!({"count": {"type": "integer"}, "ms": {"type": "integer"}}), &[])},
         {"name": "bump", "description": "Increments echo://counter (not idempotent).", "inputSchema": obj(json!({}), &[])}
     ])
 }

@@ -18,8 +18,9 @@ use super::guard;
 use super::stream::{Pump, sse_response};
 use super::{AppState, error_response};
 use crate::error::GatewayError;
-use crate::session::Sink;
 use crate::session::record::{CloseReason, Transport};
+use crate::session::{Sink, StreamKind};
+use crate::stats::Outcome;
 
 /// GET /sse
 pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
@@ -30,17 +31,16 @@ pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
     };
-    let stream = session.next_stream();
-    let (sink, mut rx) = Sink::channel(stream, true);
+    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
     session.attach_standalone(sink);
     let (tx, resp) = sse_response(None);
     let pump = Pump {
         session: session.clone(),
-        stream,
         legacy: true,
         keepalive: session.config().keepalive,
-        shutdown: app.shutdown.clone(),
+        stop: app.shutdown.clone(),
         out: tx,
+        replayed_upto: 0,
     };
     let manager = app.manager.clone();
     let span = tracing::info_span!("stream", session_id = %session.id(), transport = "sse");
@@ -50,9 +50,18 @@ pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
             let endpoint = format!("/messages/?session_id={}", session.id());
             sse::encode(&mut first, None, Some("endpoint"), endpoint.as_bytes());
             if pump.raw(first).await {
-                let s = session.clone();
-                let overdue = move || -> Vec<Bytes> { s.expire_overdue() };
-                pump.run(&mut rx, false, None, Some(&overdue)).await;
+                // Legacy requests have no stream of their own to time them out: sweep.
+                let sweeper = {
+                    let s = session.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            s.expire_overdue().await;
+                        }
+                    })
+                };
+                pump.run(&mut rx, false, None).await;
+                sweeper.abort();
             }
             // No resumption in this transport: the session ends with its stream.
             manager.close(session.id(), CloseReason::ClientClosed).await;
@@ -69,6 +78,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let probe = app.manager.deps().stats.probe();
     let run = async {
         app.front.check_origin_and_host(&headers)?;
         guard::content_type(&headers)?;
@@ -76,26 +86,36 @@ pub async fn post(
             query.get("session_id").or_else(|| query.get("sessionId")).ok_or(GatewayError::MissingSessionQuery)?;
         let bytes = guard::body(body, &headers, app.front.max_body).await?;
         let msg = Message::parse(&bytes)?;
+        probe.classify(&msg);
         let session = app.manager.get(sid).await?;
         if session.transport() != Transport::LegacySse {
             return Err(GatewayError::SessionNotFound);
         }
         match msg.kind() {
             Kind::Request => {
-                let sink = session.standalone_sink().ok_or(GatewayError::SessionNotFound)?;
+                let sink = session.standalone_sink().ok_or(GatewayError::SessionNotFound)?.probed(probe.clone());
                 let span =
                     tracing::info_span!("request", session_id = %session.id(), method = msg.method().unwrap_or(""));
                 let id = msg.id().map(ToOwned::to_owned);
                 if let Err(e) = session.request(msg, sink.clone()).instrument(span).await {
                     // The client waits on its stream, so the error goes there.
                     let data = Bytes::from(e.to_message(id.as_deref()).to_bytes());
-                    session.send_to(&sink, data).await;
+                    session.emit(&sink, data, true, None).await;
                 }
             }
-            Kind::Notification => session.notify(msg).await?,
-            Kind::Response | Kind::Error => session.answer(msg).await?,
+            Kind::Notification => {
+                session.notify(msg).await?;
+                probe.settle(Outcome::Ok);
+            }
+            Kind::Response | Kind::Error => {
+                session.answer(msg).await?;
+                probe.settle(Outcome::Ok);
+            }
         }
         Ok((StatusCode::ACCEPTED, "Accepted").into_response())
     };
-    run.await.unwrap_or_else(|e: GatewayError| error_response(&e, None))
+    run.await.unwrap_or_else(|e: GatewayError| {
+        probe.failed(&e);
+        error_response(&e, None)
+    })
 }

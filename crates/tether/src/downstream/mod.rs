@@ -4,6 +4,7 @@
 
 mod guard;
 mod legacy_sse;
+mod metered;
 mod stream;
 mod streamable;
 
@@ -29,13 +30,16 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     /// Client-facing checks and limits.
     pub front: Arc<FrontConfig>,
-    /// Cancelled when the gateway shuts down: open streams end with a retry hint.
+    /// Cancelled when the gateway shuts down: standalone streams end with a retry hint.
     pub shutdown: CancellationToken,
+    /// Cancelled when the drain deadline passes: request streams end too.
+    pub hard_stop: CancellationToken,
 }
 
 /// The client-facing HTTP routes.
 pub fn router(state: AppState) -> Router {
     let legacy_post = post(legacy_sse::post);
+    let stats = state.manager.deps().stats.clone();
     Router::new()
         .route(
             "/mcp",
@@ -45,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/", legacy_post.clone().fallback(method_not_allowed))
         .route("/messages", legacy_post.clone().fallback(method_not_allowed))
         .route("/message", legacy_post.fallback(method_not_allowed))
+        .layer(axum::middleware::from_fn_with_state(stats, metered::count_sse_streams))
         .with_state(state)
 }
 

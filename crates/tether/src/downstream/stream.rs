@@ -1,6 +1,6 @@
-//! SSE response bodies: one pump task per client stream writes events with ids, keep-alive
-//! comments on idle streams, a priming event where the revision wants one, and a `retry` hint
-//! before the stream is ended on purpose (shutdown).
+//! SSE response bodies: one pump task per client stream writes the session's events (already
+//! stored and given ids by the session), keep-alive comments on idle streams, a priming event
+//! where the revision wants one, and a `retry` hint before a stream is ended on purpose.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{Outbound, Session};
+use crate::session::{Outbound, Session, Sink};
 
 /// A body fed by a channel, and the response that carries it.
 pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Bytes>, Response) {
@@ -41,18 +41,18 @@ pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Byte
 
 /// How a stream is written.
 pub struct Pump {
-    /// The session the stream belongs to (event ids).
+    /// The session the stream belongs to.
     pub session: Arc<Session>,
-    /// The stream number.
-    pub stream: u64,
     /// Write `event: message` and no ids (legacy HTTP+SSE).
     pub legacy: bool,
     /// Keep-alive interval.
     pub keepalive: Duration,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
+    /// Cancelled when this stream must end (with a retry hint).
+    pub stop: CancellationToken,
     /// Where the bytes go.
     pub out: mpsc::Sender<Bytes>,
+    /// Events at or below this seq were already written by a replay: skip them.
+    pub replayed_upto: u64,
 }
 
 /// What ended a stream.
@@ -76,51 +76,41 @@ impl Pump {
         self.out.send(Bytes::from(bytes)).await.is_ok()
     }
 
-    /// Writes one message as an event.
-    pub async fn message(&self, data: &[u8]) -> bool {
+    /// Writes one event with its id (none on legacy streams).
+    pub async fn event(&self, id: Option<&str>, data: &[u8]) -> bool {
         let mut buf = Vec::with_capacity(data.len() + 48);
         if self.legacy {
             sse::encode(&mut buf, None, Some("message"), data);
         } else {
-            let id = self.session.next_event_id(self.stream);
-            sse::encode(&mut buf, Some(&id), None, data);
+            sse::encode(&mut buf, id, None, data);
         }
         self.raw(buf).await
     }
 
     /// Writes a priming event (id, `retry`, empty data) when the session's revision wants one.
-    pub async fn prime(&self) -> bool {
+    pub async fn prime(&self, sink: &Sink) -> bool {
         let version = self.session.protocol_version();
         if self.legacy || !version.as_deref().is_some_and(tether_protocol::version::primes_streams) {
             return true;
         }
         let mut buf = Vec::new();
-        let id = self.session.next_event_id(self.stream);
+        let id = self.session.next_event_id(sink);
         sse::encode_priming(&mut buf, &id, self.session.config().retry_hint.as_millis() as u64);
         self.raw(buf).await
     }
 
     /// Pumps `rx` into the stream until it ends. With `until_answer`, the stream ends after
-    /// the message that answers its request. `on_tick` runs once a second and may produce
-    /// messages (overdue requests on a legacy stream).
-    pub async fn run(
-        &self,
-        rx: &mut mpsc::Receiver<Outbound>,
-        until_answer: bool,
-        deadline: Option<Instant>,
-        on_tick: Option<&(dyn Fn() -> Vec<Bytes> + Send + Sync)>,
-    ) -> End {
+    /// the message that answers its request.
+    pub async fn run(&self, rx: &mut mpsc::Receiver<Outbound>, until_answer: bool, deadline: Option<Instant>) -> End {
         let mut keepalive = tokio::time::interval_at(Instant::now() + self.keepalive, self.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let deadline = deadline.unwrap_or(far);
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(o) => {
-                        if !self.message(&o.data).await {
+                        if (o.seq > self.replayed_upto || o.id.is_none()) && !self.event(o.id.as_deref(), &o.data).await {
                             return End::ClientGone;
                         }
                         keepalive.reset();
@@ -135,17 +125,8 @@ impl Pump {
                         return End::ClientGone;
                     }
                 }
-                _ = tick.tick(), if on_tick.is_some() => {
-                    if let Some(f) = on_tick {
-                        for m in f() {
-                            if !self.message(&m).await {
-                                return End::ClientGone;
-                            }
-                        }
-                    }
-                }
                 _ = tokio::time::sleep_until(deadline) => return End::Deadline,
-                _ = self.shutdown.cancelled() => {
+                _ = self.stop.cancelled() => {
                     let mut buf = Vec::new();
                     sse::encode_retry(&mut buf, self.session.config().retry_hint.as_millis() as u64);
                     let _ = self.raw(buf).await;

@@ -10,37 +10,53 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::time::Duration;
 use tether_protocol::version::{self, MODERN_ENVELOPE_KEY};
 use tether_protocol::{Kind, Message, error_code};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::Instrument;
+use tracing::{Instrument, info, warn};
 
 use super::guard::{self, Accept};
 use super::stream::{End, Pump, sse_response};
 use super::{AppState, error_response, json_response};
 use crate::error::GatewayError;
 use crate::session::record::{CloseReason, Transport};
-use crate::session::{Session, Sink};
+use crate::session::store::Replay;
+use crate::session::{Outbound, Session, Sink, StreamKind, event_id, parse_event_id, parse_stream_key};
+use crate::stats::{Outcome, RequestProbe};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// POST /mcp
 pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match post_inner(&app, &headers, body).await {
+    let probe = app.manager.deps().stats.probe();
+    match post_inner(&app, &headers, body, &probe).await {
         Ok(r) => r,
-        Err((e, id)) => error_response(&e, id.as_deref()),
+        Err((e, id)) => {
+            probe.failed(&e);
+            error_response(&e, id.as_deref())
+        }
     }
 }
 
 type Failed = (GatewayError, Option<Box<RawValue>>);
 
-async fn post_inner(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, Failed> {
+async fn post_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    probe: &Arc<RequestProbe>,
+) -> Result<Response, Failed> {
     let no_id = |e: GatewayError| (e, None);
     app.front.check_origin_and_host(headers).map_err(no_id)?;
     guard::content_type(headers).map_err(no_id)?;
     let accept = guard::accept_for_post(headers).map_err(no_id)?;
     let bytes = guard::body(body, headers, app.front.max_body).await.map_err(no_id)?;
     let msg = Message::parse(&bytes).map_err(|e| no_id(e.into()))?;
+    probe.classify(&msg);
     let id = msg.id().map(ToOwned::to_owned);
     let with_id = |e: GatewayError| (e, id.clone());
 
@@ -49,13 +65,13 @@ async fn post_inner(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
             return Err(with_id(GatewayError::ModernNotServed { requested }));
         }
         if msg.kind() == Kind::Request && msg.is("initialize") {
-            return initialize(app, msg, accept).await.map_err(with_id);
+            return initialize(app, msg, accept, probe).await.map_err(with_id);
         }
         return Err(with_id(GatewayError::MissingSessionId));
     };
     if msg.kind() == Kind::Request && msg.is("initialize") {
         // A client starting over while still holding an old id gets a new session.
-        return initialize(app, msg, accept).await.map_err(with_id);
+        return initialize(app, msg, accept, probe).await.map_err(with_id);
     }
     guard::protocol_version(headers).map_err(with_id)?;
     let session = app.manager.get(sid).await.map_err(with_id)?;
@@ -63,13 +79,15 @@ async fn post_inner(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
         return Err(with_id(GatewayError::SessionNotFound));
     }
     match msg.kind() {
-        Kind::Request => Ok(forward(app, session, msg, accept).await),
+        Kind::Request => Ok(forward(app, session, msg, accept, probe).await),
         Kind::Notification => {
             session.notify(msg).await.map_err(with_id)?;
+            probe.settle(Outcome::Ok);
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Kind::Response | Kind::Error => {
             session.answer(msg).await.map_err(with_id)?;
+            probe.settle(Outcome::Ok);
             Ok(StatusCode::ACCEPTED.into_response())
         }
     }
@@ -98,37 +116,31 @@ fn modern_request(msg: &Message, headers: &HeaderMap) -> Option<String> {
 }
 
 /// `initialize` opens a session: tether issues the id and starts the upstream side.
-async fn initialize(app: &AppState, msg: Message, accept: Accept) -> Result<Response, GatewayError> {
+async fn initialize(
+    app: &AppState,
+    msg: Message,
+    accept: Accept,
+    probe: &Arc<RequestProbe>,
+) -> Result<Response, GatewayError> {
     let session = app.manager.create(Transport::StreamableHttp).await?;
     let span = tracing::info_span!("request", session_id = %session.id(), method = "initialize");
-    let stream = session.next_stream();
-    let (sink, mut rx) = Sink::channel(stream, false);
+    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
+    let sink = sink.probed(probe.clone());
     let answer = async {
         let gid = session.request(msg, sink).await?;
         let deadline = Instant::now() + session.config().request_timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(o)) if o.fin => return Ok(o),
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    return Err(GatewayError::UpstreamUnavailable("the session ended during initialize".into()));
-                }
-                Err(_) => {
-                    session.time_out(gid).await;
-                    return Err(GatewayError::UpstreamTimeout(session.config().request_timeout.as_secs()));
-                }
-            }
-        }
+        answer_of(&session, &mut rx, gid, deadline)
+            .await
+            .ok_or_else(|| GatewayError::UpstreamUnavailable("the session ended during initialize".into()))
     }
     .instrument(span)
     .await;
-    let failed = |e: GatewayError| async {
-        app.manager.close(session.id(), CloseReason::UpstreamFailed).await;
-        e
-    };
     let out = match answer {
         Ok(o) => o,
-        Err(e) => return Err(failed(e).await),
+        Err(e) => {
+            app.manager.close(session.id(), CloseReason::UpstreamFailed).await;
+            return Err(e);
+        }
     };
     let ok = Message::parse(&out.data).is_ok_and(|m| m.kind() == Kind::Response);
     if !ok {
@@ -143,24 +155,57 @@ async fn initialize(app: &AppState, msg: Message, accept: Accept) -> Result<Resp
         r.headers_mut().insert(SESSION_HEADER, sid);
         return Ok(r);
     }
+    // A client that accepts only SSE gets the answer as a one-event stream.
     let (tx, resp) = sse_response(Some((SESSION_HEADER, session.id().to_owned())));
-    let pump = Pump {
-        session: session.clone(),
-        stream,
-        legacy: false,
-        keepalive: session.config().keepalive,
-        shutdown: app.shutdown.clone(),
-        out: tx,
-    };
+    let pump = pump(app, &session, tx, false);
     tokio::spawn(async move {
-        pump.message(&out.data).await;
+        pump.event(None, &out.data).await;
     });
     Ok(resp)
 }
 
+/// Waits for the answer on a JSON stream; at the deadline the request is timed out and its
+/// error becomes the answer.
+async fn answer_of(
+    session: &Session,
+    rx: &mut mpsc::Receiver<Outbound>,
+    gid: u64,
+    deadline: Instant,
+) -> Option<Outbound> {
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(o)) if o.fin => return Some(o),
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(_) => {
+                session.time_out(gid).await;
+                return tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.ok().flatten();
+            }
+        }
+    }
+}
+
+fn pump(app: &AppState, session: &Arc<Session>, out: mpsc::Sender<Bytes>, request_stream: bool) -> Pump {
+    Pump {
+        session: session.clone(),
+        legacy: false,
+        keepalive: session.config().keepalive,
+        // Request streams run to their answer during a drain; standalone streams end at once.
+        stop: if request_stream { app.hard_stop.clone() } else { app.shutdown.clone() },
+        out,
+        replayed_upto: 0,
+    }
+}
+
 /// Forwards a request and answers with its response: as an SSE stream when the client accepts
 /// one (related notifications and server requests then travel with it), else as JSON.
-async fn forward(app: &AppState, session: Arc<Session>, msg: Message, accept: Accept) -> Response {
+async fn forward(
+    app: &AppState,
+    session: Arc<Session>,
+    msg: Message,
+    accept: Accept,
+    probe: &Arc<RequestProbe>,
+) -> Response {
     let method = msg.method().unwrap_or_default().to_owned();
     let client_id = msg.id().map(ToOwned::to_owned);
     let span = tracing::info_span!(
@@ -169,51 +214,35 @@ async fn forward(app: &AppState, session: Arc<Session>, msg: Message, accept: Ac
         method = %method,
         request_id = %client_id.as_deref().map(RawValue::get).unwrap_or(""),
     );
-    let stream = session.next_stream();
-    let (sink, mut rx) = Sink::channel(stream, accept.sse);
+    let kind = if accept.sse { StreamKind::Request } else { StreamKind::Json };
+    let (sink, mut rx) = Sink::channel(session.next_stream(), kind);
+    let sink = sink.probed(probe.clone());
+    let prime_sink = sink.clone();
     let gid = match session.request(msg, sink).instrument(span.clone()).await {
         Ok(g) => g,
-        Err(e) => return error_response(&e, client_id.as_deref()),
+        Err(e) => {
+            probe.failed(&e);
+            return error_response(&e, client_id.as_deref());
+        }
     };
     let deadline = Instant::now() + session.config().request_timeout;
 
     if !accept.sse {
-        let answer = async {
-            loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(o)) if o.fin => return Some(o.data.to_vec()),
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return None,
-                    Err(_) => return session.time_out(gid).await.map(|m| m.to_bytes()),
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-        return match answer {
-            Some(body) => json_response(StatusCode::OK, body),
+        return match answer_of(&session, &mut rx, gid, deadline).instrument(span).await {
+            Some(o) => json_response(StatusCode::OK, o.data.to_vec()),
             None => cancelled(client_id.as_deref()),
         };
     }
 
     let (tx, resp) = sse_response(None);
-    let pump = Pump {
-        session: session.clone(),
-        stream,
-        legacy: false,
-        keepalive: session.config().keepalive,
-        shutdown: app.shutdown.clone(),
-        out: tx,
-    };
+    let pump = pump(app, &session, tx, true);
     tokio::spawn(
         async move {
-            if !pump.prime().await {
+            if !pump.prime(&prime_sink).await {
                 return;
             }
-            if pump.run(&mut rx, true, Some(deadline), None).await == End::Deadline
-                && let Some(err) = session.time_out(gid).await
-            {
-                pump.message(&err.to_bytes()).await;
+            if pump.run(&mut rx, true, Some(deadline)).await == End::Deadline && session.time_out(gid).await {
+                pump.run(&mut rx, true, Some(Instant::now() + Duration::from_secs(1))).await;
             }
         }
         .instrument(span),
@@ -226,42 +255,116 @@ fn cancelled(id: Option<&RawValue>) -> Response {
     json_response(StatusCode::OK, m.to_bytes())
 }
 
-/// GET /mcp — the standalone stream for server-initiated messages.
+/// GET /mcp — the standalone stream for server-initiated messages, or, with `Last-Event-ID`,
+/// the resumption of an earlier stream: a request stream still waiting continues here; a
+/// finished one is replayed and ends; the standalone stream is replayed and continues. A
+/// cursor older than retention resumes from now, with a warning.
 pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let session = match stream_session(&app, &headers).await {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
     };
-    let stream = session.next_stream();
-    let (sink, mut rx) = Sink::channel(stream, true);
-    let backlog = session.attach_standalone(sink);
+    let span = tracing::info_span!("stream", session_id = %session.id());
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(last) = last {
+        return resume(&app, session, &last).instrument(span).await;
+    }
+    let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
+    let backlog = session.attach_standalone(sink.clone());
     let (tx, resp) = sse_response(None);
-    let pump = Pump {
-        session: session.clone(),
-        stream,
-        legacy: false,
-        keepalive: session.config().keepalive,
-        shutdown: app.shutdown.clone(),
-        out: tx,
+    let pump = pump(&app, &session, tx, false);
+    tokio::spawn(standalone(pump, sink, rx, backlog, true).instrument(span));
+    resp
+}
+
+/// Runs a standalone stream: priming, the backlog, then live messages.
+async fn standalone(pump: Pump, sink: Sink, mut rx: mpsc::Receiver<Outbound>, backlog: Vec<Bytes>, prime: bool) {
+    let session = pump.session.clone();
+    let ok = !prime || pump.prime(&sink).await;
+    if ok {
+        for m in backlog {
+            // Queued while no stream was open: delivered now as stored, id-bearing events.
+            if !session.emit(&sink, m, false, None).await {
+                break;
+            }
+        }
+        pump.run(&mut rx, false, None).await;
+    }
+    session.detach_standalone(sink.stream);
+}
+
+async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
+    let Some((key, after)) = parse_event_id(last) else {
+        warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID not issued by tether; resuming from now");
+        return fresh_standalone(app, session);
     };
-    let span = tracing::info_span!("stream", session_id = %session.id(), stream);
-    tokio::spawn(
-        async move {
-            if !pump.prime().await {
-                session.detach_standalone(stream);
+    let (was_standalone, local) = parse_stream_key(key);
+    // A stream that lives in this process is attached before the replay, so that nothing
+    // emitted meanwhile is missed; what both paths carry is written once (by position).
+    let mut live = None;
+    let mut backlog = Vec::new();
+    if let Some(n) = local {
+        if was_standalone {
+            let (sink, rx) = Sink::channel(n, StreamKind::Standalone);
+            backlog = session.attach_standalone(sink.clone());
+            live = Some((sink, rx));
+        } else {
+            let (sink, rx) = Sink::channel(n, StreamKind::Request);
+            if session.reattach_request(n, sink.clone()) {
+                live = Some((sink, rx));
+            }
+        }
+    }
+    let events = match session.replay(key, after).await {
+        Ok(Replay::Events(events)) => events,
+        // A request stream whose answer has not come yet has stored nothing after its priming.
+        Ok(Replay::Gone) if live.is_some() => Vec::new(),
+        Ok(Replay::Gone) => {
+            warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID is older than retention; resuming from now");
+            return fresh_standalone(app, session);
+        }
+        Err(e) => return error_response(&e, None),
+    };
+    info!(session_id = %session.id(), last_event_id = %last, replayed = events.len(), "stream resumed");
+    let key = key.to_owned();
+    let (tx, resp) = sse_response(None);
+    let mut pump = pump(app, &session, tx, !was_standalone);
+    if live.is_some() {
+        pump.replayed_upto = events.last().map_or(after, |e| e.seq);
+    }
+    tokio::spawn(async move {
+        for e in &events {
+            if !pump.event(Some(&event_id(&key, e.seq)), &e.data).await {
                 return;
             }
-            for m in backlog {
-                if !pump.message(&m).await {
-                    session.detach_standalone(stream);
-                    return;
-                }
-            }
-            pump.run(&mut rx, false, None, None).await;
-            session.detach_standalone(stream);
         }
-        .instrument(span),
-    );
+        match live {
+            Some((sink, rx)) if was_standalone => standalone(pump, sink, rx, backlog, false).await,
+            Some((_, mut rx)) if !events.iter().any(|e| e.fin) => {
+                let deadline = Instant::now() + session.config().request_timeout;
+                pump.run(&mut rx, true, Some(deadline)).await;
+            }
+            Some(_) => {}
+            // The standalone stream of an earlier run of tether continues as this run's.
+            None if was_standalone => {
+                let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
+                let backlog = session.attach_standalone(sink.clone());
+                standalone(pump, sink, rx, backlog, false).await;
+            }
+            // A request stream of an earlier run: replayed; if its answer never came (tether
+            // stopped first), the stream ends and the client's SDK gives up on the request.
+            None => {}
+        }
+    });
+    resp
+}
+
+fn fresh_standalone(app: &AppState, session: Arc<Session>) -> Response {
+    let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
+    let backlog = session.attach_standalone(sink.clone());
+    let (tx, resp) = sse_response(None);
+    let pump = pump(app, &session, tx, false);
+    tokio::spawn(standalone(pump, sink, rx, backlog, true));
     resp
 }
 

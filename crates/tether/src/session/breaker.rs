@@ -53,10 +53,14 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// Records a failed start or a crash.
-    pub fn failure(&mut self, policy: &RestartPolicy, now: Instant) {
+    /// Records a failed start or a crash. Only failures that `trip` count toward opening the
+    /// breaker; every failure lengthens the backoff.
+    pub fn failure(&mut self, policy: &RestartPolicy, now: Instant, trip: bool) {
         self.consecutive = self.consecutive.saturating_add(1);
         self.last_failure = Some(now);
+        if !trip {
+            return;
+        }
         self.failures.push_back(now);
         while self.failures.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
             self.failures.pop_front();
@@ -120,7 +124,7 @@ mod tests {
         assert_eq!(b.verdict(&p, Instant::now(), 1.0), Verdict::Attempt(Duration::ZERO));
         let mut seen = Vec::new();
         for _ in 0..6 {
-            b.failure(&p, Instant::now());
+            b.failure(&p, Instant::now(), true);
             match b.verdict(&p, Instant::now(), 1.0) {
                 Verdict::Attempt(d) => seen.push(d.as_millis()),
                 Verdict::Open(_) => seen.push(0),
@@ -130,7 +134,7 @@ mod tests {
         }
         assert_eq!(seen, vec![100, 200, 400, 800, 1600, 2000]);
         // Time already passed since the failure counts against the delay.
-        b.failure(&p, Instant::now());
+        b.failure(&p, Instant::now(), true);
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!(b.verdict(&p, Instant::now(), 1.0), Verdict::Attempt(Duration::from_millis(500)));
         b.success();
@@ -141,8 +145,8 @@ mod tests {
     async fn jitter_spreads_within_the_upper_half() {
         let p = policy();
         let mut b = Breaker::default();
-        b.failure(&p, Instant::now());
-        b.failure(&p, Instant::now() + Duration::from_secs(0));
+        b.failure(&p, Instant::now(), true);
+        b.failure(&p, Instant::now() + Duration::from_secs(0), true);
         let lo = b.verdict(&p, Instant::now(), 0.0);
         let hi = b.verdict(&p, Instant::now(), 0.999);
         assert_eq!(lo, Verdict::Attempt(Duration::from_millis(100)));
@@ -155,7 +159,7 @@ mod tests {
         let mut b = Breaker::default();
         for _ in 0..3 {
             assert!(!b.is_open(Instant::now()));
-            b.failure(&p, Instant::now());
+            b.failure(&p, Instant::now(), true);
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert!(b.is_open(Instant::now()));
@@ -166,11 +170,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failures_that_do_not_trip_only_back_off() {
+        let p = policy();
+        let mut b = Breaker::default();
+        for _ in 0..10 {
+            b.failure(&p, Instant::now(), false);
+        }
+        assert!(!b.is_open(Instant::now()));
+        assert_eq!(b.verdict(&p, Instant::now(), 1.0), Verdict::Attempt(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failures_outside_the_window_do_not_open_it() {
         let p = policy();
         let mut b = Breaker::default();
         for _ in 0..10 {
-            b.failure(&p, Instant::now());
+            b.failure(&p, Instant::now(), true);
             tokio::time::advance(Duration::from_secs(6)).await;
         }
         assert!(!b.is_open(Instant::now()));

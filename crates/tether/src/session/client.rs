@@ -13,10 +13,10 @@ use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value};
 use tracing::warn;
 
+use super::StreamKind;
 use super::record::now_ms;
-use super::{
-    Outbound, Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of,
-};
+use super::store::Replay;
+use super::{Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
@@ -75,8 +75,18 @@ impl Session {
     ) -> Result<(), GatewayError> {
         let Some(msg) = p.upstream_msg.clone() else { return Ok(()) };
         let mut undelivered = 0;
+        let deadline = p.started + self.deps.config.request_timeout;
         loop {
-            let up = self.upstream(stale).await?;
+            let up = match self.upstream(stale).await {
+                Ok(up) => up,
+                // An upstream that served this session before and is away now (a server being
+                // restarted) is waited for, with backoff, until the request's deadline.
+                Err(GatewayError::UpstreamUnavailable(d)) if self.has_bound() && Instant::now() < deadline => {
+                    tracing::debug!(session_id = %self.id, error = %d, "upstream away; waiting for it");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             p.generation = up.generation();
             self.insert_pending(gid, p);
             self.upstream_used.store(now_ms(), Ordering::Relaxed);
@@ -174,16 +184,25 @@ impl Session {
     }
 
     /// Ends a request that ran out of time: the upstream is told to cancel it, and the client
-    /// gets the returned error (or nothing, if the answer won the race).
-    pub async fn time_out(&self, gid: u64) -> Option<Message> {
-        let p = lock(&self.routes).pending.remove(&gid)?;
+    /// gets the error on the request's own stream. False if the answer won the race.
+    pub async fn time_out(&self, gid: u64) -> bool {
+        let Some(p) = lock(&self.routes).pending.remove(&gid) else { return false };
+        self.end_overdue(p).await;
+        true
+    }
+
+    async fn end_overdue(&self, p: Pending) {
         if let Some(up) = self.current().filter(Upstream::is_alive) {
-            let params = raw_value(&serde_json::json!({ "requestId": gid, "reason": "timed out" }));
+            let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
             let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
         }
         let secs = self.deps.config.request_timeout.as_secs();
         warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
-        Some(GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id)))
+        self.deps.stats.requests_timed_out.inc();
+        if let Reply::Client(sink) = &p.reply {
+            let err = GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id));
+            self.emit(sink, Bytes::from(err.to_bytes()), true, None).await;
+        }
     }
 
     /// Opens the client's standalone stream (replacing an older one) and returns what was
@@ -215,12 +234,12 @@ impl Session {
 
     /// Writes one message to a sink.
     pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
-        sink.deliver(Outbound { data, fin: true, status: None }).await
+        self.emit(sink, data, true, None).await
     }
 
-    /// Ends client requests older than the request timeout and returns their errors (for
-    /// streams that have no per-request timer: legacy SSE).
-    pub fn expire_overdue(&self) -> Vec<Bytes> {
+    /// Ends client requests older than the request timeout (for streams that have no
+    /// per-request timer: legacy SSE).
+    pub async fn expire_overdue(&self) {
         let timeout = self.deps.config.request_timeout;
         let overdue: Vec<Pending> = {
             let mut r = lock(&self.routes);
@@ -232,24 +251,37 @@ impl Session {
                 .collect();
             gids.iter().filter_map(|g| r.pending.remove(g)).collect()
         };
-        if overdue.is_empty() {
-            return Vec::new();
+        for p in overdue {
+            self.end_overdue(p).await;
         }
-        let up = self.current().filter(Upstream::is_alive);
-        overdue
-            .iter()
-            .map(|p| {
-                if let Some(up) = up.clone() {
-                    let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
-                    tokio::spawn(async move {
-                        let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
-                    });
-                }
-                warn!(session_id = %self.id, method = %p.method, "request timed out");
-                let err = GatewayError::UpstreamTimeout(timeout.as_secs()).to_message(Some(&p.client_id));
-                Bytes::from(err.to_bytes())
-            })
-            .collect()
+    }
+
+    /// Moves a request still waiting for its answer onto a new stream (a client resuming its
+    /// POST stream with `Last-Event-ID`). False if no such request is waiting here.
+    pub fn reattach_request(&self, stream: u64, sink: Sink) -> bool {
+        let mut r = lock(&self.routes);
+        let found = r
+            .pending
+            .values_mut()
+            .find(|p| matches!(&p.reply, Reply::Client(s) if s.stream == stream && s.kind == StreamKind::Request));
+        match found {
+            Some(p) => {
+                // The request's metrics probe follows it to the new stream.
+                let sink = match &p.reply {
+                    Reply::Client(old) => sink.inherit_probe(old),
+                    Reply::Internal(_) => sink,
+                };
+                p.reply = Reply::Client(sink);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stored events of a stream after `after_seq`.
+    pub async fn replay(&self, key: &str, after_seq: u64) -> Result<Replay, GatewayError> {
+        let limit = self.deps.config.retention.per_stream;
+        self.deps.store.replay(&self.id, key, after_seq, limit).await.map_err(|e| GatewayError::Store(e.to_string()))
     }
 
     /// Whether the binding is live, unused for `idle`, with nothing in flight and no client
@@ -280,7 +312,7 @@ impl Session {
         for p in pending {
             if let Reply::Client(sink) = p.reply {
                 let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
-                sink.deliver(Outbound { data: err.to_bytes().into(), fin: true, status: Some(404) }).await;
+                self.emit(&sink, err.to_bytes().into(), true, Some(404)).await;
             }
         }
         let up = self.binding.lock().await.take();

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::record::{CloseReason, SessionRecord, Transport, now_ms};
+use super::store::StoreError;
 use super::{Deps, Session};
 use crate::error::GatewayError;
 
@@ -18,6 +19,7 @@ pub struct Manager {
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     deps: Arc<Deps>,
     draining: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl Manager {
@@ -27,6 +29,7 @@ impl Manager {
             sessions: RwLock::new(HashMap::new()),
             deps: Arc::new(deps),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -78,7 +81,9 @@ impl Manager {
             return Err(GatewayError::SessionNotFound);
         };
         if self.expired(record.last_active) {
-            let _ = self.deps.store.close(id, now_ms(), CloseReason::Expired).await;
+            if let Err(e) = self.close_stored(&record, CloseReason::Expired).await {
+                warn!(session_id = %id, error = %e, "closing the session record failed");
+            }
             return Err(GatewayError::SessionNotFound);
         }
         let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
@@ -99,12 +104,98 @@ impl Manager {
         if let Err(e) = self.deps.store.close(id, now_ms(), reason).await {
             warn!(session_id = %id, error = %e, "closing the session record failed");
         }
-        match reason {
-            CloseReason::Expired => self.deps.stats.sessions_expired.inc(),
-            _ => self.deps.stats.sessions_closed.inc(),
+        if let Err(e) = self.deps.store.forget(id).await {
+            warn!(session_id = %id, error = %e, "dropping the session's stored events failed");
         }
-        info!(session_id = %id, reason = reason.as_str(), "session closed");
+        self.count_end(id, session.record().created_at, reason);
         true
+    }
+
+    /// Closes a record that is open in the store but not live here (another replica's, or
+    /// from before a restart).
+    async fn close_stored(&self, record: &SessionRecord, reason: CloseReason) -> Result<(), StoreError> {
+        self.deps.store.close(&record.id, now_ms(), reason).await?;
+        if let Err(e) = self.deps.store.forget(&record.id).await {
+            warn!(session_id = %record.id, error = %e, "dropping the session's stored events failed");
+        }
+        self.count_end(&record.id, record.created_at, reason);
+        Ok(())
+    }
+
+    /// Counts and logs the end of a session: one line per lifecycle event.
+    fn count_end(&self, id: &str, created_at: u64, reason: CloseReason) {
+        let stats = &self.deps.stats;
+        stats.ended_session_ms.add(now_ms().saturating_sub(created_at));
+        match reason {
+            CloseReason::Expired => {
+                stats.sessions_expired.inc();
+                info!(session_id = %id, "session expired");
+            }
+            CloseReason::Terminated => {
+                stats.sessions_closed.inc();
+                info!(session_id = %id, "session terminated");
+            }
+            CloseReason::ClientClosed | CloseReason::UpstreamFailed => {
+                stats.sessions_closed.inc();
+                info!(session_id = %id, reason = reason.as_str(), "session closed");
+            }
+        }
+    }
+
+    /// Ends a session on an operator's word, whether it is live here or only open in the
+    /// store. False when no open session has this id.
+    pub async fn terminate(&self, id: &str) -> Result<bool, StoreError> {
+        if self.close(id, CloseReason::Terminated).await {
+            return Ok(true);
+        }
+        match self.deps.store.get(id).await? {
+            Some(r) if r.closed_at.is_none() => {
+                self.close_stored(&r, CloseReason::Terminated).await?;
+                // A request may have loaded it meanwhile: that copy ends too.
+                let resumed = self.write().remove(id);
+                if let Some(s) = resumed {
+                    s.shutdown().await;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Closes every expired session now — live here, or open only in the store — and returns
+    /// how many.
+    pub async fn close_expired(&self) -> Result<usize, StoreError> {
+        let mut closed = 0;
+        for id in self.expired_live() {
+            closed += usize::from(self.close(&id, CloseReason::Expired).await);
+        }
+        // Read every page first, then close: closing while paging would move the pages.
+        let mut stale = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.deps.store.list_open(after.as_deref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            let live = self.read();
+            stale.extend(page.iter().filter(|r| self.expired(r.last_active) && !live.contains_key(&r.id)).cloned());
+            if page.len() < 500 {
+                break;
+            }
+        }
+        for r in stale {
+            self.close_stored(&r, CloseReason::Expired).await?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
+    fn expired_live(&self) -> Vec<String> {
+        self.read().values().filter(|s| self.expired(s.last_active())).map(|s| s.id().to_owned()).collect()
+    }
+
+    /// The session with this id if it is live here, without loading or expiring anything.
+    pub fn live_session(&self, id: &str) -> Option<Arc<Session>> {
+        self.read().get(id).cloned()
     }
 
     /// How many sessions are live in this process.
@@ -122,6 +213,16 @@ impl Manager {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether new sessions are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether the gateway is stopping: no upstream is started any more.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     fn expired(&self, last_active: u64) -> bool {
         now_ms().saturating_sub(last_active) > self.deps.config.ttl.as_millis() as u64
     }
@@ -136,8 +237,15 @@ impl Manager {
             let idle_every =
                 (me.deps.config.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
             let mut idle = tokio::time::interval(idle_every);
+            let mut prune = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
+                    _ = prune.tick() => {
+                        let retention = me.deps.config.retention;
+                        if let Err(e) = me.deps.store.prune(retention, now_ms()).await {
+                            warn!(error = %e, "pruning stored events failed");
+                        }
+                    }
                     _ = stop.cancelled() => return,
                     _ = reap.tick() => me.reap().await,
                     _ = flush.tick() => me.flush_activity().await,
@@ -148,10 +256,7 @@ impl Manager {
     }
 
     async fn reap(&self) {
-        let expired: Vec<String> =
-            self.read().values().filter(|s| self.expired(s.last_active())).map(|s| s.id().to_owned()).collect();
-        for id in expired {
-            info!(session_id = %id, "session expired");
+        for id in self.expired_live() {
             self.close(&id, CloseReason::Expired).await;
         }
     }
@@ -187,6 +292,7 @@ impl Manager {
     /// next start.
     pub async fn shutdown(&self) {
         self.drain();
+        self.stopping.store(true, Ordering::Release);
         self.flush_activity().await;
         let sessions = self.live();
         let closes = sessions.iter().map(|s| s.release_upstream());

@@ -9,6 +9,7 @@
 //! It owns no HTTP and no processes: the downstream layer hands it messages and [`Sink`]s, the
 //! upstream layer hands it [`UpstreamEvent`]s.
 
+pub mod inspect;
 pub mod manager;
 pub mod record;
 pub mod store;
@@ -31,10 +32,10 @@ use tether_protocol::{Kind, Message};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::stats::Stats;
+use crate::stats::{RequestProbe, Stats};
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSpec};
 use record::{SessionRecord, SessionState, Transport, now_ms};
-use store::{Activity, SessionStore};
+use store::{Activity, Retention, Store};
 
 pub use breaker::RestartPolicy;
 pub use manager::Manager;
@@ -58,6 +59,8 @@ pub struct SessionConfig {
     pub restart: RestartPolicy,
     /// Tools whose calls may be retried after an upstream restart, besides annotated ones.
     pub retry_tools: Vec<String>,
+    /// How long stored SSE events are kept.
+    pub retention: Retention,
     /// Messages kept for a standalone stream that is not open yet.
     pub backlog: usize,
     /// The most live sessions at once.
@@ -76,6 +79,7 @@ impl Default for SessionConfig {
             upstream_idle: Duration::from_secs(600),
             restart: RestartPolicy::default(),
             retry_tools: Vec::new(),
+            retention: Retention::default(),
             backlog: 256,
             max_sessions: 10_000,
             upstream: UpstreamOptions::default(),
@@ -87,8 +91,8 @@ impl Default for SessionConfig {
 pub struct Deps {
     /// The upstream to connect to.
     pub spec: UpstreamSpec,
-    /// Where records live.
-    pub store: Arc<dyn SessionStore>,
+    /// Where records and events live.
+    pub store: Arc<dyn Store>,
     /// One HTTP client for every upstream connection (pooling).
     pub http: reqwest::Client,
     /// Tunables.
@@ -100,6 +104,10 @@ pub struct Deps {
 /// One message for a client stream.
 #[derive(Debug)]
 pub struct Outbound {
+    /// Its SSE event id, when the stream is resumable (the event is then already stored).
+    pub id: Option<String>,
+    /// Its position in the session's event sequence.
+    pub seq: u64,
     /// The JSON-RPC message.
     pub data: Bytes,
     /// Whether it answers the request the stream was opened for (the stream may then end).
@@ -115,18 +123,65 @@ pub struct Sink {
     tx: mpsc::Sender<Outbound>,
     /// The stream number within the session (part of its event ids).
     pub stream: u64,
-    /// Whether the stream can carry messages other than the answer (SSE).
-    pub sse: bool,
+    /// What kind of stream it is.
+    pub kind: StreamKind,
+    /// Records the outcome of the one request whose answer this sink carries (metrics).
+    probe: Option<Arc<RequestProbe>>,
+}
+
+/// The kinds of client stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A POST answered with plain JSON: the answer only.
+    Json,
+    /// A POST answered with SSE: the answer and related messages; resumable.
+    Request,
+    /// The Streamable HTTP GET stream; resumable.
+    Standalone,
+    /// A legacy HTTP+SSE stream: everything, no ids.
+    Legacy,
 }
 
 impl Sink {
     /// A sink and the receiving end its stream reads.
-    pub fn channel(stream: u64, sse: bool) -> (Sink, mpsc::Receiver<Outbound>) {
+    pub fn channel(stream: u64, kind: StreamKind) -> (Sink, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(64);
-        (Sink { tx, stream, sse }, rx)
+        (Sink { tx, stream, kind, probe: None }, rx)
+    }
+
+    /// This sink, for one request: its answer (the message marked `fin`) settles `probe`.
+    pub fn probed(mut self, probe: Arc<RequestProbe>) -> Sink {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// This sink, taking over the probe of the sink it replaces (a resumed request stream).
+    pub fn inherit_probe(mut self, from: &Sink) -> Sink {
+        self.probe = from.probe.clone();
+        self
+    }
+
+    /// Whether the stream can carry messages other than the answer.
+    pub fn sse(&self) -> bool {
+        self.kind != StreamKind::Json
+    }
+
+    /// Whether its events get ids and are stored for `Last-Event-ID` resumption.
+    pub fn resumable(&self) -> bool {
+        matches!(self.kind, StreamKind::Request | StreamKind::Standalone)
+    }
+
+    /// The key its events are stored under.
+    pub fn key(&self) -> String {
+        stream_key(self.stream, self.kind == StreamKind::Standalone)
     }
 
     async fn deliver(&self, out: Outbound) -> bool {
+        if out.fin
+            && let Some(p) = &self.probe
+        {
+            p.answered(&out.data);
+        }
         self.tx.send_timeout(out, Duration::from_secs(5)).await.is_ok()
     }
 }
@@ -173,6 +228,40 @@ struct Routes {
     backlog: VecDeque<Bytes>,
 }
 
+/// This process's tag in stream keys: streams opened after a restart never reuse a key.
+pub fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| format!("{:08x}", rand::random::<u32>()))
+}
+
+/// The key under which a stream's events are stored: `<instance>.<n>` for a request stream,
+/// `<instance>.g<n>` for a standalone one.
+pub fn stream_key(stream: u64, standalone: bool) -> String {
+    format!("{}.{}{stream}", instance(), if standalone { "g" } else { "" })
+}
+
+/// What a stream key says: whether it is a standalone stream, and its number when it belongs
+/// to this process.
+pub fn parse_stream_key(key: &str) -> (bool, Option<u64>) {
+    let Some((inst, n)) = key.split_once('.') else { return (false, None) };
+    let (standalone, n) = match n.strip_prefix('g') {
+        Some(rest) => (true, rest),
+        None => (false, n),
+    };
+    (standalone, if inst == instance() { n.parse().ok() } else { None })
+}
+
+/// An SSE event id: `<stream key>-<seq>`.
+pub fn event_id(key: &str, seq: u64) -> String {
+    format!("{key}-{seq}")
+}
+
+/// Splits an event id into its stream key and seq.
+pub fn parse_event_id(id: &str) -> Option<(&str, u64)> {
+    let (key, seq) = id.trim().rsplit_once('-')?;
+    Some((key, seq.parse().ok()?))
+}
+
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 
@@ -204,6 +293,8 @@ pub struct Session {
     /// Unix milliseconds of the last message sent upstream.
     upstream_used: AtomicU64,
     manager: Weak<Manager>,
+    /// The last upstream failure, for the admin API.
+    last_error: Mutex<Option<inspect::LastError>>,
 }
 
 impl Session {
@@ -229,6 +320,7 @@ impl Session {
             list_digests: Mutex::new(HashMap::new()),
             upstream_used: AtomicU64::new(now_ms()),
             manager,
+            last_error: Mutex::new(None),
         })
     }
 
@@ -257,6 +349,11 @@ impl Session {
         self.revives.load(Ordering::Relaxed)
     }
 
+    /// Whether the session completed a handshake, so an upstream has served it before.
+    pub fn has_bound(&self) -> bool {
+        lock(&self.record).upstream_init.is_some()
+    }
+
     /// The config the session runs with.
     pub fn config(&self) -> &SessionConfig {
         &self.deps.config
@@ -272,10 +369,27 @@ impl Session {
         self.streams.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The next SSE event id for a stream: unique across the session's streams, and naming the
-    /// stream it belongs to.
-    pub fn next_event_id(&self, stream: u64) -> String {
-        format!("{stream}-{}", self.events.fetch_add(1, Ordering::Relaxed))
+    /// A fresh event id on a sink's stream that is not stored (priming events).
+    pub fn next_event_id(&self, sink: &Sink) -> String {
+        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        event_id(&sink.key(), seq)
+    }
+
+    /// Sends one message to a client stream. On a resumable stream the event gets an id and is
+    /// committed to the event store first, so it survives the stream (and tether) going away.
+    pub async fn emit(&self, sink: &Sink, data: Bytes, fin: bool, status: Option<u16>) -> bool {
+        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut id = None;
+        if sink.resumable() {
+            let key = sink.key();
+            match self.deps.store.append(&self.id, &key, seq, &data, fin).await {
+                Ok(()) => id = Some(event_id(&key, seq)),
+                Err(e) => {
+                    warn!(session_id = %self.id, error = %e, "storing an SSE event failed; it is sent without an id")
+                }
+            }
+        }
+        sink.deliver(Outbound { id, seq, data, fin, status }).await
     }
 
     /// Milliseconds since the Unix epoch of the last client activity.
@@ -290,6 +404,9 @@ impl Session {
             r.last_active = now;
             r.requests += 1;
             r.tool_calls += u64::from(tool_call);
+        }
+        if tool_call {
+            self.deps.stats.tool_calls.inc();
         }
         let mut a = lock(&self.activity);
         a.last_active = now;

@@ -18,7 +18,7 @@ use super::breaker::Verdict;
 use super::record::CloseReason;
 use super::{Pending, Reply, Session, lock, next_gid, protocol_version_of};
 use crate::error::GatewayError;
-use crate::upstream::{ConnectContext, Origin, Upstream};
+use crate::upstream::{ConnectContext, Origin, Upstream, UpstreamSpec};
 
 /// The list kinds whose changes a client is told about.
 pub(super) const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
@@ -46,6 +46,9 @@ impl Session {
         }
         if self.is_closed() {
             return Err(GatewayError::SessionNotFound);
+        }
+        if self.manager.upgrade().is_none_or(|m| m.is_stopping()) {
+            return Err(GatewayError::ShuttingDown);
         }
         let policy = self.deps.config.restart;
         let verdict = lock(&self.breaker).verdict(&policy, tokio::time::Instant::now(), rand::random());
@@ -76,6 +79,7 @@ impl Session {
         let up = match Upstream::connect(&self.deps.spec, generation, ctx).await {
             Ok(u) => u,
             Err(e) => {
+                self.note_error(format_args!("starting the upstream failed: {e}"));
                 self.start_failed();
                 return Err(GatewayError::UpstreamUnavailable(e.to_string()));
             }
@@ -83,8 +87,9 @@ impl Session {
         tokio::spawn(self.clone().route_events(generation, rx));
         let before = lock(&self.record).upstream_init.clone();
         if before.is_some() {
-            if let Err(e) = self.replay(&up).await {
+            if let Err(e) = self.replay_state(&up).await {
                 warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cause, error = %e, "revive failed");
+                self.note_error(format_args!("revive failed ({cause}): {e}"));
                 self.deps.stats.revive_failures.inc();
                 up.close().await;
                 if let GatewayError::VersionChanged { .. } = e {
@@ -118,7 +123,10 @@ impl Session {
         let opened = {
             let mut b = lock(&self.breaker);
             let was = b.is_open(tokio::time::Instant::now());
-            b.failure(&self.deps.config.restart, tokio::time::Instant::now());
+            // A stdio child that keeps dying is a crash loop; an HTTP server that is away (being
+            // restarted, say) is waited for with backoff instead.
+            let trip = matches!(self.deps.spec, UpstreamSpec::Stdio { .. });
+            b.failure(&self.deps.config.restart, tokio::time::Instant::now(), trip);
             !was && b.is_open(tokio::time::Instant::now())
         };
         if opened {
@@ -146,7 +154,7 @@ impl Session {
     }
 
     /// Rebuilds the upstream side of an initialized session on a fresh connection.
-    async fn replay(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
+    async fn replay_state(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
         let (params, was, state) = {
             let r = lock(&self.record);
             (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())

@@ -15,8 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{
-    Outbound, Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of,
-    rewrite_param,
+    Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of, rewrite_param,
 };
 use crate::error::GatewayError;
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
@@ -35,8 +34,8 @@ impl Session {
             while let Some(ev) = rx.recv().await {
                 match ev {
                     UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
-                    UpstreamEvent::Closed(reason) => {
-                        self.on_closed(generation, reason).await;
+                    UpstreamEvent::Closed(reason, undelivered) => {
+                        self.on_closed(generation, reason, &undelivered).await;
                         return;
                     }
                 }
@@ -120,8 +119,7 @@ impl Session {
             self.learn_from_list(&p.method, &msg);
         }
         msg.set_id(p.client_id);
-        let out = Outbound { data: Bytes::from(msg.to_bytes()), fin: true, status: None };
-        if !sink.deliver(out).await {
+        if !self.emit(&sink, Bytes::from(msg.to_bytes()), true, None).await {
             debug!(session_id = %self.id, method = %p.method, "the client's stream closed before its answer");
         }
     }
@@ -200,7 +198,7 @@ impl Session {
     pub(super) fn target(&self, origin: Origin, progress_token: Option<&str>) -> Option<Sink> {
         let r = lock(&self.routes);
         let sse_sink = |p: &Pending| match &p.reply {
-            Reply::Client(s) if s.sse => Some(s.clone()),
+            Reply::Client(s) if s.sse() => Some(s.clone()),
             _ => None,
         };
         if let Some(token) = progress_token
@@ -229,11 +227,14 @@ impl Session {
     pub(super) async fn deliver(&self, target: Option<Sink>, msg: Message) {
         let data = Bytes::from(msg.to_bytes());
         if let Some(sink) = target {
-            let stream = sink.stream;
-            if sink.deliver(Outbound { data: data.clone(), fin: false, status: None }).await {
+            if self.emit(&sink, data.clone(), false, None).await {
                 return;
             }
-            self.detach_standalone(stream);
+            self.detach_standalone(sink.stream);
+            if sink.resumable() {
+                // Stored under the stream the client had: a resume with Last-Event-ID gets it.
+                return;
+            }
         }
         let mut r = lock(&self.routes);
         if r.backlog.len() >= self.deps.config.backlog {
@@ -246,7 +247,7 @@ impl Session {
     /// A binding ended: every request it carried ends too, with an error saying so, unless
     /// repeating it is safe, in which case it is sent again on a revived binding. A session
     /// whose client listens on a standalone stream is revived at once.
-    async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason) {
+    async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason, undelivered: &[u64]) {
         let orphans: Vec<(u64, Pending)> = {
             let mut r = lock(&self.routes);
             r.server_requests.retain(|_, sr| sr.generation != generation);
@@ -258,15 +259,22 @@ impl Session {
         if unexpected {
             self.binding_died();
             info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
+            self.note_error(format_args!("upstream connection lost: {reason}"));
         }
         let mut retried = false;
         for (gid, mut p) in orphans {
             let Reply::Client(sink) = &p.reply else { continue };
             let sink = sink.clone();
+            if undelivered.contains(&gid) && !self.is_closed() {
+                // It never reached the upstream: send it again, whatever it is.
+                retried = true;
+                self.spawn_dispatch(gid, p, sink, generation);
+                continue;
+            }
             if p.method == "initialize" {
                 let err = GatewayError::UpstreamUnavailable(reason.to_string());
                 let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-                sink.deliver(Outbound { data, fin: true, status: Some(503) }).await;
+                self.emit(&sink, data, true, Some(503)).await;
                 continue;
             }
             let tools_unknown = !lock(&self.list_digests).contains_key("tools");
@@ -286,7 +294,7 @@ impl Session {
             self.deps.stats.requests_interrupted.inc();
             let err = GatewayError::UpstreamRestarted(reason.to_string());
             let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            sink.deliver(Outbound { data, fin: true, status: None }).await;
+            self.emit(&sink, data, true, None).await;
         }
         if unexpected && !retried && self.has_standalone() && !self.is_closed() {
             let me = self.clone();
@@ -317,7 +325,7 @@ impl Session {
                         let client_id = p.client_id.clone();
                         if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
                             let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                            sink.deliver(Outbound { data, fin: true, status: None }).await;
+                            me.emit(&sink, data, true, None).await;
                         }
                         return;
                     }
@@ -327,7 +335,7 @@ impl Session {
             me.deps.stats.requests_interrupted.inc();
             let err = GatewayError::UpstreamRestarted(reason);
             let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            sink.deliver(Outbound { data, fin: true, status: None }).await;
+            me.emit(&sink, data, true, None).await;
         });
     }
 
@@ -339,7 +347,7 @@ impl Session {
         tokio::spawn(async move {
             if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
                 let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                sink.deliver(Outbound { data, fin: true, status: None }).await;
+                me.emit(&sink, data, true, None).await;
             }
         });
     }

@@ -1,11 +1,10 @@
-//! Where session records live: the [`SessionStore`] trait and the in-memory store.
+//! What the session layer needs from persistence: [`SessionStore`] for records and
+//! [`EventStore`] for the SSE events clients may resume from. Backends live in `crate::store`
+//! and pass one contract suite (`tests/store_contract.rs`).
 //!
 //! Creating a record and changing its state are written synchronously; activity (last_active,
-//! counters) may be written behind by a backend that batches. Durable backends (SQLite, then
-//! Redis and Postgres) implement the same trait and pass the same contract tests.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! counters) may be written behind by a backend that batches. An event is committed before it
+//! is sent.
 
 use async_trait::async_trait;
 
@@ -17,6 +16,17 @@ pub enum StoreError {
     /// The backend failed.
     #[error("session store: {0}")]
     Backend(String),
+}
+
+/// Which records [`SessionStore::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFilter {
+    /// Not closed.
+    Open,
+    /// Closed (by the client, an operator, the TTL or a failure).
+    Closed,
+    /// Both.
+    All,
 }
 
 /// Activity to record for a session, written behind.
@@ -47,98 +57,84 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError>;
     /// Open records, oldest first, after `after` (an id) for paging.
     async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Records in `filter`, oldest first (by creation, then id), after the record `after` (an
+    /// id of any record) for paging. Backends that keep closed records override this; the
+    /// default lists open ones only.
+    async fn list(
+        &self,
+        filter: RecordFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        match filter {
+            RecordFilter::Open => self.list_open(after, limit).await,
+            RecordFilter::Closed | RecordFilter::All => {
+                Err(StoreError::Backend(format!("the {} store cannot list closed sessions", self.name())))
+            }
+        }
+    }
+    /// How many records are open and were active at or after `active_since` (Unix ms).
+    async fn count_open(&self, active_since: u64) -> Result<u64, StoreError>;
     /// Flushes anything written behind.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Checks that the backend answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// A short name for logs.
     fn name(&self) -> &'static str;
 }
 
-/// Records in process memory: lost with the process.
-#[derive(Default)]
-pub struct MemoryStore {
-    records: Mutex<HashMap<String, SessionRecord>>,
+/// One stored SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its position in the stream.
+    pub seq: u64,
+    /// The JSON-RPC message.
+    pub data: bytes::Bytes,
+    /// Whether it answered the request its stream was opened for.
+    pub fin: bool,
 }
 
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> MemoryStore {
-        MemoryStore::default()
-    }
+/// What a replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// The events after the cursor, oldest first (possibly none).
+    Events(Vec<StoredEvent>),
+    /// The cursor is unknown or older than retention: resume from now.
+    Gone,
+}
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, SessionRecord>) -> T) -> Result<T, StoreError> {
-        let mut g = self.records.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
-        Ok(f(&mut g))
+/// Retention limits for stored events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per stream.
+    pub per_stream: usize,
+    /// Events older than this many milliseconds are dropped.
+    pub max_age_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { per_stream: 1000, max_age_ms: 3_600_000 }
     }
 }
 
+/// Persistence of SSE events for `Last-Event-ID` resumption.
 #[async_trait]
-impl SessionStore for MemoryStore {
-    async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.with(|m| {
-            m.insert(record.id.clone(), record.clone());
-        })
-    }
-
-    async fn set_handshake(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some(r) = m.get_mut(&record.id) {
-                r.protocol_version.clone_from(&record.protocol_version);
-                r.client_init.clone_from(&record.client_init);
-                r.upstream_init.clone_from(&record.upstream_init);
-            }
-        })
-    }
-
-    async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some(r) = m.get_mut(id) {
-                r.state = state.clone();
-            }
-        })
-    }
-
-    async fn touch(&self, id: &str, a: Activity) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some(r) = m.get_mut(id) {
-                r.last_active = r.last_active.max(a.last_active);
-                r.requests += a.requests;
-                r.tool_calls += a.tool_calls;
-            }
-        })
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.with(|m| m.get(id).cloned())
-    }
-
-    async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some(r) = m.get_mut(id)
-                && r.closed_at.is_none()
-            {
-                r.closed_at = Some(at);
-                r.close_reason = Some(reason);
-            }
-        })
-    }
-
-    async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
-        self.with(|m| {
-            let mut open: Vec<_> = m.values().filter(|r| r.closed_at.is_none()).cloned().collect();
-            open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-            let start = match after {
-                Some(a) => open.iter().position(|r| r.id == a).map_or(0, |i| i + 1),
-                None => 0,
-            };
-            open.into_iter().skip(start).take(limit).collect()
-        })
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn name(&self) -> &'static str {
-        "memory"
-    }
+pub trait EventStore: Send + Sync + 'static {
+    /// Commits one event of `stream` in `session`. `seq` is unique in the stream and rises.
+    async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError>;
+    /// The events of `stream` after `after_seq`, at most `limit`; [`Replay::Gone`] when the
+    /// stream is unknown or `after_seq` is older than what is retained.
+    async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError>;
+    /// Drops events beyond retention.
+    async fn prune(&self, retention: Retention, now_ms: u64) -> Result<u64, StoreError>;
+    /// Drops every event of a session.
+    async fn forget(&self, session: &str) -> Result<(), StoreError>;
 }
+
+/// A backend that keeps both records and events.
+pub trait Store: SessionStore + EventStore {}
+
+impl<T: SessionStore + EventStore> Store for T {}

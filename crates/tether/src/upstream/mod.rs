@@ -85,8 +85,9 @@ impl std::fmt::Display for QuitReason {
 pub enum UpstreamEvent {
     /// A message from the server.
     Message(Origin, Message),
-    /// The connection is gone; nothing more will come from it.
-    Closed(QuitReason),
+    /// The connection is gone; nothing more will come from it. The gateway ids are of
+    /// requests that provably never reached the server (safe to send again).
+    Closed(QuitReason, Vec<u64>),
 }
 
 /// Why a message could not be handed to the upstream.
@@ -197,9 +198,9 @@ impl Upstream {
     /// Hands one message to the server. `gid` is the gateway id when the message is a request.
     pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
         match &*self.kind {
-            Kind::Stdio(h) => h.send(msg).await,
+            Kind::Stdio(h) => h.send(msg, gid).await,
             Kind::Streamable(h) => h.send(msg, gid).await,
-            Kind::Sse(h) => h.send(msg).await,
+            Kind::Sse(h) => h.send(msg, gid).await,
         }
     }
 

@@ -24,6 +24,7 @@ pub struct Handle {
     post_url: String,
     alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
+    events: mpsc::Sender<UpstreamEvent>,
 }
 
 impl Handle {
@@ -44,6 +45,7 @@ impl Handle {
         let alive = Arc::new(AtomicBool::new(true));
         let (endpoint_tx, endpoint_rx) = oneshot::channel();
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "sse");
+        let events = ctx.events.clone();
         let reader = tokio::spawn(
             read_stream(resp, ctx.events, alive.clone(), ctx.options.max_message, endpoint_tx).instrument(span),
         );
@@ -52,44 +54,57 @@ impl Handle {
             .map_err(|_| fail("no `endpoint` event".into()))?
             .map_err(|_| fail("the stream ended before the `endpoint` event".into()))?;
         let post_url = base.join(endpoint.trim()).map_err(|e| fail(format!("bad endpoint: {e}")))?;
-        Ok(Handle { http: ctx.http, post_url: post_url.to_string(), alive, reader })
+        Ok(Handle { http: ctx.http, post_url: post_url.to_string(), alive, reader, events })
+    }
+
+    /// Reports the session dead, once, with the requests it never received.
+    async fn lost(&self, reason: QuitReason, undelivered: Vec<u64>) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.reader.abort();
+            let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+        }
     }
 
     /// POSTs one message to the endpoint; answers arrive on the stream.
-    pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
+    pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
         if !self.is_alive() {
             return Err(SendError::Unreachable("the upstream SSE stream has ended".into()));
         }
-        let resp = self
-            .http
-            .post(&self.post_url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(msg.to_bytes())
-            .send()
-            .await
-            .map_err(|e| {
-                self.alive.store(false, Ordering::Release);
-                if e.is_connect() {
-                    SendError::Unreachable(e.to_string())
-                } else {
-                    SendError::Interrupted(e.to_string())
-                }
-            })?;
+        let resp =
+            self.http.post(&self.post_url).header(CONTENT_TYPE, "application/json").body(msg.to_bytes()).send().await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                self.lost(QuitReason::Disconnected(e.to_string()), gid.into_iter().collect()).await;
+                return Err(SendError::Unreachable(e.to_string()));
+            }
+            Err(e) => {
+                self.lost(QuitReason::Disconnected(e.to_string()), Vec::new()).await;
+                return Err(SendError::Interrupted(e.to_string()));
+            }
+        };
         let status = resp.status().as_u16();
         if resp.status().is_success() {
             return Ok(());
         }
         let body = resp.bytes().await.unwrap_or_default();
         if super::streamable::is_session_lost(status, true, &body) {
-            self.alive.store(false, Ordering::Release);
+            self.lost(QuitReason::SessionLost, gid.into_iter().collect()).await;
             return Err(SendError::SessionLost);
         }
         Err(SendError::Refused { status, detail: String::from_utf8_lossy(&body).chars().take(200).collect() })
     }
 
-    /// Forgets the upstream session: the next use starts a new one.
+    /// Forgets the upstream session: the next use starts a new one, and what it carried is
+    /// settled.
     pub fn mark_lost(&self) {
-        self.alive.store(false, Ordering::Release);
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.reader.abort();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(UpstreamEvent::Closed(QuitReason::SessionLost, Vec::new())).await;
+            });
+        }
     }
 
     /// Whether the stream is still open.
@@ -144,6 +159,6 @@ async fn read_stream(
         }
     };
     if alive.swap(false, Ordering::AcqRel) {
-        let _ = events.send(UpstreamEvent::Closed(reason)).await;
+        let _ = events.send(UpstreamEvent::Closed(reason, Vec::new())).await;
     }
 }

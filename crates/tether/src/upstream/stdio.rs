@@ -1,6 +1,9 @@
 //! A stdio child as an upstream: one actor per child.
 //!
-//! The child runs in its own process group. A writer task owns stdin, a reader task turns
+//! The child runs in its own process group. tether makes the stdin pipe itself and keeps a
+//! second handle on its read end, read only once the child is gone: what is still in the pipe
+//! then is exactly what the child never read, so those requests are provably undelivered and
+//! can be sent again safely. A writer task owns stdin, a reader task turns
 //! stdout lines into messages (a line that is not JSON is logged and skipped), stderr lines go
 //! to the log under the session's span, and a reaper task owns the process: it reports the exit
 //! and, on close, runs "close stdin → wait → kill the group".
@@ -12,10 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::StreamExt;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
 use tether_protocol::Message;
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{Instrument, debug, info, warn};
 
@@ -23,7 +29,7 @@ use super::{ConnectContext, ConnectError, Origin, QuitReason, SendError, Upstrea
 
 /// The handle to one supervised child.
 pub struct Handle {
-    stdin: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    stdin: Mutex<Option<mpsc::Sender<Line>>>,
     alive: Arc<AtomicBool>,
     pid: u32,
     close_tx: Mutex<Option<oneshot::Sender<()>>>,
@@ -36,9 +42,12 @@ impl Handle {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| ConnectError::Spawn { command: String::new(), reason: "empty command".into() })?;
+        let spawn_err = |e: std::io::Error| ConnectError::Spawn { command: program.clone(), reason: e.to_string() };
+        let (stdin_read, stdin_write) = std::io::pipe().map_err(spawn_err)?;
+        let unread = stdin_read.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(OwnedFd::from(stdin_read)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -49,10 +58,12 @@ impl Handle {
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid);
         let alive = Arc::new(AtomicBool::new(true));
 
-        let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(64);
-        if let Some(stdin) = child.stdin.take() {
-            tokio::spawn(write_stdin(stdin, stdin_rx, alive.clone()).instrument(span.clone()));
-        }
+        let (stdin_tx, stdin_rx) = mpsc::channel::<Line>(64);
+        let stop_writer = Arc::new(Notify::new());
+        let stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin_write)).map_err(spawn_err)?;
+        let writer = Some(tokio::spawn(
+            write_stdin(stdin, stdin_rx, alive.clone(), stop_writer.clone()).instrument(span.clone()),
+        ));
         let reader = child.stdout.take().map(|stdout| {
             let events = ctx.events.clone();
             let max = ctx.options.max_message;
@@ -63,7 +74,14 @@ impl Handle {
         }
         let (close_tx, close_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
-        let reaper = Reaper { alive: alive.clone(), pid, grace: ctx.options.close_grace };
+        let reaper = Reaper {
+            alive: alive.clone(),
+            pid,
+            grace: ctx.options.close_grace,
+            writer,
+            stop_writer,
+            unread: Some(OwnedFd::from(unread)),
+        };
         tokio::spawn(reaper.run(child, reader, close_rx, ctx.events, exited_tx).instrument(span));
         Ok(Handle {
             stdin: Mutex::new(Some(stdin_tx)),
@@ -74,8 +92,8 @@ impl Handle {
         })
     }
 
-    /// Writes one message as a line on the child's stdin.
-    pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
+    /// Writes one message as a line on the child's stdin; `gid` names a request.
+    pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
         if !self.is_alive() {
             return Err(SendError::Unreachable("the stdio child has exited".into()));
         }
@@ -85,7 +103,9 @@ impl Handle {
         };
         let mut line = msg.to_bytes();
         line.push(b'\n');
-        tx.send(line).await.map_err(|_| SendError::Unreachable("the stdio child's stdin is closed".into()))
+        tx.send(Line { gid, bytes: line })
+            .await
+            .map_err(|_| SendError::Unreachable("the stdio child's stdin is closed".into()))
     }
 
     /// Whether the child is still running.
@@ -111,16 +131,46 @@ impl Handle {
     }
 }
 
-async fn write_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>, alive: Arc<AtomicBool>) {
-    while let Some(line) = rx.recv().await {
-        if let Err(e) = stdin.write_all(&line).await {
-            // EPIPE: the child is gone; the reaper reports why.
+/// One line for the child, and the request it carries.
+struct Line {
+    gid: Option<u64>,
+    bytes: Vec<u8>,
+}
+
+/// Owns stdin. Returns the requests that never reached the child: the one whose write failed
+/// and everything still queued when the child died.
+async fn write_stdin(
+    mut stdin: pipe::Sender,
+    mut rx: mpsc::Receiver<Line>,
+    alive: Arc<AtomicBool>,
+    stop: Arc<Notify>,
+) -> Vec<u64> {
+    let mut undelivered = Vec::new();
+    loop {
+        let line = tokio::select! {
+            l = rx.recv() => l,
+            _ = stop.notified() => None,
+        };
+        let Some(line) = line else { break };
+        // The pipe never breaks (tether holds its read end too), but it may fill up once the
+        // child is gone: the reaper's stop ends a write that cannot finish.
+        let written = tokio::select! {
+            r = stdin.write_all(&line.bytes) => r.map_err(|e| e.to_string()),
+            _ = stop.notified() => Err("the child is gone".into()),
+        };
+        if let Err(e) = written {
             debug!(error = %e, "stdin write failed");
             alive.store(false, Ordering::Release);
-            return;
+            undelivered.extend(line.gid);
+            break;
         }
     }
+    rx.close();
+    while let Ok(line) = rx.try_recv() {
+        undelivered.extend(line.gid);
+    }
     // Dropping stdin closes it: the child's cue to exit.
+    undelivered
 }
 
 async fn read_stdout(stdout: tokio::process::ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
@@ -166,11 +216,14 @@ struct Reaper {
     alive: Arc<AtomicBool>,
     pid: u32,
     grace: std::time::Duration,
+    writer: Option<tokio::task::JoinHandle<Vec<u64>>>,
+    stop_writer: Arc<Notify>,
+    unread: Option<OwnedFd>,
 }
 
 impl Reaper {
     async fn run(
-        self,
+        mut self,
         mut child: Child,
         reader: Option<tokio::task::JoinHandle<()>>,
         close_rx: oneshot::Receiver<()>,
@@ -199,10 +252,21 @@ impl Reaper {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reader).await;
         }
         self.alive.store(false, Ordering::Release);
+        self.stop_writer.notify_one();
+        let undelivered = match self.writer {
+            Some(w) => tokio::time::timeout(std::time::Duration::from_secs(1), w).await.ok().and_then(Result::ok),
+            None => None,
+        }
+        .unwrap_or_default();
+        let mut undelivered = undelivered;
+        if let Some(fd) = self.unread.take() {
+            undelivered.extend(unread_requests(fd));
+        }
+        self.alive.store(false, Ordering::Release);
         if let QuitReason::Exited(ref s) = reason {
             info!(status = %s, "upstream child exited");
         }
-        let _ = events.send(UpstreamEvent::Closed(reason)).await;
+        let _ = events.send(UpstreamEvent::Closed(reason, undelivered)).await;
         let _ = exited_tx.send(());
     }
 
@@ -226,4 +290,32 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
         },
         Err(e) => format!("wait failed: {e}"),
     }
+}
+
+/// The gateway ids of the requests still sitting unread in the child's stdin pipe.
+fn unread_requests(fd: OwnedFd) -> Vec<u64> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::io::Read;
+    if fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_err() {
+        return Vec::new();
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break, // WouldBlock: the pipe is empty
+        }
+    }
+    debug!(unread_bytes = data.len(), "stdin pipe drained after the child's exit");
+    // A line the child had started reading is not whole here and does not parse: it counts as
+    // delivered, the cautious side.
+    data.split(|b| *b == b'\n')
+        .filter_map(|line| Message::parse(line).ok())
+        .filter(|m| m.kind() == tether_protocol::Kind::Request)
+        .filter_map(|m| m.numeric_id())
+        .collect()
 }

@@ -66,9 +66,11 @@ impl Handle {
         }
     }
 
-    /// Forgets the upstream session: the next use starts a new one.
+    /// Forgets the upstream session: the next use starts a new one, and what it carried is
+    /// settled.
     pub fn mark_lost(&self) {
-        self.shared.mark_dead();
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.lost(QuitReason::SessionLost, Vec::new()).await });
     }
 
     /// Whether the upstream session is still believed valid.
@@ -93,9 +95,17 @@ impl Handle {
             .send()
             .await
             .map_err(|e| {
-                shared.mark_dead();
                 if e.is_connect() { SendError::Unreachable(describe(&e)) } else { SendError::Interrupted(describe(&e)) }
-            })?;
+            });
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let undelivered =
+                    if matches!(e, SendError::Unreachable(_)) { gid.into_iter().collect() } else { Vec::new() };
+                shared.lost(QuitReason::Disconnected(e.to_string()), undelivered).await;
+                return Err(e);
+            }
+        };
         let status = resp.status();
         if msg.is("initialize")
             && let Some(sid) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())
@@ -111,10 +121,14 @@ impl Handle {
                 let task = read_sse(shared2, resp, origin, gid);
                 tokio::spawn(task.instrument(shared.span.clone()));
             } else if content_type.starts_with("application/json") {
-                let body = resp.bytes().await.map_err(|e| {
-                    shared.mark_dead();
-                    SendError::Interrupted(format!("reading the response body failed: {e}"))
-                })?;
+                let body = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let e = SendError::Interrupted(format!("reading the response body failed: {e}"));
+                        shared.lost(QuitReason::Disconnected(e.to_string()), Vec::new()).await;
+                        return Err(e);
+                    }
+                };
                 if !body.is_empty() {
                     shared.deliver_body(origin, &body).await;
                 }
@@ -123,7 +137,8 @@ impl Handle {
         }
         let body = resp.bytes().await.unwrap_or_default();
         if is_session_lost(status.as_u16(), had_session, &body) {
-            shared.mark_dead();
+            // The upstream refused it without running it: it may be sent again.
+            shared.lost(QuitReason::SessionLost, gid.into_iter().collect()).await;
             return Err(SendError::SessionLost);
         }
         // An HTTP error that carries a JSON-RPC error for this request is the upstream's answer.
@@ -169,7 +184,7 @@ impl Handle {
                 debug!(error = %e, "upstream DELETE timed out");
             }
         }
-        let _ = shared.events.send(UpstreamEvent::Closed(QuitReason::Closed)).await;
+        let _ = shared.events.send(UpstreamEvent::Closed(QuitReason::Closed, Vec::new())).await;
     }
 }
 
@@ -194,10 +209,6 @@ impl Shared {
         h
     }
 
-    fn mark_dead(&self) {
-        self.alive.store(false, Ordering::Release);
-    }
-
     async fn deliver(&self, origin: Origin, msg: Message) {
         let _ = self.events.send(UpstreamEvent::Message(origin, msg)).await;
     }
@@ -211,10 +222,10 @@ impl Shared {
         }
     }
 
-    /// Reports the upstream session dead, once.
-    async fn lost(&self, reason: QuitReason) {
+    /// Reports the upstream session dead, once, with the requests it never received.
+    async fn lost(&self, reason: QuitReason, undelivered: Vec<u64>) {
         if self.alive.swap(false, Ordering::AcqRel) {
-            let _ = self.events.send(UpstreamEvent::Closed(reason)).await;
+            let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
         }
     }
 }
@@ -250,12 +261,12 @@ async fn read_sse(shared: Arc<Shared>, resp: reqwest::Response, origin: Origin, 
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
                 if is_session_lost(status, true, &body) {
-                    shared.lost(QuitReason::SessionLost).await;
+                    shared.lost(QuitReason::SessionLost, Vec::new()).await;
                 }
                 return;
             }
             Err(e) => {
-                shared.lost(QuitReason::Disconnected(describe(&e))).await;
+                shared.lost(QuitReason::Disconnected(describe(&e)), Vec::new()).await;
                 return;
             }
         }
@@ -339,14 +350,14 @@ async fn standalone(shared: Arc<Shared>) {
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
                 if is_session_lost(status, true, &body) {
-                    shared.lost(QuitReason::SessionLost).await;
+                    shared.lost(QuitReason::SessionLost, Vec::new()).await;
                     return;
                 }
                 // 409: another GET stream is open upstream; back off and try again.
                 debug!(status, "upstream refused the standalone stream");
             }
             Err(e) => {
-                shared.lost(QuitReason::Disconnected(describe(&e))).await;
+                shared.lost(QuitReason::Disconnected(describe(&e)), Vec::new()).await;
                 return;
             }
         }

@@ -11,7 +11,8 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tether::Gateway;
-use tether::config::{Config, LogFormat, StoreSpec};
+use tether::admin::AdminToken;
+use tether::config::{AdminConfig, Config, LogFormat, StoreSpec};
 use tether::downstream::FrontConfig;
 use tether::session::SessionConfig;
 use tether::upstream::UpstreamSpec;
@@ -40,11 +41,19 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         session: SessionConfig { request_timeout: Duration::from_secs(10), ..SessionConfig::default() },
         log_level: "warn".into(),
         log_format: LogFormat::Plain,
+        admin: AdminConfig::loopback(AdminToken::new(ADMIN_TOKEN).expect("a valid token")),
     }
 }
 
-/// A gateway serving `config` on an ephemeral loopback port.
+/// The admin token of gateways from [`config`].
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A gateway serving `config` on an ephemeral loopback port. `TETHER_TEST_LOG` (a filter)
+/// shows the gateway's logs.
 pub async fn start(config: Config) -> Gateway {
+    if let Ok(filter) = std::env::var("TETHER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
     within(Gateway::start(config, listener)).await.expect("gateway starts")
 }
@@ -275,8 +284,13 @@ impl SseStream {
         }
     }
 
-    /// The next event, or `None` when the stream ends.
+    /// The next event, or `None` when the stream ends. Bounded by [`WAIT`] as a whole, so
+    /// keep-alive comments cannot stretch a missing event into a hang.
     pub async fn next_event(&mut self) -> Option<tether_protocol::sse::Event> {
+        within(self.next_event_unbounded()).await
+    }
+
+    async fn next_event_unbounded(&mut self) -> Option<tether_protocol::sse::Event> {
         loop {
             if let Some(e) = self.queue.pop_front() {
                 if let Some(id) = &e.id {
@@ -287,8 +301,15 @@ impl SseStream {
                 }
                 return Some(e);
             }
-            let chunk = within(self.body.next()).await?;
+            let chunk = self.body.next().await?;
             let chunk = chunk.ok()?;
+            if std::env::var_os("TETHER_TEST_TRACE_SSE").is_some() {
+                eprintln!(
+                    "chunk {} bytes: {:?}",
+                    chunk.len(),
+                    String::from_utf8_lossy(&chunk).chars().take(80).collect::<String>()
+                );
+            }
             self.queue.extend(self.decoder.feed(&chunk).expect("SSE decodes"));
         }
     }

@@ -1,0 +1,183 @@
+//! `GET /metrics`: Prometheus metrics in the OpenMetrics text format, read at scrape time from
+//! [`Stats`] (atomics the data plane bumps) and the session registry. Every label comes from a
+//! closed set — states, method classes, outcomes, store operations — and no session id is ever
+//! a label, so the number of series is fixed.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::health::UpstreamCounts;
+use super::{AdminError, AdminState};
+use crate::session::Manager;
+use crate::stats::{HistogramSnapshot, MethodClass, Outcome, Stats, StoreOp};
+
+/// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry served at `/metrics`.
+pub fn registry(manager: Arc<Manager>) -> Registry {
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+    let mut r = Registry::default();
+    r.register_collector(Box::new(TetherCollector { manager, started }));
+    r
+}
+
+/// GET /metrics
+pub async fn scrape(State(state): State<AdminState>) -> Response {
+    let mut body = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.0.registry) {
+        return AdminError::Internal(format!("encoding metrics failed: {e}")).into_response();
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+}
+
+/// Reads everything at scrape time.
+struct TetherCollector {
+    manager: Arc<Manager>,
+    /// Unix seconds when the gateway started.
+    started: f64,
+}
+
+impl std::fmt::Debug for TetherCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TetherCollector").finish_non_exhaustive()
+    }
+}
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Collector for TetherCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Fmt {
+        let m = &self.manager;
+        let s: &Stats = &m.deps().stats;
+        let e = &mut enc;
+
+        gauge(
+            e,
+            "tether_start_time",
+            "When the gateway started, in Unix seconds.",
+            Some(&Unit::Seconds),
+            self.started,
+        )?;
+        gauge(e, "tether_draining", "1 while new sessions are refused (drain).", None, u8::from(m.is_draining()))?;
+
+        gauge(e, "tether_sessions_active", "Client sessions live in this process.", None, m.live_count() as f64)?;
+        counter(e, "tether_sessions_created", "Client sessions created.", s.sessions_created.get())?;
+        counter(e, "tether_sessions_closed", "Sessions closed by the client or an operator.", s.sessions_closed.get())?;
+        counter(e, "tether_sessions_expired", "Sessions ended by the idle TTL.", s.sessions_expired.get())?;
+        counter(
+            e,
+            "tether_sessions_resumed",
+            "Sessions loaded from the store, not live here.",
+            s.sessions_resumed.get(),
+        )?;
+        counter(e, "tether_sessions_revived", "Upstream sides rebuilt by replay.", s.revives.get())?;
+
+        let c = UpstreamCounts::of(m);
+        let mut f = e.encode_descriptor(
+            "tether_upstreams",
+            "Upstream bindings of live sessions by state; broken = crash-loop breaker open.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in [("alive", c.alive), ("restarting", c.restarting), ("broken", c.broken), ("idle", c.idle)] {
+            ConstGauge::new(n as f64).encode(f.encode_family(&[("state", state)])?)?;
+        }
+        counter(e, "tether_upstream_losses", "Upstream connections that died on their own.", s.upstream_losses.get())?;
+        counter(
+            e,
+            "tether_upstream_restart_failures",
+            "Upstream restarts (revives) that failed.",
+            s.revive_failures.get(),
+        )?;
+        counter(e, "tether_upstream_crash_loops", "Times a crash-loop breaker opened.", s.crash_loops.get())?;
+        counter(e, "tether_upstream_reaped", "Upstream connections released when idle.", s.upstream_reaped.get())?;
+
+        let mut f = e.encode_descriptor(
+            "tether_requests",
+            "Client messages by method class and outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for class in MethodClass::ALL {
+            for outcome in Outcome::ALL {
+                let labels = [("method_class", class.as_str()), ("outcome", outcome.as_str())];
+                ConstCounter::new(s.requests.count(class, outcome)).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        let mut f = e.encode_descriptor(
+            "tether_request_duration",
+            "Time from a client message's arrival to its outcome.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for class in MethodClass::ALL {
+            histogram(f.encode_family(&[("method_class", class.as_str())])?, &s.requests.latency(class).snapshot())?;
+        }
+        counter(
+            e,
+            "tether_requests_retried",
+            "In-flight requests sent again after a revive.",
+            s.requests_retried.get(),
+        )?;
+        counter(
+            e,
+            "tether_requests_interrupted",
+            "In-flight requests ended with 'upstream restarted'.",
+            s.requests_interrupted.get(),
+        )?;
+        counter(e, "tether_tool_calls", "tools/call requests served.", s.tool_calls.get())?;
+
+        gauge(e, "tether_sse_streams_open", "SSE response streams open now.", None, s.sse_streams_open.get() as f64)?;
+        counter(
+            e,
+            "tether_sse_events_replayed",
+            "Stored events sent again to clients resuming with Last-Event-ID.",
+            s.events_replayed.get(),
+        )?;
+
+        let mut f = e.encode_descriptor(
+            "tether_store_write_duration",
+            "Session store write latency by operation.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for op in StoreOp::ALL {
+            histogram(f.encode_family(&[("op", op.as_str())])?, &s.store.latency(op).snapshot())?;
+        }
+        let mut f = e.encode_descriptor(
+            "tether_store_write_errors",
+            "Failed store writes by operation.",
+            None,
+            MetricType::Counter,
+        )?;
+        for op in StoreOp::ALL {
+            ConstCounter::new(s.store.errors(op)).encode(f.encode_family(&[("op", op.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: impl Into<f64>) -> Fmt {
+    let g = ConstGauge::new(v.into());
+    g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+fn histogram(mut enc: prometheus_client::encoding::MetricEncoder, h: &HistogramSnapshot) -> Fmt {
+    enc.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+}

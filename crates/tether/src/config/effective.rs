@@ -1,0 +1,116 @@
+//! `tether check-config`: the effective configuration as TOML — the same keys a config file
+//! takes, every default filled in — with secrets redacted. Feeding the output back as a file
+//! gives the same configuration, save the redacted secrets.
+
+use std::time::Duration;
+
+use super::{Config, FileConfig, LogFormat};
+use crate::upstream::UpstreamSpec;
+
+/// What a redacted secret prints as.
+pub const REDACTED: &str = "***";
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let (upstream, upstream_sse, command) = match &self.upstream {
+            UpstreamSpec::Streamable { url } => (Some(redact_url(url)), None, None),
+            UpstreamSpec::Sse { url } => (None, Some(redact_url(url)), None),
+            UpstreamSpec::Stdio { command } => (None, None, Some(command.clone())),
+        };
+        let s = &self.session;
+        // Every key, so that a key added to the file format without a line here fails to build.
+        let file = FileConfig {
+            listen: Some(self.listen.to_string()),
+            store: Some(self.store.describe()),
+            upstream,
+            upstream_sse,
+            command,
+            allow_origin: Some(self.front.allowed_origins.clone()),
+            allow_host: Some(self.front.allowed_hosts.clone()),
+            session_ttl: Some(duration(s.ttl)),
+            request_timeout: Some(duration(s.request_timeout)),
+            keepalive: Some(duration(s.keepalive)),
+            upstream_idle: Some(duration(s.upstream_idle)),
+            event_retention: Some(s.retention.per_stream),
+            event_max_age: Some(duration(Duration::from_millis(s.retention.max_age_ms))),
+            retry_tools: Some(s.retry_tools.clone()),
+            restart_max_failures: Some(s.restart.max_failures),
+            restart_window: Some(duration(s.restart.window)),
+            restart_cooldown: Some(duration(s.restart.cooldown)),
+            max_body: Some(self.front.max_body),
+            max_sessions: Some(s.max_sessions),
+            log_level: Some(self.log_level.clone()),
+            log_format: Some(match self.log_format {
+                LogFormat::Plain => "plain".into(),
+                LogFormat::Json => "json".into(),
+            }),
+            admin_listen: Some(self.admin.listen.to_string()),
+            admin_token: match (&self.admin.token, &self.admin.token_file) {
+                (Some(_), None) => Some(REDACTED.into()),
+                _ => None,
+            },
+            admin_token_file: self.admin.token_file.clone(),
+        };
+        let mut out = String::from("# tether: the effective configuration (secrets redacted)\n");
+        if self.admin.token.is_none() {
+            out.push_str(&format!(
+                "# admin_token: none configured; `tether serve` generates one at start into {}\n",
+                crate::store::state_dir().join(crate::admin::token::TOKEN_FILE).display()
+            ));
+        }
+        match toml::to_string(&file) {
+            Ok(t) => out.push_str(&t),
+            Err(e) => out.push_str(&format!("# cannot print as TOML: {e}\n")),
+        }
+        out
+    }
+}
+
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A URL with its password, if any, replaced.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(REDACTED));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ServeArgs;
+    use super::*;
+
+    #[test]
+    fn the_output_is_a_config_file_for_the_same_config_without_secrets() {
+        let a = ServeArgs {
+            upstream: Some("https://user:hunter2@example.com/mcp".into()),
+            admin_token: Some("s3cret-token".into()),
+            session_ttl: Some("2h".into()),
+            store: Some("memory".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(&a).expect("valid");
+        let text = c.to_redacted_toml();
+        assert!(!text.contains("s3cret-token"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("admin_token = \"***\""), "{text}");
+        assert!(text.contains("session_ttl = \"2h\""), "{text}");
+
+        // Read back, with the secrets given again, it is the same configuration.
+        let dir = std::env::temp_dir().join(format!("tether-effective-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("effective.toml");
+        let restored = text.replace("\"***\"", "\"s3cret-token\"").replace("user:***@", "user:hunter2@");
+        std::fs::write(&path, restored).expect("write");
+        let again = Config::load(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect("valid");
+        assert_eq!(again.to_redacted_toml(), text);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,80 @@
+//! What an operator can see of a live session without changing it: the state of its upstream
+//! binding, its streams and its last upstream failure. Read by the admin API and metrics.
+
+use std::sync::atomic::Ordering;
+
+use super::record::now_ms;
+use super::{Session, lock};
+
+/// The state of a session's upstream binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// Connected and alive.
+    Alive,
+    /// Lost, or being rebuilt right now; the next use revives it.
+    Restarting,
+    /// The crash-loop breaker is open: restarts are refused for the cool-down.
+    Broken,
+    /// No binding: never started, or released when idle.
+    Idle,
+}
+
+impl UpstreamState {
+    /// The label used in the admin API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamState::Alive => "alive",
+            UpstreamState::Restarting => "restarting",
+            UpstreamState::Broken => "broken",
+            UpstreamState::Idle => "idle",
+        }
+    }
+}
+
+/// The last upstream failure of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened, without secrets (the same text as the log line).
+    pub message: String,
+}
+
+impl Session {
+    /// The state of the upstream binding.
+    pub fn upstream_state(&self) -> UpstreamState {
+        if lock(&self.breaker).is_open(tokio::time::Instant::now()) {
+            return UpstreamState::Broken;
+        }
+        if self.upstream_alive() {
+            return UpstreamState::Alive;
+        }
+        // The binding lock is held while a binding is (re)built; a dead binding still in place
+        // is replaced on next use.
+        let rebuilding = self.binding.try_lock().is_err();
+        if rebuilding || self.current().is_some() {
+            return UpstreamState::Restarting;
+        }
+        UpstreamState::Idle
+    }
+
+    /// The last upstream failure, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Remembers an upstream failure for the admin API.
+    pub(super) fn note_error(&self, message: impl std::fmt::Display) {
+        *lock(&self.last_error) = Some(LastError { at_ms: now_ms(), message: message.to_string() });
+    }
+
+    /// How many client streams the session has opened in this process.
+    pub fn streams_opened(&self) -> u64 {
+        self.streams.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Client requests waiting for their answer.
+    pub fn pending_requests(&self) -> usize {
+        lock(&self.routes).pending.values().filter(|p| matches!(p.reply, super::Reply::Client(_))).count()
+    }
+}

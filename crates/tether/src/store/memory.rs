@@ -1,0 +1,197 @@
+//! Records and events in process memory: lost with the process. For tests and ephemeral use.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::session::record::{CloseReason, SessionRecord, SessionState};
+use crate::session::store::{
+    Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
+};
+
+/// Events kept per stream in memory (the retention limit is applied at prune time too).
+const MAX_PER_STREAM: usize = 1000;
+
+#[derive(Default)]
+struct StreamLog {
+    /// Events with their append time, oldest first.
+    events: VecDeque<(u64, StoredEvent)>,
+    /// The highest seq dropped by retention: a cursor below it cannot be resumed.
+    floor: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: HashMap<String, SessionRecord>,
+    events: HashMap<(String, String), StreamLog>,
+}
+
+/// The in-memory backend.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, StoreError> {
+        let mut g = self.inner.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        Ok(f(&mut g))
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.with(|m| {
+            m.records.insert(record.id.clone(), record.clone());
+        })
+    }
+
+    async fn set_handshake(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.with(|m| {
+            if let Some(r) = m.records.get_mut(&record.id) {
+                r.protocol_version.clone_from(&record.protocol_version);
+                r.client_init.clone_from(&record.client_init);
+                r.upstream_init.clone_from(&record.upstream_init);
+            }
+        })
+    }
+
+    async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError> {
+        self.with(|m| {
+            if let Some(r) = m.records.get_mut(id) {
+                r.state = state.clone();
+            }
+        })
+    }
+
+    async fn touch(&self, id: &str, a: Activity) -> Result<(), StoreError> {
+        self.with(|m| {
+            if let Some(r) = m.records.get_mut(id) {
+                r.last_active = r.last_active.max(a.last_active);
+                r.requests += a.requests;
+                r.tool_calls += a.tool_calls;
+            }
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.with(|m| m.records.get(id).cloned())
+    }
+
+    async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError> {
+        self.with(|m| {
+            if let Some(r) = m.records.get_mut(id)
+                && r.closed_at.is_none()
+            {
+                r.closed_at = Some(at);
+                r.close_reason = Some(reason);
+            }
+        })
+    }
+
+    async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
+        self.with(|m| {
+            let mut open: Vec<_> = m.records.values().filter(|r| r.closed_at.is_none()).cloned().collect();
+            open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            let start = match after {
+                Some(a) => open.iter().position(|r| r.id == a).map_or(0, |i| i + 1),
+                None => 0,
+            };
+            open.into_iter().skip(start).take(limit).collect()
+        })
+    }
+
+    async fn list(
+        &self,
+        filter: RecordFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.with(|m| {
+            let from = after.and_then(|a| m.records.get(a)).map(|r| (r.created_at, r.id.clone()));
+            let mut found: Vec<_> = m
+                .records
+                .values()
+                .filter(|r| match filter {
+                    RecordFilter::Open => r.closed_at.is_none(),
+                    RecordFilter::Closed => r.closed_at.is_some(),
+                    RecordFilter::All => true,
+                })
+                .filter(|r| from.as_ref().is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id)))
+                .cloned()
+                .collect();
+            found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            found.truncate(limit);
+            found
+        })
+    }
+
+    async fn count_open(&self, active_since: u64) -> Result<u64, StoreError> {
+        self.with(|m| {
+            m.records.values().filter(|r| r.closed_at.is_none() && r.last_active >= active_since).count() as u64
+        })
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError> {
+        let now = crate::session::record::now_ms();
+        self.with(|m| {
+            let log = m.events.entry((session.to_owned(), stream.to_owned())).or_default();
+            log.events.push_back((now, StoredEvent { seq, data: Bytes::copy_from_slice(data), fin }));
+            while log.events.len() > MAX_PER_STREAM {
+                if let Some((_, e)) = log.events.pop_front() {
+                    log.floor = e.seq;
+                }
+            }
+        })
+    }
+
+    async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
+        self.with(|m| match m.events.get(&(session.to_owned(), stream.to_owned())) {
+            Some(log) if after_seq >= log.floor => Replay::Events(
+                log.events.iter().filter(|(_, e)| e.seq > after_seq).take(limit).map(|(_, e)| e.clone()).collect(),
+            ),
+            _ => Replay::Gone,
+        })
+    }
+
+    async fn prune(&self, retention: Retention, now_ms: u64) -> Result<u64, StoreError> {
+        self.with(|m| {
+            let mut dropped = 0u64;
+            for log in m.events.values_mut() {
+                while log.events.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > retention.max_age_ms)
+                    || log.events.len() > retention.per_stream
+                {
+                    if let Some((_, e)) = log.events.pop_front() {
+                        log.floor = e.seq;
+                        dropped += 1;
+                    }
+                }
+            }
+            m.events.retain(|_, log| !log.events.is_empty());
+            dropped
+        })
+    }
+
+    async fn forget(&self, session: &str) -> Result<(), StoreError> {
+        self.with(|m| m.events.retain(|(s, _), _| s != session))
+    }
+}

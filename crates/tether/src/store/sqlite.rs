@@ -1,0 +1,461 @@
+//! The default backend: one SQLite file in WAL mode, inspectable with `sqlite3`.
+//!
+//! A dedicated thread owns the connection and runs jobs in group commits: everything queued
+//! while one transaction runs goes into the next, so many small synchronous writes (records,
+//! events committed before they are sent) cost one commit. The schema is versioned with
+//! `PRAGMA user_version`; a file from a newer tether, a corrupt file or an unreadable one stops
+//! startup with an error naming the file and the fix.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
+use crate::session::store::{
+    Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
+};
+
+/// Schema migrations; entry `i` takes the file from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE sessions (
+        id               TEXT PRIMARY KEY,
+        transport        TEXT NOT NULL,
+        protocol_version TEXT,
+        client_init      TEXT,
+        upstream_init    TEXT,
+        state            TEXT NOT NULL,
+        principal        TEXT,
+        created_at       INTEGER NOT NULL,
+        last_active      INTEGER NOT NULL,
+        requests         INTEGER NOT NULL DEFAULT 0,
+        tool_calls       INTEGER NOT NULL DEFAULT 0,
+        closed_at        INTEGER,
+        close_reason     TEXT
+    );
+    CREATE INDEX sessions_open ON sessions (closed_at, created_at, id);
+    CREATE TABLE events (
+        session_id TEXT NOT NULL,
+        stream     TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        data       BLOB NOT NULL,
+        fin        INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (session_id, stream, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX events_age ON events (created_at);
+    CREATE TABLE event_floors (
+        session_id TEXT NOT NULL,
+        stream     TEXT NOT NULL,
+        floor      INTEGER NOT NULL,
+        PRIMARY KEY (session_id, stream)
+    ) WITHOUT ROWID;
+"];
+
+/// The most jobs in one group commit.
+const MAX_BATCH: usize = 1024;
+
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file, checks it, migrates it, and starts the writer.
+    pub async fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        let path = path.to_owned();
+        let p2 = path.clone();
+        let conn = tokio::task::spawn_blocking(move || prepare(&p2)).await.context("opening the session store")??;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tether-sqlite".into())
+            .spawn(move || writer(conn, rx))
+            .context("starting the session store thread")?;
+        Ok(SqliteStore { jobs: tx, path })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let r = f(conn).map_err(backend);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(r));
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Backend("the store thread has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Backend("the store thread has stopped".into()))?
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Opens, checks and migrates the file.
+fn prepare(path: &Path) -> anyhow::Result<Connection> {
+    let shown = path.display();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory of the session store {shown}; choose another path with --store sqlite://PATH"))?;
+    }
+    let fix = format!(
+        "move it aside (mv {shown} {shown}.broken) to start with an empty store, or point --store at another file"
+    );
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open the session store {shown}: check its permissions, or {fix}"))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .with_context(|| format!("the session store {shown} is not a readable SQLite database; {fix}"))?;
+    if check != "ok" {
+        anyhow::bail!("the session store {shown} is corrupt ({check}); {fix}");
+    }
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        .with_context(|| format!("cannot configure the session store {shown}; {fix}"))?;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the session store {shown} has schema version {version}, newer than this tether understands ({}); run a newer tether or {fix}",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!("BEGIN; {m} PRAGMA user_version = {}; COMMIT;", i + 1))
+            .with_context(|| format!("migrating the session store {shown} to version {}", i + 1))?;
+    }
+    Ok(conn)
+}
+
+/// Runs jobs in group commits until every sender is gone.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
+        let dones: Vec<Done> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit = match began {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(backend),
+            Err(e) => Err(e),
+        };
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in dones {
+            done(commit.clone());
+        }
+    }
+}
+
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let json_err = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    let raw = |s: Option<String>| -> rusqlite::Result<Option<Box<serde_json::value::RawValue>>> {
+        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(json_err)).transpose()
+    };
+    let transport: String = r.get("transport")?;
+    let state: String = r.get("state")?;
+    let reason: Option<String> = r.get("close_reason")?;
+    Ok(SessionRecord {
+        id: r.get("id")?,
+        transport: if transport == "sse" { Transport::LegacySse } else { Transport::StreamableHttp },
+        protocol_version: r.get("protocol_version")?,
+        client_init: raw(r.get("client_init")?)?,
+        upstream_init: raw(r.get("upstream_init")?)?,
+        state: serde_json::from_str::<SessionState>(&state).map_err(json_err)?,
+        principal: r.get("principal")?,
+        created_at: r.get::<_, i64>("created_at")? as u64,
+        last_active: r.get::<_, i64>("last_active")? as u64,
+        requests: r.get::<_, i64>("requests")? as u64,
+        tool_calls: r.get::<_, i64>("tool_calls")? as u64,
+        closed_at: r.get::<_, Option<i64>>("closed_at")?.map(|v| v as u64),
+        close_reason: reason.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()),
+    })
+}
+
+fn state_json(state: &SessionState) -> String {
+    serde_json::to_string(state).unwrap_or_else(|_| "{}".into())
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO sessions (id, transport, protocol_version, client_init, upstream_init, state, principal,
+                     created_at, last_active, requests, tool_calls, closed_at, close_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    r.id,
+                    r.transport.as_str(),
+                    r.protocol_version,
+                    r.client_init.as_ref().map(|v| v.get()),
+                    r.upstream_init.as_ref().map(|v| v.get()),
+                    state_json(&r.state),
+                    r.principal,
+                    r.created_at as i64,
+                    r.last_active as i64,
+                    r.requests as i64,
+                    r.tool_calls as i64,
+                    r.closed_at.map(|v| v as i64),
+                    r.close_reason.map(CloseReason::as_str),
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn set_handshake(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET protocol_version = ?2, client_init = ?3, upstream_init = ?4 WHERE id = ?1",
+                params![
+                    r.id,
+                    r.protocol_version,
+                    r.client_init.as_ref().map(|v| v.get()),
+                    r.upstream_init.as_ref().map(|v| v.get())
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError> {
+        let (id, state) = (id.to_owned(), state_json(state));
+        self.call(move |c| c.execute("UPDATE sessions SET state = ?2 WHERE id = ?1", params![id, state]).map(drop))
+            .await
+    }
+
+    async fn touch(&self, id: &str, a: Activity) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET last_active = MAX(last_active, ?2), requests = requests + ?3,
+                     tool_calls = tool_calls + ?4 WHERE id = ?1",
+                params![id, a.last_active as i64, a.requests as i64, a.tool_calls as i64],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| c.query_row("SELECT * FROM sessions WHERE id = ?1", [id], record_from_row).optional()).await
+    }
+
+    async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET closed_at = ?2, close_reason = ?3 WHERE id = ?1 AND closed_at IS NULL",
+                params![id, at as i64, reason.as_str()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.call(move |c| {
+            let (created, id) = match &after {
+                Some(a) => c
+                    .query_row("SELECT created_at, id FROM sessions WHERE id = ?1", [a], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?
+                    .unwrap_or((i64::MIN, String::new())),
+                None => (i64::MIN, String::new()),
+            };
+            let mut st = c.prepare_cached(
+                "SELECT * FROM sessions WHERE closed_at IS NULL AND (created_at, id) > (?1, ?2)
+                 ORDER BY created_at, id LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![created, id, limit as i64], record_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        filter: RecordFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.call(move |c| {
+            let (created, id) = match &after {
+                Some(a) => c
+                    .query_row("SELECT created_at, id FROM sessions WHERE id = ?1", [a], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?
+                    .unwrap_or((i64::MIN, String::new())),
+                None => (i64::MIN, String::new()),
+            };
+            let state = match filter {
+                RecordFilter::Open => "closed_at IS NULL AND",
+                RecordFilter::Closed => "closed_at IS NOT NULL AND",
+                RecordFilter::All => "",
+            };
+            let mut st = c.prepare_cached(&format!(
+                "SELECT * FROM sessions WHERE {state} (created_at, id) > (?1, ?2) ORDER BY created_at, id LIMIT ?3"
+            ))?;
+            let rows = st.query_map(params![created, id, limit as i64], record_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn count_open(&self, active_since: u64) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE closed_at IS NULL AND last_active >= ?1",
+                [active_since as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every job is committed before it answers; a no-op job waits for what is queued.
+        self.call(|_| Ok(())).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError> {
+        let (session, stream, data) = (session.to_owned(), stream.to_owned(), data.to_vec());
+        let now = crate::session::record::now_ms() as i64;
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            st.execute(params![session, stream, seq as i64, data, fin, now]).map(drop)
+        })
+        .await
+    }
+
+    async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
+        let (session, stream) = (session.to_owned(), stream.to_owned());
+        self.call(move |c| {
+            let floor: Option<i64> = c
+                .query_row(
+                    "SELECT floor FROM event_floors WHERE session_id = ?1 AND stream = ?2",
+                    params![session, stream],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if floor.is_some_and(|f| (after_seq as i64) < f) {
+                return Ok(Replay::Gone);
+            }
+            let mut st = c.prepare_cached(
+                "SELECT seq, data, fin FROM events WHERE session_id = ?1 AND stream = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let events: Vec<StoredEvent> = st
+                .query_map(params![session, stream, after_seq as i64, limit as i64], |r| {
+                    Ok(StoredEvent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        data: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                        fin: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if events.is_empty() && floor.is_none() {
+                let known: bool = c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE session_id = ?1 AND stream = ?2)",
+                    params![session, stream],
+                    |r| r.get(0),
+                )?;
+                if !known {
+                    return Ok(Replay::Gone);
+                }
+            }
+            Ok(Replay::Events(events))
+        })
+        .await
+    }
+
+    async fn prune(&self, retention: Retention, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(retention.max_age_ms) as i64;
+        let cap = retention.per_stream as i64;
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO event_floors (session_id, stream, floor)
+                     SELECT session_id, stream, MAX(seq) FROM events WHERE created_at < ?1 GROUP BY session_id, stream
+                 ON CONFLICT (session_id, stream) DO UPDATE SET floor = MAX(floor, excluded.floor)",
+                [cutoff],
+            )?;
+            let mut dropped = c.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS excess (session_id TEXT, stream TEXT, seq INTEGER);
+                 ",
+                [],
+            )?;
+            c.execute("DELETE FROM temp.excess", [])?;
+            c.execute(
+                "INSERT INTO temp.excess SELECT session_id, stream, seq FROM (
+                     SELECT session_id, stream, seq,
+                            ROW_NUMBER() OVER (PARTITION BY session_id, stream ORDER BY seq DESC) AS rn
+                     FROM events) WHERE rn > ?1",
+                [cap],
+            )?;
+            c.execute(
+                "INSERT INTO event_floors (session_id, stream, floor)
+                     SELECT session_id, stream, MAX(seq) FROM temp.excess GROUP BY session_id, stream
+                 ON CONFLICT (session_id, stream) DO UPDATE SET floor = MAX(floor, excluded.floor)",
+                [],
+            )?;
+            dropped += c.execute(
+                "DELETE FROM events WHERE (session_id, stream, seq) IN (SELECT session_id, stream, seq FROM temp.excess)",
+                [],
+            )?;
+            Ok(dropped as u64)
+        })
+        .await
+    }
+
+    async fn forget(&self, session: &str) -> Result<(), StoreError> {
+        let session = session.to_owned();
+        self.call(move |c| {
+            c.execute("DELETE FROM events WHERE session_id = ?1", [&session])?;
+            c.execute("DELETE FROM event_floors WHERE session_id = ?1", [&session]).map(drop)
+        })
+        .await
+    }
+}

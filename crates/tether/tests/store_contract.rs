@@ -1,0 +1,176 @@
+//! The store contract: one suite, run against every backend (memory and a real SQLite file;
+//! Redis and Postgres join by adding a line to `backends!`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tether::session::record::{CloseReason, SessionRecord, SessionState, Transport, now_ms};
+use tether::session::store::{Activity, EventStore, Replay, Retention, SessionStore, Store};
+use tether::store::{MemoryStore, SqliteStore};
+
+fn raw(s: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(s.to_owned()).expect("json")
+}
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("tether-contract-{}-{name}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("sessions.db")
+}
+
+async fn records_round_trip(store: Arc<dyn Store>) {
+    let mut r = SessionRecord::new(Transport::StreamableHttp);
+    store.create(&r).await.expect("create");
+    let got = store.get(&r.id).await.expect("get").expect("present");
+    assert_eq!(got.id, r.id);
+    assert_eq!(got.transport, Transport::StreamableHttp);
+    assert!(got.client_init.is_none() && got.closed_at.is_none());
+
+    r.protocol_version = Some("2025-11-25".into());
+    r.client_init = Some(raw(
+        r#"{"protocolVersion":"2025-11-25","capabilities":{"x-vendor":{"k":[1,2]}},"clientInfo":{"name":"c"}}"#,
+    ));
+    r.upstream_init = Some(raw(r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s"}}"#));
+    store.set_handshake(&r).await.expect("handshake");
+    let state = SessionState {
+        log_level: Some("debug".into()),
+        subscriptions: ["a://1".to_owned(), "b://2".to_owned()].into(),
+    };
+    store.set_state(&r.id, &state).await.expect("state");
+    store.touch(&r.id, Activity { last_active: r.last_active + 5, requests: 3, tool_calls: 2 }).await.expect("touch");
+    store.touch(&r.id, Activity { last_active: r.last_active + 1, requests: 1, tool_calls: 0 }).await.expect("touch");
+    store.flush().await.expect("flush");
+
+    let got = store.get(&r.id).await.expect("get").expect("present");
+    assert_eq!(got.protocol_version.as_deref(), Some("2025-11-25"));
+    assert_eq!(
+        got.client_init.as_ref().map(|v| v.get()),
+        r.client_init.as_ref().map(|v| v.get()),
+        "params kept byte for byte"
+    );
+    assert_eq!(got.upstream_init.as_ref().map(|v| v.get()), r.upstream_init.as_ref().map(|v| v.get()));
+    assert_eq!(got.state, state);
+    assert_eq!(got.requests, 4);
+    assert_eq!(got.tool_calls, 2);
+    assert_eq!(got.last_active, r.last_active + 5, "last_active never goes back");
+
+    store.close(&r.id, now_ms(), CloseReason::Expired).await.expect("close");
+    store.close(&r.id, now_ms() + 1000, CloseReason::Terminated).await.expect("close twice");
+    let got = store.get(&r.id).await.expect("get").expect("present");
+    assert_eq!(got.close_reason, Some(CloseReason::Expired), "the first close wins");
+    assert!(store.get("0123456789abcdef0123456789abcdef").await.expect("get").is_none());
+}
+
+async fn listing_pages_open_sessions(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut r = SessionRecord::new(Transport::LegacySse);
+        r.created_at = 1_000 + i;
+        r.last_active = 1_000 + i;
+        store.create(&r).await.expect("create");
+        ids.push(r.id);
+    }
+    store.close(&ids[2], now_ms(), CloseReason::ClientClosed).await.expect("close");
+    let page1 = store.list_open(None, 2).await.expect("list");
+    let page2 = store.list_open(Some(&page1[1].id), 10).await.expect("list");
+    let got: Vec<&str> = page1.iter().chain(&page2).map(|r| r.id.as_str()).collect();
+    assert_eq!(got, vec![ids[0].as_str(), ids[1].as_str(), ids[3].as_str(), ids[4].as_str()]);
+    assert_eq!(page1[0].transport, Transport::LegacySse);
+    assert_eq!(store.count_open(1_003).await.expect("count"), 2);
+    assert_eq!(store.count_open(0).await.expect("count"), 4);
+}
+
+async fn events_replay_after_a_cursor(store: Arc<dyn Store>) {
+    let s = "0123456789abcdef0123456789abcdef";
+    for seq in [3u64, 5, 9] {
+        store.append(s, "i.1", seq, format!("{{\"n\":{seq}}}").as_bytes(), seq == 9).await.expect("append");
+    }
+    store.append(s, "i.g2", 4, b"{}", false).await.expect("append");
+    let Replay::Events(ev) = store.replay(s, "i.1", 3, 100).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 9]);
+    assert_eq!(ev[0].data, Bytes::from_static(b"{\"n\":5}"));
+    assert!(!ev[0].fin && ev[1].fin);
+    let Replay::Events(ev) = store.replay(s, "i.1", 1, 100).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.len(), 3, "a priming cursor before the first event replays everything");
+    let Replay::Events(ev) = store.replay(s, "i.1", 9, 100).await.expect("replay") else { panic!("gone") };
+    assert!(ev.is_empty(), "nothing missed");
+    assert_eq!(store.replay(s, "i.7", 0, 100).await.expect("replay"), Replay::Gone, "unknown stream");
+    let Replay::Events(ev) = store.replay(s, "i.1", 0, 2).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.len(), 2, "bounded");
+
+    store.forget(s).await.expect("forget");
+    assert_eq!(store.replay(s, "i.1", 3, 100).await.expect("replay"), Replay::Gone);
+}
+
+async fn retention_bounds_streams(store: Arc<dyn Store>) {
+    let s = "fedcba9876543210fedcba9876543210";
+    for seq in 1..=10u64 {
+        store.append(s, "i.1", seq, b"{}", false).await.expect("append");
+    }
+    let dropped = store.prune(Retention { per_stream: 4, max_age_ms: 3_600_000 }, now_ms()).await.expect("prune");
+    assert_eq!(dropped, 6);
+    assert_eq!(store.replay(s, "i.1", 2, 100).await.expect("replay"), Replay::Gone, "older than retention");
+    let Replay::Events(ev) = store.replay(s, "i.1", 6, 100).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    // By age: everything is older than "now + 2h - 1h".
+    store.prune(Retention { per_stream: 100, max_age_ms: 3_600_000 }, now_ms() + 7_200_000).await.expect("prune");
+    assert_eq!(store.replay(s, "i.1", 6, 100).await.expect("replay"), Replay::Gone);
+}
+
+macro_rules! backends {
+    ($($backend:ident => $make:expr;)*) => {$(
+        mod $backend {
+            use super::*;
+            #[tokio::test]
+            async fn records_round_trip() { super::records_round_trip($make).await }
+            #[tokio::test]
+            async fn listing_pages_open_sessions() { super::listing_pages_open_sessions($make).await }
+            #[tokio::test]
+            async fn events_replay_after_a_cursor() { super::events_replay_after_a_cursor($make).await }
+            #[tokio::test]
+            async fn retention_bounds_streams() { super::retention_bounds_streams($make).await }
+        }
+    )*};
+}
+
+backends! {
+    memory => Arc::new(MemoryStore::new());
+    sqlite => Arc::new(SqliteStore::open(&temp_db("c")).await.expect("open sqlite"));
+}
+
+#[tokio::test]
+async fn sqlite_survives_reopening_and_is_a_real_file() {
+    let path = temp_db("reopen");
+    let r = SessionRecord::new(Transport::StreamableHttp);
+    {
+        let store = SqliteStore::open(&path).await.expect("open");
+        store.create(&r).await.expect("create");
+        store.append(&r.id, "x.1", 1, b"{\"a\":1}", true).await.expect("append");
+    }
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert!(store.get(&r.id).await.expect("get").is_some());
+    let Replay::Events(ev) = store.replay(&r.id, "x.1", 0, 10).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.len(), 1);
+    // WAL mode, versioned schema.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite3 can read it");
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+    assert_eq!(mode, "wal");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    assert_eq!(version, 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_or_foreign_file_stops_startup_with_the_fix() {
+    let path = temp_db("corrupt");
+    std::fs::write(&path, b"this is not a database, it is a text file that happens to be here ".repeat(100))
+        .expect("write");
+    let err = SqliteStore::open(&path).await.err().expect("refused").to_string();
+    assert!(err.contains(&path.display().to_string()), "names the file: {err}");
+    assert!(err.contains("mv "), "says the fix: {err}");
+
+    let newer = temp_db("newer");
+    rusqlite::Connection::open(&newer).expect("open").execute_batch("PRAGMA user_version = 99;").expect("set");
+    let err = SqliteStore::open(&newer).await.err().expect("refused").to_string();
+    assert!(err.contains("newer"), "{err}");
+}
