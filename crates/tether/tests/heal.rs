@@ -249,6 +249,9 @@ async fn chaos_random_kills_under_load() {
         let stop = stop.clone();
         let manager = gw.manager.clone();
         tokio::spawn(async move {
+            // A safe call is retried once: the same session is not hit again until its retry
+            // has had time to finish, even on a loaded machine.
+            let mut last_kill: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
             let mut kills = 0u32;
             while !stop.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(rand::random_range(40..120))).await;
@@ -256,8 +259,13 @@ async fn chaos_random_kills_under_load() {
                 if live.is_empty() {
                     continue;
                 }
-                if let Some(pid) = live[rand::random_range(0..live.len())].upstream_pid() {
+                let s = &live[rand::random_range(0..live.len())];
+                if last_kill.get(s.id()).is_some_and(|t| t.elapsed() < Duration::from_millis(750)) {
+                    continue;
+                }
+                if let Some(pid) = s.upstream_pid() {
                     kill9(pid);
+                    last_kill.insert(s.id().to_owned(), tokio::time::Instant::now());
                     kills += 1;
                 }
             }
@@ -342,4 +350,116 @@ async fn a_request_the_child_never_read_is_sent_again() {
         assert_eq!(text_of(&answer), "slept 5 ms", "round {round}: {answer}");
     }
     gw.shutdown().await;
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tether-heal-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn echo_with_env(vars: &[(&str, &std::path::Path)]) -> Config {
+    let mut script = String::new();
+    for (k, v) in vars {
+        script.push_str(&format!("{k}='{}' ", v.display()));
+    }
+    script.push_str(&format!("exec '{}'", echo_command()[0]));
+    config(UpstreamSpec::Stdio { command: vec!["sh".into(), "-c".into(), script] })
+}
+
+/// The server's tool list changed across the revive: the client is told with `list_changed`.
+#[tokio::test]
+async fn a_changed_tool_list_after_a_revive_is_announced() {
+    let dir = temp_dir("listchanged");
+    let extra = dir.join("extra-tool");
+    let gw = start(echo_with_env(&[("TETHER_ECHO_EXTRA_TOOL_FILE", &extra)])).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let tools = c.request("tools/list", json!({})).await;
+    assert!(!tools.answer.to_string().contains("upgraded_tool"));
+    let mut stream = c.open_stream().await;
+
+    std::fs::write(&extra, "upgraded_tool").expect("upgrade the server");
+    kill9(only_child(&gw));
+    let m = stream.next_message().await.expect("a notification");
+    assert_eq!(m["method"], "notifications/tools/list_changed", "{m}");
+    let tools = c.request("tools/list", json!({})).await;
+    assert!(tools.answer.to_string().contains("upgraded_tool"));
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A revived server that negotiates another protocol version cannot continue the session: the
+/// client gets a clear error, and then 404 so that it starts over.
+#[tokio::test]
+async fn a_protocol_version_change_on_revive_closes_the_session() {
+    let dir = temp_dir("version");
+    let forced = dir.join("version");
+    let gw = start(echo_with_env(&[("TETHER_ECHO_VERSION_FILE", &forced)])).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    std::fs::write(&forced, "2025-06-18").expect("downgrade the server");
+    kill9(only_child(&gw));
+    eventually("the child's death is noticed", || gw.manager.live().iter().all(|s| !s.upstream_alive())).await;
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+    assert_eq!(r.answer["error"]["data"]["reason"], "protocol_version_changed", "{}", r.answer);
+    assert_eq!(r.answer["error"]["data"]["was"], "2025-11-25");
+    assert_eq!(r.answer["error"]["data"]["now"], "2025-06-18");
+    eventually("the session is closed", || gw.manager.live_count() == 0).await;
+    assert_eq!(c.request("tools/list", json!({})).await.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// No request hangs: one the upstream never answers ends with the timeout error, and the
+/// upstream is told to cancel it.
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_ends_with_a_clear_error() {
+    let mut cfg = stdio_config();
+    cfg.session.request_timeout = Duration::from_millis(400);
+    let gw = start(cfg).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let r = c.request("tools/call", json!({"name": "work", "arguments": {"ms": 3000}})).await;
+    assert_eq!(r.answer["error"]["code"], -32012, "{}", r.answer);
+    assert_eq!(r.answer["error"]["data"]["reason"], "upstream_timeout");
+    let mut legacy = Client::new(&gw, Front::LegacySse);
+    legacy.connect().await;
+    let r = legacy.request("tools/call", json!({"name": "work", "arguments": {"ms": 3000}})).await;
+    assert_eq!(r.answer["error"]["code"], -32012, "legacy: {}", r.answer);
+    // The session goes on.
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "ok"})).await), "ok");
+    gw.shutdown().await;
+}
+
+/// A stdout line that is not JSON is logged and skipped, not fatal.
+#[tokio::test]
+async fn stdout_noise_from_the_child_is_skipped() {
+    let script = format!("echo 'starting up, not JSON'; echo '{{broken'; echo '[1,2]'; exec '{}'", echo_command()[0]);
+    let gw = start(config(UpstreamSpec::Stdio { command: vec!["sh".into(), "-c".into(), script] })).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "clean"})).await), "clean");
+    gw.shutdown().await;
+}
+
+/// Closing a session stops the child's whole process group, grandchildren included.
+#[tokio::test]
+async fn closing_a_session_kills_the_childs_process_group() {
+    let dir = temp_dir("pgroup");
+    let pidfile = dir.join("grandchild.pid");
+    let script = format!("sleep 300 & echo $! > '{}'; exec '{}'", pidfile.display(), echo_command()[0]);
+    let gw = start(config(UpstreamSpec::Stdio { command: vec!["sh".into(), "-c".into(), script] })).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let grandchild: u32 = std::fs::read_to_string(&pidfile).expect("pid file").trim().parse().expect("pid");
+    assert!(std::path::Path::new(&format!("/proc/{grandchild}")).exists());
+    assert_eq!(c.close().await, StatusCode::OK);
+    eventually("the grandchild is gone", || {
+        let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+    .await;
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -6,6 +6,11 @@
 //! answers), `later` (answers, then logs outside any request) and `burst` (answers, then logs
 //! `count` numbered messages outside any request). Resources: `echo://counter` (subscribable; `bump` updates it). Handles
 //! `logging/setLevel`, `resources/subscribe`, `ping`.
+//!
+//! Two test hooks make a restart look like an upgrade: if the file named by
+//! `TETHER_ECHO_EXTRA_TOOL_FILE` exists, `tools/list` also offers a tool named by its content;
+//! if the file named by `TETHER_ECHO_VERSION_FILE` exists, `initialize` answers with the
+//! protocol version it holds.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::sync::{Arc, Mutex};
@@ -58,7 +63,12 @@ fn main() {
         let result = match method {
             "initialize" => {
                 let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
-                let v = if VERSIONS.contains(&asked) { asked } else { VERSIONS[3] };
+                let forced = hook_file("TETHER_ECHO_VERSION_FILE");
+                let v = match forced.as_deref() {
+                    Some(f) => f,
+                    None if VERSIONS.contains(&asked) => asked,
+                    None => VERSIONS[3],
+                };
                 Ok(json!({
                     "protocolVersion": v,
                     "capabilities": {"tools": {"listChanged": true}, "logging": {}, "resources": {"subscribe": true, "listChanged": true}},
@@ -67,7 +77,13 @@ fn main() {
                 }))
             }
             "ping" => Ok(json!({})),
-            "tools/list" => Ok(json!({"tools": tools()})),
+            "tools/list" => {
+                let mut list = tools();
+                if let (Some(name), Some(arr)) = (hook_file("TETHER_ECHO_EXTRA_TOOL_FILE"), list.as_array_mut()) {
+                    arr.push(json!({"name": name, "description": "An extra tool.", "inputSchema": {"type": "object"}}));
+                }
+                Ok(json!({"tools": list}))
+            }
             "tools/call" => {
                 let name = params.get("name").and_then(Value::as_str).unwrap_or("");
                 let args = params.get("arguments").cloned().unwrap_or(json!({}));
@@ -148,6 +164,12 @@ fn main() {
         };
         out.send(&reply(result));
     }
+}
+
+/// The trimmed content of the file named by the environment variable `var`, if it exists.
+fn hook_file(var: &str) -> Option<String> {
+    let path = std::env::var_os(var)?;
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
 
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
