@@ -157,25 +157,30 @@ impl GatewayError {
             E::UpstreamUnavailable(d) => w(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
-                Some(json!({ "reason": "upstream_unavailable", "detail": d })),
+                Some(json!({ "reason": "upstream_unavailable", "class": "transport_error", "detail": d })),
                 Fault::Upstream,
             ),
             E::CrashLoop { retry_after_s } => w(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::UPSTREAM_UNAVAILABLE,
-                Some(json!({ "reason": "crash_loop", "retry_after_s": retry_after_s })),
+                Some(json!({ "reason": "crash_loop", "class": "transport_error", "retry_after_s": retry_after_s })),
                 Fault::Upstream,
             ),
             E::UpstreamRefused { status, detail } => w(
                 StatusCode::BAD_GATEWAY,
                 code::UPSTREAM_UNAVAILABLE,
-                Some(json!({ "reason": "upstream_refused", "status": status, "detail": detail })),
+                Some(json!({
+                    "reason": "upstream_refused",
+                    "class": if *status == 409 { "session_conflict" } else { "transport_error" },
+                    "status": status,
+                    "detail": detail
+                })),
                 Fault::Upstream,
             ),
             E::UpstreamRestarted(d) => w(
                 StatusCode::OK,
                 code::UPSTREAM_RESTARTED,
-                Some(json!({ "reason": "upstream_restarted", "detail": d })),
+                Some(json!({ "reason": "upstream_restarted", "class": "transport_error", "detail": d })),
                 Fault::Upstream,
             ),
             E::UpstreamTimeout(_) => {
@@ -184,7 +189,9 @@ impl GatewayError {
             E::VersionChanged { was, now } => w(
                 StatusCode::OK,
                 code::UPSTREAM_UNAVAILABLE,
-                Some(json!({ "reason": "protocol_version_changed", "was": was, "now": now })),
+                Some(
+                    json!({ "reason": "protocol_version_changed", "class": "session_invalid", "was": was, "now": now }),
+                ),
                 Fault::Upstream,
             ),
             E::ShuttingDown => {

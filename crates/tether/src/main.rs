@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tether::bridge::BridgeArgs;
 use tether::config::{Config, ServeArgs};
 
 /// Exit status for usage and configuration errors (EX_USAGE).
@@ -23,6 +24,10 @@ enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and print it as it would be used.
     CheckConfig(ServeArgs),
+    /// Be a local stdio MCP server for a stdio-only client (a desktop app), in front of a remote
+    /// MCP server over Streamable HTTP or legacy SSE; never drops the pipe while the remote is
+    /// away, and heals the remote session when it is lost.
+    Bridge(BridgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Bridge(args) => bridge(&args),
     }
 }
 
@@ -113,4 +119,39 @@ async fn shutdown_signal() {
         eprintln!("tether: second signal, exiting now");
         std::process::exit(130);
     });
+}
+
+fn bridge(args: &BridgeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether bridge: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let log_file = match &args.log_file {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("tether bridge: --log-file {}: {e}", path.display());
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => None,
+    };
+    tether::telemetry::init_bridge(&args.log_level, log_file);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tether bridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tether::bridge::run(config, tokio::io::stdin(), tokio::io::stdout())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether bridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

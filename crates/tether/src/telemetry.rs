@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use tracing_subscriber::fmt as fmt_builder;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
@@ -93,6 +94,20 @@ pub fn init(level: &str, format: LogFormat) -> LogControl {
             LogControl { handle, current: Arc::new(Mutex::new(text)) }
         })
         .clone()
+}
+
+/// Logging for `tether bridge`: never on stdout (it carries the protocol); on stderr, or in
+/// `file` when given. `RUST_LOG` wins over `level`.
+pub fn init_bridge(level: &str, file: Option<std::fs::File>) {
+    let text = std::env::var("RUST_LOG").ok().filter(|f| parse_filter(f).is_ok()).unwrap_or_else(|| level.to_owned());
+    let filter = parse_filter(&text).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = match file {
+        Some(f) => fmt_builder::fmt().with_env_filter(filter).with_ansi(false).with_writer(Mutex::new(f)).try_init(),
+        None => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            fmt_builder::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init()
+        }
+    };
 }
 
 #[cfg(test)]

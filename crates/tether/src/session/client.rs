@@ -75,14 +75,20 @@ impl Session {
     ) -> Result<(), GatewayError> {
         let Some(msg) = p.upstream_msg.clone() else { return Ok(()) };
         let mut undelivered = 0;
+        let mut waits = 0u32;
         let deadline = p.started + self.deps.config.request_timeout;
         loop {
             let up = match self.upstream(stale).await {
                 Ok(up) => up,
                 // An upstream that served this session before and is away now (a server being
                 // restarted) is waited for, with backoff, until the request's deadline.
-                Err(GatewayError::UpstreamUnavailable(d)) if self.has_bound() && Instant::now() < deadline => {
-                    tracing::debug!(session_id = %self.id, error = %d, "upstream away; waiting for it");
+                Err(GatewayError::UpstreamUnavailable(d))
+                    if self.has_bound()
+                        && Instant::now() < deadline
+                        && self.deps.config.reconnect_attempts.is_none_or(|n| waits < n) =>
+                {
+                    waits += 1;
+                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "upstream away; waiting for it");
                     continue;
                 }
                 Err(e) => return Err(e),

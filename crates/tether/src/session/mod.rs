@@ -61,6 +61,9 @@ pub struct SessionConfig {
     pub retry_tools: Vec<String>,
     /// How long stored SSE events are kept.
     pub retention: Retention,
+    /// How many times a request waits for an away upstream to come back (`None`: until the
+    /// request's deadline).
+    pub reconnect_attempts: Option<u32>,
     /// Messages kept for a standalone stream that is not open yet.
     pub backlog: usize,
     /// The most live sessions at once.
@@ -80,6 +83,7 @@ impl Default for SessionConfig {
             restart: RestartPolicy::default(),
             retry_tools: Vec::new(),
             retention: Retention::default(),
+            reconnect_attempts: None,
             backlog: 256,
             max_sessions: 10_000,
             upstream: UpstreamOptions::default(),

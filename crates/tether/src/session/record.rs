@@ -15,6 +15,8 @@ pub enum Transport {
     StreamableHttp,
     /// Legacy HTTP+SSE (`GET /sse` + `POST /messages/`).
     LegacySse,
+    /// The bridge's stdio front (one local client).
+    Stdio,
 }
 
 impl Transport {
@@ -23,6 +25,7 @@ impl Transport {
         match self {
             Transport::StreamableHttp => "streamable-http",
             Transport::LegacySse => "sse",
+            Transport::Stdio => "stdio",
         }
     }
 }

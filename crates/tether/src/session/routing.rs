@@ -256,8 +256,12 @@ impl Session {
             gids.iter().filter_map(|g| r.pending.remove(g).map(|p| (*g, p))).collect()
         };
         let unexpected = reason != QuitReason::Closed;
-        if unexpected {
+        // A binding whose revive failed was never in service: its failure is counted there.
+        let was_serving = self.current().is_some_and(|u| u.generation() == generation);
+        if unexpected && was_serving {
             self.binding_died();
+        }
+        if unexpected {
             info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
             self.note_error(format_args!("upstream connection lost: {reason}"));
         }

@@ -61,8 +61,9 @@ pub enum Origin {
 pub enum QuitReason {
     /// The stdio child exited (with its status as text).
     Exited(String),
-    /// The upstream forgot our session (404, or a 400 "no valid session").
-    SessionLost,
+    /// The upstream forgot our session (404, or a 400 "no valid session"), with its class:
+    /// `session_terminated`, `session_expired`, `session_invalid` or `session_conflict`.
+    SessionLost(&'static str),
     /// A stream we depended on ended or the connection failed.
     Disconnected(String),
     /// tether closed it (session closed, idle reap, shutdown).
@@ -73,7 +74,7 @@ impl std::fmt::Display for QuitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QuitReason::Exited(s) => write!(f, "exited ({s})"),
-            QuitReason::SessionLost => f.write_str("upstream session lost"),
+            QuitReason::SessionLost(class) => write!(f, "upstream session lost ({class})"),
             QuitReason::Disconnected(s) => write!(f, "disconnected ({s})"),
             QuitReason::Closed => f.write_str("closed"),
         }

@@ -89,7 +89,8 @@ impl Handle {
         }
         let body = resp.bytes().await.unwrap_or_default();
         if super::streamable::is_session_lost(status, true, &body) {
-            self.lost(QuitReason::SessionLost, gid.into_iter().collect()).await;
+            let class = super::streamable::session_loss_class(status, &body);
+            self.lost(QuitReason::SessionLost(class), gid.into_iter().collect()).await;
             return Err(SendError::SessionLost);
         }
         Err(SendError::Refused { status, detail: String::from_utf8_lossy(&body).chars().take(200).collect() })
@@ -102,7 +103,8 @@ impl Handle {
             self.reader.abort();
             let events = self.events.clone();
             tokio::spawn(async move {
-                let _ = events.send(UpstreamEvent::Closed(QuitReason::SessionLost, Vec::new())).await;
+                let _ =
+                    events.send(UpstreamEvent::Closed(QuitReason::SessionLost("session_invalid"), Vec::new())).await;
             });
         }
     }

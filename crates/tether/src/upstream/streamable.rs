@@ -70,7 +70,7 @@ impl Handle {
     /// settled.
     pub fn mark_lost(&self) {
         let shared = self.shared.clone();
-        tokio::spawn(async move { shared.lost(QuitReason::SessionLost, Vec::new()).await });
+        tokio::spawn(async move { shared.lost(QuitReason::SessionLost("session_invalid"), Vec::new()).await });
     }
 
     /// Whether the upstream session is still believed valid.
@@ -138,7 +138,8 @@ impl Handle {
         let body = resp.bytes().await.unwrap_or_default();
         if is_session_lost(status.as_u16(), had_session, &body) {
             // The upstream refused it without running it: it may be sent again.
-            shared.lost(QuitReason::SessionLost, gid.into_iter().collect()).await;
+            let class = session_loss_class(status.as_u16(), &body);
+            shared.lost(QuitReason::SessionLost(class), gid.into_iter().collect()).await;
             return Err(SendError::SessionLost);
         }
         // An HTTP error that carries a JSON-RPC error for this request is the upstream's answer.
@@ -261,7 +262,7 @@ async fn read_sse(shared: Arc<Shared>, resp: reqwest::Response, origin: Origin, 
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
                 if is_session_lost(status, true, &body) {
-                    shared.lost(QuitReason::SessionLost, Vec::new()).await;
+                    shared.lost(QuitReason::SessionLost(session_loss_class(status, &body)), Vec::new()).await;
                 }
                 return;
             }
@@ -350,7 +351,7 @@ async fn standalone(shared: Arc<Shared>) {
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
                 if is_session_lost(status, true, &body) {
-                    shared.lost(QuitReason::SessionLost, Vec::new()).await;
+                    shared.lost(QuitReason::SessionLost(session_loss_class(status, &body)), Vec::new()).await;
                     return;
                 }
                 // 409: another GET stream is open upstream; back off and try again.
@@ -381,6 +382,17 @@ pub fn is_session_lost(status: u16, had_session: bool, body: &[u8]) -> bool {
     }
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     text.contains("session") || text.contains("\"code\":-32001")
+}
+
+/// How a lost session is classified in logs and error data.
+pub fn session_loss_class(status: u16, body: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    match status {
+        _ if text.contains("expired") => "session_expired",
+        409 => "session_conflict",
+        404 => "session_terminated",
+        _ => "session_invalid",
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {

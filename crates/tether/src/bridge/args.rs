@@ -1,0 +1,160 @@
+//! `tether bridge` flags, and the validated [`BridgeConfig`] made from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// How to reach the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportChoice {
+    /// Probe the URL: legacy SSE if it answers with an `endpoint` event, else Streamable HTTP.
+    Auto,
+    /// Streamable HTTP.
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05).
+    Sse,
+}
+
+/// `tether bridge` flags; each also reads a `TETHER_BRIDGE_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct BridgeArgs {
+    /// The remote MCP endpoint, e.g. https://host/mcp (or its /sse endpoint)
+    #[arg(value_name = "URL", env = "TETHER_BRIDGE_URL")]
+    pub url: String,
+    /// An HTTP header for every request to the remote, as 'Name: value'; `${VAR}` in the value
+    /// is replaced by the environment variable (repeatable)
+    #[arg(long = "header", short = 'H', value_name = "'NAME: VALUE'")]
+    pub headers: Vec<String>,
+    /// The remote transport
+    #[arg(long, value_enum, default_value = "auto", env = "TETHER_BRIDGE_TRANSPORT")]
+    pub transport: TransportChoice,
+    /// How long the first connection is retried before the client gets an error
+    #[arg(long, default_value = "30s", value_name = "DURATION", env = "TETHER_BRIDGE_CONNECT_TIMEOUT")]
+    pub connect_timeout: String,
+    /// How many times a request waits for the remote to come back (default: unlimited, until --timeout)
+    #[arg(long, value_name = "N", env = "TETHER_BRIDGE_RETRY_ATTEMPTS")]
+    pub retry_attempts: Option<u32>,
+    /// The first reconnection delay; it doubles, with jitter
+    #[arg(long, default_value = "500ms", value_name = "DURATION", env = "TETHER_BRIDGE_RETRY_DELAY")]
+    pub retry_delay: String,
+    /// The longest one request may take, reconnections included
+    #[arg(long, default_value = "5m", value_name = "DURATION", env = "TETHER_BRIDGE_TIMEOUT")]
+    pub timeout: String,
+    /// Write logs to this file instead of stderr (stdout carries the protocol)
+    #[arg(long, value_name = "FILE", env = "TETHER_BRIDGE_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Log filter (RUST_LOG syntax)
+    #[arg(long, default_value = "info", value_name = "FILTER", env = "TETHER_BRIDGE_LOG_LEVEL")]
+    pub log_level: String,
+}
+
+/// The validated bridge configuration.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The remote endpoint.
+    pub url: String,
+    /// Headers sent with every request to the remote.
+    pub headers: HeaderMap,
+    /// The remote transport.
+    pub transport: TransportChoice,
+    /// How long the first connection is retried.
+    pub connect_timeout: Duration,
+    /// Reconnection attempts per request (`None`: unlimited).
+    pub retry_attempts: Option<u32>,
+    /// The first reconnection delay.
+    pub retry_delay: Duration,
+    /// The per-request timeout.
+    pub timeout: Duration,
+}
+
+impl BridgeArgs {
+    /// Validates the flags; errors name the flag.
+    pub fn config(&self) -> Result<BridgeConfig, String> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("URL {:?}: {e}", self.url))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("URL {:?}: use http or https", self.url));
+        }
+        let dur = |flag: &str, text: &str| {
+            humantime::parse_duration(text).map_err(|e| format!("--{flag} {text:?}: {e} (use e.g. 500ms, 30s, 5m)"))
+        };
+        let mut headers = HeaderMap::new();
+        for h in &self.headers {
+            let (name, value) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: use 'Name: value'"))?;
+            let value = expand_env(value.trim()).map_err(|e| format!("--header {name}: {e}"))?;
+            let name = HeaderName::try_from(name.trim()).map_err(|e| format!("--header {name:?}: {e}"))?;
+            let mut value = HeaderValue::try_from(value).map_err(|e| format!("--header {name}: {e}"))?;
+            value.set_sensitive(true);
+            headers.append(name, value);
+        }
+        Ok(BridgeConfig {
+            url: self.url.clone(),
+            headers,
+            transport: self.transport,
+            connect_timeout: dur("connect-timeout", &self.connect_timeout)?,
+            retry_attempts: self.retry_attempts.filter(|n| *n > 0),
+            retry_delay: dur("retry-delay", &self.retry_delay)?,
+            timeout: dur("timeout", &self.timeout)?,
+        })
+    }
+}
+
+/// Replaces every `${NAME}` with the environment variable NAME; an unset one is an error.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_is_expanded_in_header_values() {
+        // PATH is set in any environment a test runs in.
+        let path = std::env::var("PATH").expect("PATH");
+        assert_eq!(expand_env("Bearer ${PATH}").expect("expands"), format!("Bearer {path}"));
+        assert_eq!(expand_env("plain").expect("no vars"), "plain");
+        assert!(expand_env("${TETHER_SURELY_UNSET_VARIABLE_123}").is_err());
+        assert!(expand_env("${OPEN").is_err());
+    }
+
+    fn args(url: &str, headers: &[&str]) -> BridgeArgs {
+        BridgeArgs {
+            url: url.into(),
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            transport: TransportChoice::Auto,
+            connect_timeout: "30s".into(),
+            retry_attempts: None,
+            retry_delay: "500ms".into(),
+            timeout: "5m".into(),
+            log_file: None,
+            log_level: "info".into(),
+        }
+    }
+
+    #[test]
+    fn flags_are_validated_with_the_flag_named() {
+        let c =
+            args("http://127.0.0.1:1/mcp", &["X-Team: a", "Authorization: Bearer ${PATH}"]).config().expect("valid");
+        assert_eq!(c.headers.len(), 2);
+        assert!(c.headers["authorization"].is_sensitive());
+        assert!(args("ftp://x/mcp", &[]).config().expect_err("scheme").contains("http"));
+        assert!(args("http://x/mcp", &["NoColon"]).config().expect_err("header").contains("--header"));
+        let mut a = args("http://x/mcp", &[]);
+        a.timeout = "soon".into();
+        assert!(a.config().expect_err("duration").contains("--timeout"));
+    }
+}
