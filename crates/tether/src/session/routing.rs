@@ -269,8 +269,9 @@ impl Session {
         for (gid, mut p) in orphans {
             let Reply::Client(sink) = &p.reply else { continue };
             let sink = sink.clone();
-            if undelivered.contains(&gid) && !self.is_closed() {
-                // It never reached the upstream: send it again, whatever it is.
+            if undelivered.contains(&gid) && p.method != "initialize" && !self.is_closed() {
+                // It never reached the upstream: send it again, whatever it is. (An initialize
+                // whose first upstream died at once is answered with why, below.)
                 retried = true;
                 self.spawn_dispatch(gid, p, sink, generation);
                 continue;
@@ -329,7 +330,7 @@ impl Session {
                         let client_id = p.client_id.clone();
                         if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
                             let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                            me.emit(&sink, data, true, None).await;
+                            me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
                         }
                         return;
                     }
@@ -351,7 +352,7 @@ impl Session {
         tokio::spawn(async move {
             if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
                 let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                me.emit(&sink, data, true, None).await;
+                me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
             }
         });
     }
