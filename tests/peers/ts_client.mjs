@@ -33,10 +33,25 @@
 // until it reads a line `go` on stdin. Kill points: `between` (nothing in flight), `during` (a call
 // in flight) and, with server-everything, `during-unsafe`. Check lines are named `heal:<step>` and
 // end with the same `N passed, N failed` line; see the "scenario: heal" section below.
+//
+// Scenario `--scenario restart [--restarts N] [--upstream-kind ...]`: ONE session throughout, while
+// a harness kills TETHER ITSELF (kill -9) and starts it again on the same store and port. The
+// driver stops only at between-calls kill points `between-1` … `between-N` (N = --restarts,
+// default 2), with the same kill-point / `go` protocol; check lines are named `restart:<step>`.
+// See the "scenario: restart" section below.
+//
+// Scenario `--scenario bridge --transport stdio --command "<tether> bridge <URL> …"`: the SDK spawns
+// `tether bridge` (a local stdio MCP server in front of a remote one) and keeps ONE stdio session
+// with it while a harness kills and restarts the REMOTE at kill points `between`, `during`,
+// `during-unsafe`, `down` (the remote stays down ~1.5 s after `go`) and `during-down`, with the
+// same kill-point / `go` protocol; check lines are named `bridge:<step>`. See the "scenario: bridge"
+// section below. `--transport stdio` (with `--command`, split like a shell would) can also run the
+// plain checks through a spawned stdio server.
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import {
   CreateMessageRequestSchema,
   ElicitRequestSchema,
@@ -60,8 +75,10 @@ const SUBSCRIBE_TOOL = "toggle-subscriber-updates";
 function usage(msg) {
   process.stderr.write(
     `${msg ? msg + "\n" : ""}usage: ts_client.mjs --url URL [--transport streamable-http|sse] [--checks ${ALL_CHECKS.join(",")}]\n` +
+      "       ts_client.mjs --transport stdio --command 'SERVER COMMAND LINE' [...]\n" +
       "       [--log-level info] [--wait 20] [--request-timeout 30] [--check-timeout 60] [--trace]\n" +
-      "       [--scenario checks|heal] [--upstream-kind auto|server-everything|fixture] [--kill-timeout 90] [--scenario-timeout 300]\n",
+      "       [--scenario checks|heal|restart|bridge] [--upstream-kind auto|server-everything|fixture] [--kill-timeout 90] [--scenario-timeout 300]\n" +
+      "       [--restarts 2]\n",
   );
   process.exit(2);
 }
@@ -80,6 +97,8 @@ function parseArgs(argv) {
     upstreamKind: "auto",
     killTimeout: 90,
     scenarioTimeout: 300,
+    restarts: 2,
+    command: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
@@ -100,18 +119,23 @@ function parseArgs(argv) {
       case "--upstream-kind": a.upstreamKind = v(); break;
       case "--kill-timeout": a.killTimeout = Number(v()); break;
       case "--scenario-timeout": a.scenarioTimeout = Number(v()); break;
+      case "--restarts": a.restarts = Number(v()); break;
+      case "--command": a.command = v(); break;
       case "-h": case "--help": usage(); break;
       default: usage(`unknown argument ${k}`);
     }
   }
-  if (!a.url) usage("--url is required");
-  if (!["streamable-http", "sse"].includes(a.transport)) usage(`bad --transport ${a.transport}`);
+  if (!["streamable-http", "sse", "stdio"].includes(a.transport)) usage(`bad --transport ${a.transport}`);
+  if (a.transport === "stdio" && !a.command) usage("--transport stdio needs --command");
+  if (a.transport !== "stdio" && !a.url) usage("--url is required");
   if (!LEVELS.includes(a.logLevel)) usage(`bad --log-level ${a.logLevel}`);
   a.names = a.checks.split(",").map((s) => s.trim()).filter(Boolean);
   const unknown = a.names.filter((n) => !ALL_CHECKS.includes(n));
-  if (!["checks", "heal"].includes(a.scenario)) usage(`bad --scenario ${a.scenario}`);
+  if (!["checks", "heal", "restart", "bridge"].includes(a.scenario)) usage(`bad --scenario ${a.scenario}`);
+  if (a.scenario === "bridge" && a.transport !== "stdio") usage("--scenario bridge needs --transport stdio");
   if (!["auto", "server-everything", "fixture"].includes(a.upstreamKind)) usage(`bad --upstream-kind ${a.upstreamKind}`);
-  if (a.scenario === "heal" && a.transport !== "streamable-http") usage("--scenario heal needs --transport streamable-http");
+  if (["heal", "restart"].includes(a.scenario) && a.transport !== "streamable-http") usage(`--scenario ${a.scenario} needs --transport streamable-http`);
+  if (a.scenario === "restart" && !(Number.isInteger(a.restarts) && a.restarts >= 1)) usage(`bad --restarts ${a.restarts}`);
   if (a.scenario === "checks" && (unknown.length || !a.names.length)) usage(`unknown checks ${JSON.stringify(unknown)}; known: ${ALL_CHECKS}`);
   return a;
 }
@@ -237,12 +261,13 @@ function makeClient(args, rec) {
   client.onerror = (e) => {
     rec.errors.push(String(e?.message ?? e));
   };
-  const url = new URL(args.url);
   const fetchFn = tracingFetch(rec);
   const transport =
-    args.transport === "sse"
-      ? new SSEClientTransport(url, { fetch: fetchFn })
-      : new StreamableHTTPClientTransport(url, { fetch: fetchFn });
+    args.transport === "stdio"
+      ? new TapStdioTransport(args, rec)
+      : args.transport === "sse"
+        ? new SSEClientTransport(new URL(args.url), { fetch: fetchFn })
+        : new StreamableHTTPClientTransport(new URL(args.url), { fetch: fetchFn });
   // Record the negotiated version (the Client hands it to the transport after initialize).
   const orig = transport.setProtocolVersion?.bind(transport);
   transport.setProtocolVersion = (v) => {
@@ -478,10 +503,12 @@ class Heal {
     this.kind = "";
     this.sid = null;
     this.tools = new Map();
+    // The check-name prefix of this scenario's lines.
+    this.prefix = "heal";
   }
 
   record(name, ok, detail) {
-    process.stdout.write(JSON.stringify({ check: `heal:${name}`, ok, detail }) + "\n");
+    process.stdout.write(JSON.stringify({ check: `${this.prefix}:${name}`, ok, detail }) + "\n");
     if (ok) this.passed++;
     else this.failed++;
   }
@@ -660,14 +687,16 @@ class Heal {
     }
     if (this.kind === "server-everything") await this.everything();
     else await this.fixture();
-    await this.step("session-stable", async () => {
-      const reqs = this.requests();
-      const inits = reqs.filter((r) => r.method === "initialize").length;
-      const sids = [...new Set(reqs.map((r) => r.sid).filter((s) => s !== "-"))].sort();
-      const notFound = this.rec.wire.filter((l) => / <- 404 /.test(l));
-      const ok = inits === 1 && sids.length === 1 && sids[0] === this.sid && this.transport.sessionId === this.sid && !notFound.length;
-      return [ok, { initialize_requests: inits, session_ids_used: sids, http_404: notFound.slice(0, 3), requests: reqs.length, kill_points: this.kp.seen }];
-    });
+    await this.step("session-stable", () => this.sessionStable());
+  }
+
+  async sessionStable() {
+    const reqs = this.requests();
+    const inits = reqs.filter((r) => r.method === "initialize").length;
+    const sids = [...new Set(reqs.map((r) => r.sid).filter((s) => s !== "-"))].sort();
+    const notFound = this.rec.wire.filter((l) => / <- 404 /.test(l));
+    const ok = inits === 1 && sids.length === 1 && sids[0] === this.sid && this.transport.sessionId === this.sid && !notFound.length;
+    return [ok, { initialize_requests: inits, session_ids_used: sids, http_404: notFound.slice(0, 3), requests: reqs.length, kill_points: this.kp.seen }];
   }
 
   // server-everything ------------------------------------------------------------------------
@@ -819,11 +848,386 @@ class Heal {
   }
 }
 
+// ---------------------------------------------------------------------------- scenario: restart
+//
+// `--scenario restart`: ONE client session throughout, while the harness kills tether itself with
+// SIGKILL and starts it again on the same session store and the same port (its stdio upstream
+// dies with it and is revived by replay on the next request). The driver stops only where no
+// request of ours is in flight: kill points `between-1` … `between-N`. After each one, checked:
+//   * `<kp>:call` — tools/call succeeds on the same Mcp-Session-Id (and at the end
+//     `session-stable`: exactly one initialize on the wire for the whole run, one session id, no
+//     HTTP 404);
+//   * `<kp>:get-stream` — the SDK re-opened its standalone GET stream on the new tether (server
+//     messages that belong to no request — resources/updated, server-everything's logs — travel
+//     only there). The SDK retries a broken GET stream twice, 1 s apart (tether's `retry` hint),
+//     with a fresh count for every break: tether must be back within about 2 s;
+//   * `<kp>:subscription` — the subscription made before the first restart still holds: the new
+//     upstream process acts on it though it knows of it only from tether's replay (the fixture:
+//     test://watched-resource's version, read with resources/read, goes >= 1 — it only counts
+//     while subscribed — and its resources/updated arrive; server-everything: its
+//     resources/updated arrive);
+//   * `<kp>:level` — the log level "error" set before the first restart still filters: the same
+//     info-level trigger as in the heal scenario delivers nothing below "error";
+// and after the last one `<kp>:level-control`: at "debug" the trigger does deliver, so the
+// negative above is the level and not a broken channel. Before the first kill, `pre:*` steps set
+// this state up and check it works on the first tether. (py_client.py's version of this scenario
+// has to allow for an mcp 2.3.0 limit on re-opening the GET stream; this SDK has none.)
+
+// How long the SDK may take to re-open its GET stream after a restart.
+const GET_REOPEN_WAIT_S = 8;
+
+class Restart extends Heal {
+  constructor(...a) {
+    super(...a);
+    this.prefix = "restart";
+  }
+
+  points() {
+    return Array.from({ length: this.args.restarts }, (_, i) => `between-${i + 1}`);
+  }
+
+  getStreams() {
+    return this.rec.wire.filter((l) => / -> GET /.test(l) || / for GET /.test(l)).slice(-6);
+  }
+
+  async run() {
+    if (!(await this.step("connect", () => this.connect()))) {
+      for (const p of this.points()) await this.kp.hit(p); // keep the harness in step
+      return;
+    }
+    if (this.kind === "server-everything") await this.restartEverything();
+    else await this.restartFixture();
+    await this.step("session-stable", () => this.sessionStable());
+  }
+
+  // `<kp>:call`, then `<kp>:get-stream`. Returns whether the GET stream is open again.
+  async afterRestart(name, markWire) {
+    await this.step(`${name}:call`, () => this.simpleCall(true));
+    const reopened = () => this.rec.wire.slice(markWire).find((l) => / <- \d+ .* for GET $/.test(l));
+    const line = await this.rec.waitFor(reopened, GET_REOPEN_WAIT_S);
+    return this.step(`${name}:get-stream`, async () => {
+      const ok = !!line && / <- 200 /.test(line);
+      return [ok, { reopened: ok, answer: line ? line.split(" <- ")[1].trim() : null, get_streams: this.getStreams() }];
+    });
+  }
+
+  async restartEverything() {
+    const { client, rec, opts } = this;
+    const st = {};
+    const toggle = async (expect) => {
+      const [ok, text] = await this.callText(SUBSCRIBE_TOOL);
+      if (!ok || !text.includes(expect)) throw new Error(`${SUBSCRIBE_TOOL}: expected ${JSON.stringify(expect)}, got ${JSON.stringify(text.slice(0, 120))}`);
+      return text.slice(0, 60);
+    };
+    const acks = (mark) => rec.logs.slice(mark).filter((l) => l.level === "info" && l.data.includes("Subscribe"));
+    const levelControl = async () => {
+      if (!st.uri) {
+        const resources = await client.listResources(undefined, opts);
+        if (!resources.resources.length) return [false, { error: "resources/list returned no resources" }];
+        st.uri = resources.resources[0].uri;
+      }
+      await client.setLoggingLevel("debug", opts);
+      const mark = rec.logs.length;
+      await client.subscribeResource({ uri: st.uri }, opts);
+      await rec.waitFor(() => acks(mark).length > 0, 10);
+      const got = acks(mark).length > 0;
+      return [got, { level: "debug", uri: st.uri, info_ack_arrived: got, logs: rec.logs.slice(mark) }];
+    };
+
+    await this.step("pre:level-control", levelControl);
+    if (st.uri) {
+      await this.step("pre:subscribe", async () => {
+        await client.setLoggingLevel("error", opts);
+        const markL = rec.logs.length;
+        await client.subscribeResource({ uri: st.uri }, opts); // its info ack must be filtered out now
+        const markU = rec.updates.length;
+        const on = await toggle("Started");
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        await sleep(500);
+        const below = this.below(rec.logs.slice(markL), "error");
+        const off = await toggle("Stopped"); // nothing runs on a timer across the kill
+        st.preLevel = [below.length === 0, { level: "error", below_level: below }];
+        return [got, { uri: st.uri, update_arrived: got, toggle_on: on, toggle_off: off }];
+      });
+      await this.step("pre:level", async () => st.preLevel ?? [false, { error: "not run: the subscribe step failed" }]);
+    }
+    await this.step("pre:call", () => this.simpleCall(false));
+    const points = this.points();
+    let getOpen = true;
+    for (const name of points) {
+      await this.kp.hit(name);
+      const markGo = rec.logs.length;
+      getOpen = await this.afterRestart(name, rec.wire.length);
+      if (!st.uri || !getOpen) continue;
+      await this.step(`${name}:subscription`, async () => {
+        const markU = rec.updates.length;
+        const on = await toggle("Started");
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        const off = await toggle("Stopped");
+        return [got, { uri: st.uri, toggle_on: on, update_arrived: got, toggle_off: off,
+                       note: "the new upstream knows the subscription only from tether's replay" }];
+      });
+      await this.step(`${name}:level`, async () => {
+        await client.subscribeResource({ uri: st.uri }, opts); // would log an info ack if the level had not held
+        const markU = rec.updates.length;
+        await toggle("Started"); // sends a resources/updated at once, after the ack on the same stream
+        await rec.waitFor(() => this.updates(st.uri, markU).length > 0, this.args.wait);
+        const got = this.updates(st.uri, markU).length > 0;
+        await sleep(500);
+        const below = this.below(rec.logs.slice(markGo), "error");
+        await toggle("Stopped");
+        return [got && below.length === 0, { level: "error (set before the first restart)", marker_update_arrived: got,
+                                              below_level_since_restart: below, logs_since_restart: rec.logs.slice(markGo) }];
+      });
+    }
+    if (st.uri && getOpen) await this.step(`${points.at(-1)}:level-control`, levelControl);
+  }
+
+  async restartFixture() {
+    const { client, rec, opts } = this;
+    const loggingCall = async (level, settleS) => {
+      if (level !== null) await client.setLoggingLevel(level, opts);
+      const mark = rec.logs.length;
+      const [ok, text] = await this.callText(FIX_LOG_TOOL);
+      await rec.waitFor(() => rec.logs.length - mark >= 3, settleS);
+      return [ok, { level: level ?? "error (set before the first restart)", result: text.slice(0, 80), logs: rec.logs.slice(mark) }];
+    };
+    const levelControl = async () => {
+      const [ok, d] = await loggingCall("debug", 5);
+      return [ok && d.logs.filter((l) => l.level === "info").length >= 3, d];
+    };
+    // After a restart the level is NOT set again: it must still hold.
+    const levelHolds = async (setIt, markGo = null) => {
+      const [ok, d] = await loggingCall(setIt ? "error" : null, 1);
+      d.below_level = this.below(markGo === null ? d.logs : rec.logs.slice(markGo), "error");
+      return [ok && d.below_level.length === 0, d];
+    };
+    const readVersion = async () => {
+      const r = await client.readResource({ uri: FIX_WATCHED }, opts);
+      const m = /version (\d+)\s*$/.exec(r.contents.map((c) => c.text ?? "").join(""));
+      return m ? Number(m[1]) : null;
+    };
+    // A fresh process that was not subscribed never bumps the version: a read of >= 1 proves the
+    // (replayed) subscription drives the new process's timer. Its resources/updated must then
+    // reach us too.
+    const subscription = async (mark) => {
+      const versions = [];
+      const deadline = Date.now() + this.args.wait * 1000;
+      while (Date.now() < deadline) {
+        const v = await readVersion();
+        versions.push(v);
+        if (v !== null && v >= 1) break;
+        await sleep(500);
+      }
+      const counts = versions.length > 0 && versions.at(-1) !== null && versions.at(-1) >= 1;
+      await rec.waitFor(() => this.updates(FIX_WATCHED, mark).length > 0, Math.max(1, (deadline - Date.now()) / 1000));
+      const got = this.updates(FIX_WATCHED, mark).length > 0;
+      const d = { uri: FIX_WATCHED, versions_read: versions, version_counts: counts, update_arrived: got };
+      if (!(counts && got)) d.get_streams = this.getStreams();
+      return [counts && got, d];
+    };
+
+    await this.step("pre:level-control", levelControl);
+    await this.step("pre:level", () => levelHolds(true));
+    await this.step("pre:subscribe", async () => {
+      await client.subscribeResource({ uri: FIX_WATCHED }, opts);
+      return subscription(rec.updates.length);
+    });
+    await this.step("pre:call", () => this.simpleCall(false));
+    const points = this.points();
+    for (const name of points) {
+      await this.kp.hit(name);
+      const markU = rec.updates.length;
+      const markGo = rec.logs.length;
+      await this.afterRestart(name, rec.wire.length);
+      await this.step(`${name}:subscription`, () => subscription(markU));
+      await this.step(`${name}:level`, () => levelHolds(false, markGo));
+    }
+    await this.step(`${points.at(-1)}:level-control`, levelControl);
+  }
+}
+
+// ----------------------------------------------------------------------------- scenario: bridge
+//
+// `--scenario bridge --transport stdio --command "<tether> bridge <URL> …"`: the SDK's
+// StdioClientTransport spawns the stdio bridge (`tether bridge`) itself, as a desktop client
+// would, and keeps ONE stdio session with it throughout, while the harness kills the REMOTE behind
+// the bridge (server-everything over streamableHttp, or a `tether serve` in front of it) at kill
+// points, with the same kill-point / `go` protocol as the heal scenario. Kill points, in order:
+//   * `between`, `during`, `during-unsafe` — as in the heal scenario (the harness kills the remote
+//     and starts it again on the same port, then writes `go`): the next call succeeds, the
+//     subscription and the log level "error" set before the kill still hold on the new remote
+//     (the bridge replays them when it re-initializes the remote session), the safe in-flight
+//     call (`trigger-long-running-operation`, readOnly/idempotent) is retried and succeeds, the
+//     unsafe one (`trigger-sampling-request`) ends with -32011 / data.reason
+//     "upstream_restarted", and nothing hangs;
+//   * `down` — the harness kills the remote, writes `go` at once, and only starts it again about
+//     1.5 s later: the call made right after `go`, while the remote is down, must complete (with
+//     no error) once it is back, within the request timeout (`down:call-while-down`);
+//   * `during-down` — the same with a safe call in flight at the kill: retried once the remote is
+//     back, and it succeeds.
+// Check lines are named `bridge:<step>`. At the end, `bridge:stdio-clean`: the bridge process never
+// closed (the pipe stays up while the remote is away), everything it wrote on stdout was JSON-RPC
+// (logs go to stderr or --log-file), we sent exactly one initialize, and a last ping answers.
+// Every message on the pipe is recorded (`wire_tail` in a failing check's detail).
+
+const BRIDGE_POINTS = ["between", "during", "during-unsafe", "down", "during-down"];
+
+// Splits a command line like a POSIX shell would for plain words, '…', "…" and backslashes.
+function shellSplit(line) {
+  const out = [];
+  let cur = null;
+  let q = null;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (q === "'") {
+      if (c === "'") q = null;
+      else cur += c;
+    } else if (q === '"') {
+      if (c === '"') q = null;
+      else if (c === "\\" && i + 1 < line.length && '"\\$`'.includes(line[i + 1])) cur += line[++i];
+      else cur += c;
+    } else if (/\s/.test(c)) {
+      if (cur !== null) out.push(cur);
+      cur = null;
+    } else {
+      cur ??= "";
+      if (c === "'" || c === '"') q = c;
+      else if (c === "\\" && i + 1 < line.length) cur += line[++i];
+      else cur += c;
+    }
+  }
+  if (q) throw new Error(`unclosed ${q} in --command`);
+  if (cur !== null) out.push(cur);
+  return out;
+}
+
+function describeMessage(m) {
+  if (m.method !== undefined) return `${m.id !== undefined ? "request" : "notification"} ${m.method}${m.id !== undefined ? ` id=${m.id}` : ""}`;
+  if (m.error) return `error id=${m.id} code=${m.error.code} ${String(m.error.message ?? "").slice(0, 80)}`;
+  return `response id=${m.id}`;
+}
+
+// The SDK's StdioClientTransport spawning --command, with every message recorded in rec.wire.
+class TapStdioTransport {
+  constructor(args, rec) {
+    const argv = shellSplit(args.command);
+    // The whole environment (the SDK passes only a few variables by default): the harness decides.
+    this.inner = new StdioClientTransport({ command: argv[0], args: argv.slice(1), env: { ...process.env }, stderr: "inherit" });
+    this.rec = rec;
+    const t = () => rec.now().toFixed(3);
+    this.inner.onmessage = (m) => {
+      rec.note(`${t()} <- ${describeMessage(m)}`);
+      this.onmessage?.(m);
+    };
+    this.inner.onerror = (e) => {
+      rec.note(`${t()} <- transport error: ${String(e?.message ?? e).slice(0, 200)}`);
+      this.onerror?.(e);
+    };
+    this.inner.onclose = () => {
+      rec.note(`${t()} <- close: the bridge process ended`);
+      rec.stdoutClosed = true;
+      this.onclose?.();
+    };
+  }
+  get pid() {
+    return this.inner.pid;
+  }
+  start() {
+    return this.inner.start();
+  }
+  send(message, options) {
+    this.rec.note(`${this.rec.now().toFixed(3)} -> ${describeMessage(message)}`);
+    return this.inner.send(message, options);
+  }
+  close() {
+    this.closing = true;
+    return this.inner.close();
+  }
+}
+
+class BridgeScenario extends Heal {
+  constructor(...a) {
+    super(...a);
+    this.prefix = "bridge";
+  }
+
+  points() {
+    return [...BRIDGE_POINTS];
+  }
+
+  async simpleCall() {
+    const msg = `bridge from ts ${this.rec.nonce} ${randomUUID().slice(0, 6)}`;
+    const t = Date.now();
+    const [ok, text] = await this.callText(ECHO_TOOL, { message: msg });
+    return [ok && text.includes(msg), { result: text.slice(0, 200), elapsed_s: (Date.now() - t) / 1000 }];
+  }
+
+  async connect() {
+    const listed = await this.client.listTools(undefined, this.opts);
+    this.tools = new Map(listed.tools.map((t) => [t.name, t]));
+    this.kind = "server-everything";
+    const missing = [ECHO_TOOL, PROGRESS_TOOL, SUBSCRIBE_TOOL, SAMPLING_TOOL].filter((t) => !this.tools.has(t));
+    return [!missing.length, { protocol: this.rec.protocol ?? null, bridge_pid: this.transport.pid, missing_tools: missing,
+                               safe: { [PROGRESS_TOOL]: this.safe(PROGRESS_TOOL), [SAMPLING_TOOL]: this.safe(SAMPLING_TOOL) } }];
+  }
+
+  async run() {
+    // A failed connect check (e.g. a tool missing from tools/list) does not stop the run when the
+    // tools the rest needs are there: what follows is still meaningful.
+    if (!(await this.step("connect", () => this.connect())) && !(this.tools.has(ECHO_TOOL) && this.tools.has(PROGRESS_TOOL))) {
+      for (const p of this.points()) await this.kp.hit(p); // keep the harness in step
+      return;
+    }
+    // between, during (safe, retried), during-unsafe (-32011): the heal scenario's steps.
+    await this.everything();
+
+    // down: a call made while the remote is down completes once it is back.
+    await this.kp.hit("down");
+    await this.step("down:call-while-down", async () => {
+      const [ok, d] = await this.simpleCall();
+      // The harness starts the remote again ~1.5 s after `go`: a success sooner than that cannot
+      // have come from the remote.
+      d.waited_for_the_remote = d.elapsed_s >= 1.0;
+      return [ok && d.waited_for_the_remote && d.elapsed_s < this.args.requestTimeout, d];
+    });
+    await this.step("down:next-call", () => this.simpleCall());
+    await this.step("down:subscription", async () => {
+      // The subscription made before the first kill (to the first resource) still holds.
+      const resources = await this.client.listResources(undefined, this.opts);
+      if (!resources.resources.length) return [false, { error: "resources/list returned no resources" }];
+      const uri = resources.resources[0].uri;
+      const markU = this.rec.updates.length;
+      const [, on] = await this.callText(SUBSCRIBE_TOOL);
+      await this.rec.waitFor(() => this.updates(uri, markU).length > 0, this.args.wait);
+      const got = this.updates(uri, markU).length > 0;
+      const [, off] = await this.callText(SUBSCRIBE_TOOL);
+      return [got && on.includes("Started") && off.includes("Stopped"), { uri, toggle_on: on.slice(0, 60), update_arrived: got, toggle_off: off.slice(0, 60) }];
+    });
+
+    // during-down: a safe call in flight at the kill, the remote away for a while.
+    await this.step("during-down:in-flight", () => this.inFlight("during-down", PROGRESS_TOOL, { duration: 4, steps: 4 }, true));
+    await this.step("during-down:next-call", () => this.simpleCall());
+    await this.step("stdio-clean", async () => {
+      const t = Date.now();
+      await this.client.ping(this.opts);
+      const pingS = (Date.now() - t) / 1000;
+      const inits = this.rec.wire.filter((l) => l.includes("-> request initialize ")).length;
+      const closed = !!this.rec.stdoutClosed;
+      const errors = this.rec.errors.slice(0, 5);
+      const ok = !closed && !errors.length && inits === 1;
+      return [ok, { bridge_closed: closed, transport_errors: errors, initialize_sent: inits, ping_s: pingS, messages: this.rec.wire.length, kill_points: this.kp.seen }];
+    });
+  }
+}
+
 async function healMain(args) {
   const rec = new Recorder(args.trace);
   const kp = new KillPoints(args.killTimeout);
   const { client, transport } = makeClient(args, rec);
-  const heal = new Heal(client, transport, rec, args, kp);
+  const heal = new ({ restart: Restart, bridge: BridgeScenario }[args.scenario] ?? Heal)(client, transport, rec, args, kp);
   let stage = "connect";
   try {
     await withTimeout(
@@ -833,7 +1237,7 @@ async function healMain(args) {
         await heal.run();
       })(),
       args.scenarioTimeout * 1000,
-      "the heal scenario",
+      `the ${args.scenario} scenario`,
     );
   } catch (e) {
     heal.record("session", false, {
@@ -850,7 +1254,7 @@ async function healMain(args) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  if (args.scenario === "heal") {
+  if (["heal", "restart", "bridge"].includes(args.scenario)) {
     const watchdog = setTimeout(() => {
       process.stdout.write(JSON.stringify({ check: "watchdog", ok: false, detail: `driver exceeded ${args.scenarioTimeout + 30}s overall; killed` }) + "\n0 passed, 1 failed\n");
       process.exit(1);

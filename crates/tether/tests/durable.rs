@@ -156,18 +156,7 @@ async fn a_get_stream_resumes_across_a_restart_with_nothing_lost_or_doubled() {
     let t = Tether::start(&dir, port, &[]).await;
 
     // The client saw only the first 7 (say): resuming after the 7th delivers 8..=20 exactly.
-    let resp = within(
-        c.http
-            .get(format!("{}/mcp", t.base()))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", c.session.as_deref().expect("sid"))
-            .header("last-event-id", &ids[6])
-            .send(),
-    )
-    .await
-    .expect("GET");
-    assert_eq!(resp.status(), reqwest::StatusCode::OK);
-    let mut resumed = SseStream::new(resp);
+    let mut resumed = c.resume_stream(Some(&ids[6])).await;
     for i in 8..=n {
         let m = resumed.next_message().await.expect("replayed message");
         assert_eq!(m["params"]["data"], i, "in order, none missing");
@@ -188,18 +177,7 @@ async fn a_cursor_older_than_retention_resumes_from_now() {
     let t = Tether::start(&dir, port, &[]).await;
     let mut c = Client::for_base(t.base(), Front::Streamable);
     c.connect().await;
-    let resp = within(
-        c.http
-            .get(format!("{}/mcp", t.base()))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", c.session.as_deref().expect("sid"))
-            .header("last-event-id", "deadbeef.g99-12")
-            .send(),
-    )
-    .await
-    .expect("GET");
-    assert_eq!(resp.status(), reqwest::StatusCode::OK, "not an error loop");
-    let mut s = SseStream::new(resp);
+    let mut s = c.resume_stream(Some("deadbeef.g99-12")).await;
     c.request("tools/call", json!({"name": "later", "arguments": {"ms": 10, "message": "fresh"}})).await;
     assert_eq!(s.next_message().await.expect("live")["params"]["data"], "fresh");
     let log = t.kill9().await;
@@ -220,36 +198,40 @@ async fn a_cut_post_stream_is_resumed_and_gets_its_answer() {
     let priming = s.next_event().await.expect("priming");
     let cursor = priming.id.expect("priming id");
     drop(s); // the connection drops before the answer
-    let resp = within(
-        c.http
-            .get(format!("{}/mcp", t.base()))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", c.session.as_deref().expect("sid"))
-            .header("last-event-id", &cursor)
-            .send(),
-    )
-    .await
-    .expect("GET");
-    let mut s = SseStream::new(resp);
+    let mut s = c.resume_stream(Some(&cursor)).await;
     let answer = s.next_message().await.expect("the answer");
     assert_eq!(answer["id"], 42);
     assert_eq!(text_of(&answer), "slept 600 ms");
     assert!(s.next_event().await.is_none(), "the resumed request stream ends after its answer");
 
     // Resuming again after the answer: it is replayed from the store, then the stream ends.
-    let resp = within(
-        c.http
-            .get(format!("{}/mcp", t.base()))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", c.session.as_deref().expect("sid"))
-            .header("last-event-id", &cursor)
-            .send(),
-    )
-    .await
-    .expect("GET");
-    let mut s = SseStream::new(resp);
+    let mut s = c.resume_stream(Some(&cursor)).await;
     assert_eq!(s.next_message().await.expect("replayed answer")["id"], 42);
     assert!(s.next_event().await.is_none());
+    t.kill9().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A request in flight when tether is killed cannot be answered by the new tether; a client
+/// resuming its stream gets the documented error at once instead of waiting out its timeout.
+#[tokio::test]
+async fn a_request_lost_with_a_killed_tether_is_answered_on_resume() {
+    let dir = temp_dir("lost");
+    let port = free_port();
+    let t = Tether::start(&dir, port, &[]).await;
+    let mut c = Client::for_base(t.base(), Front::Streamable);
+    c.connect().await;
+    let resp = c.post(&json!({"jsonrpc": "2.0", "id": "call-7", "method": "tools/call", "params": {"name": "work", "arguments": {"ms": 5000}}})).await;
+    let mut s = SseStream::new(resp);
+    let cursor = s.next_event().await.expect("priming").id.expect("priming id");
+    t.kill9().await;
+    let t = Tether::start(&dir, port, &[]).await;
+    let mut resumed = c.resume_stream(Some(&cursor)).await;
+    let answer = resumed.next_message().await.expect("an answer");
+    assert_eq!(answer["id"], "call-7");
+    assert_eq!(answer["error"]["code"], -32011, "{answer}");
+    assert_eq!(answer["error"]["data"]["reason"], "upstream_restarted");
+    assert!(resumed.next_event().await.is_none(), "then the stream ends");
     t.kill9().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -463,3 +463,27 @@ async fn closing_a_session_kills_the_childs_process_group() {
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Paused time: the idle reaper releases the upstream once `upstream_idle` has passed without
+/// use, not before; the session stays and the next call revives it.
+#[tokio::test]
+async fn idle_reaping_follows_the_clock() {
+    let mut cfg = stdio_config();
+    cfg.session.upstream_idle = Duration::from_secs(600);
+    let gw = start(cfg).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    set_state(&mut c).await;
+    let pid = only_child(&gw);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(570)).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(gw.manager.live()[0].upstream_alive(), "still there after 9.5 min");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tokio::time::resume();
+    eventually("the idle child is stopped", || !std::path::Path::new(&format!("/proc/{pid}")).exists()).await;
+    assert_eq!(gw.manager.live_count(), 1, "the session stays");
+    assert_state_replayed(&mut c).await;
+    gw.shutdown().await;
+}

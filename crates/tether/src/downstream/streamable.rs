@@ -216,6 +216,7 @@ async fn forward(
     );
     let kind = if accept.sse { StreamKind::Request } else { StreamKind::Json };
     let (sink, mut rx) = Sink::channel(session.next_stream(), kind);
+    let sink = sink.for_request(client_id.as_deref());
     let sink = sink.probed(probe.clone());
     let prime_sink = sink.clone();
     let gid = match session.request(msg, sink).instrument(span.clone()).await {
@@ -298,7 +299,8 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
         warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID not issued by tether; resuming from now");
         return fresh_standalone(app, session);
     };
-    let (was_standalone, local) = parse_stream_key(key);
+    let parsed = parse_stream_key(key);
+    let (was_standalone, local) = (parsed.standalone, parsed.local);
     // A stream that lives in this process is attached before the replay, so that nothing
     // emitted meanwhile is missed; what both paths carry is written once (by position).
     let mut live = None;
@@ -310,6 +312,7 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
             live = Some((sink, rx));
         } else {
             let (sink, rx) = Sink::channel(n, StreamKind::Request);
+            let sink = sink.for_request_key(&parsed);
             if session.reattach_request(n, sink.clone()) {
                 live = Some((sink, rx));
             }
@@ -317,8 +320,9 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
     }
     let events = match session.replay(key, after).await {
         Ok(Replay::Events(events)) => events,
-        // A request stream whose answer has not come yet has stored nothing after its priming.
-        Ok(Replay::Gone) if live.is_some() => Vec::new(),
+        // A request stream whose answer has not come yet has stored nothing after its priming;
+        // neither has one whose tether stopped before the answer came.
+        Ok(Replay::Gone) if live.is_some() || (!was_standalone && parsed.request_id().is_some()) => Vec::new(),
         Ok(Replay::Gone) => {
             warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID is older than retention; resuming from now");
             return fresh_standalone(app, session);
@@ -351,9 +355,17 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
                 let backlog = session.attach_standalone(sink.clone());
                 standalone(pump, sink, rx, backlog, false).await;
             }
-            // A request stream of an earlier run: replayed; if its answer never came (tether
-            // stopped first), the stream ends and the client's SDK gives up on the request.
-            None => {}
+            // A request stream of an earlier run whose answer never came (tether stopped first):
+            // the request is answered now with the documented error, so the client does not
+            // wait out its own timeout.
+            None => {
+                let unanswered = local.is_none() && !events.iter().any(|e| e.fin);
+                if let Some(id) = parsed.request_id().filter(|_| unanswered) {
+                    let err =
+                        GatewayError::UpstreamRestarted("tether restarted while the request was in flight".into());
+                    pump.event(None, &err.to_message(Some(&id)).to_bytes()).await;
+                }
+            }
         }
     });
     resp

@@ -14,7 +14,6 @@ use tether_protocol::message::{numeric_id, raw_value};
 use tracing::warn;
 
 use super::StreamKind;
-use super::record::now_ms;
 use super::store::Replay;
 use super::{Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of};
 use crate::error::GatewayError;
@@ -95,7 +94,7 @@ impl Session {
             };
             p.generation = up.generation();
             self.insert_pending(gid, p);
-            self.upstream_used.store(now_ms(), Ordering::Relaxed);
+            *lock(&self.upstream_used) = tokio::time::Instant::now();
             let err = match up.send(&msg, Some(gid)).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
@@ -293,9 +292,9 @@ impl Session {
     /// Whether the binding is live, unused for `idle`, with nothing in flight and no client
     /// stream waiting for server messages.
     pub fn upstream_idle_for(&self, idle: std::time::Duration) -> bool {
-        let used = self.upstream_used.load(Ordering::Relaxed);
+        let used = *lock(&self.upstream_used);
         self.upstream_alive()
-            && now_ms().saturating_sub(used) >= idle.as_millis() as u64
+            && used.elapsed() >= idle
             && !self.has_standalone()
             && lock(&self.routes).pending.is_empty()
     }

@@ -131,6 +131,9 @@ pub struct Sink {
     pub kind: StreamKind,
     /// Records the outcome of the one request whose answer this sink carries (metrics).
     probe: Option<Arc<RequestProbe>>,
+    /// The client's id of the request a request stream answers, hex-encoded JSON: part of the
+    /// stream key, so a resume after a restart can still answer that request.
+    request: Option<Arc<str>>,
 }
 
 /// The kinds of client stream.
@@ -150,7 +153,19 @@ impl Sink {
     /// A sink and the receiving end its stream reads.
     pub fn channel(stream: u64, kind: StreamKind) -> (Sink, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(64);
-        (Sink { tx, stream, kind, probe: None }, rx)
+        (Sink { tx, stream, kind, probe: None, request: None }, rx)
+    }
+
+    /// This sink, answering the request with the client's id `id` (request streams).
+    pub fn for_request(mut self, id: Option<&RawValue>) -> Sink {
+        self.request = id.map(|i| Arc::from(hex(i.get().as_bytes())));
+        self
+    }
+
+    /// This sink, answering the request named by an earlier stream key.
+    pub fn for_request_key(mut self, key: &StreamKey) -> Sink {
+        self.request = key.request_hex.clone();
+        self
     }
 
     /// This sink, for one request: its answer (the message marked `fin`) settles `probe`.
@@ -177,7 +192,12 @@ impl Sink {
 
     /// The key its events are stored under.
     pub fn key(&self) -> String {
-        stream_key(self.stream, self.kind == StreamKind::Standalone)
+        let mut key = stream_key(self.stream, self.kind == StreamKind::Standalone);
+        if let (StreamKind::Request, Some(r)) = (self.kind, &self.request) {
+            key.push('.');
+            key.push_str(r);
+        }
+        key
     }
 
     async fn deliver(&self, out: Outbound) -> bool {
@@ -244,15 +264,49 @@ pub fn stream_key(stream: u64, standalone: bool) -> String {
     format!("{}.{}{stream}", instance(), if standalone { "g" } else { "" })
 }
 
-/// What a stream key says: whether it is a standalone stream, and its number when it belongs
-/// to this process.
-pub fn parse_stream_key(key: &str) -> (bool, Option<u64>) {
-    let Some((inst, n)) = key.split_once('.') else { return (false, None) };
+/// What a stream key says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamKey {
+    /// A standalone (GET) stream, rather than a request stream.
+    pub standalone: bool,
+    /// Its stream number, when it belongs to this process.
+    pub local: Option<u64>,
+    /// For a request stream: the client's request id, hex-encoded JSON.
+    pub request_hex: Option<Arc<str>>,
+}
+
+impl StreamKey {
+    /// The client's id of the request a request stream answered.
+    pub fn request_id(&self) -> Option<Box<RawValue>> {
+        let bytes = unhex(self.request_hex.as_deref()?)?;
+        RawValue::from_string(String::from_utf8(bytes).ok()?).ok()
+    }
+}
+
+/// Reads a stream key: `<instance>.<n>[.<request id hex>]` or `<instance>.g<n>`.
+pub fn parse_stream_key(key: &str) -> StreamKey {
+    let mut parts = key.split('.');
+    let (Some(inst), Some(n)) = (parts.next(), parts.next()) else { return StreamKey::default() };
     let (standalone, n) = match n.strip_prefix('g') {
         Some(rest) => (true, rest),
         None => (false, n),
     };
-    (standalone, if inst == instance() { n.parse().ok() } else { None })
+    StreamKey {
+        standalone,
+        local: if inst == instance() { n.parse().ok() } else { None },
+        request_hex: parts.next().filter(|h| !standalone && !h.is_empty()).map(Arc::from),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// An SSE event id: `<stream key>-<seq>`.
@@ -294,8 +348,8 @@ pub struct Session {
     safe_tools: Mutex<HashSet<String>>,
     /// Digests of the list answers the client has seen, by kind.
     list_digests: Mutex<HashMap<&'static str, u64>>,
-    /// Unix milliseconds of the last message sent upstream.
-    upstream_used: AtomicU64,
+    /// When a message last went upstream (tokio time, so that paused-time tests drive it).
+    upstream_used: Mutex<tokio::time::Instant>,
     manager: Weak<Manager>,
     /// The last upstream failure, for the admin API.
     last_error: Mutex<Option<inspect::LastError>>,
@@ -322,7 +376,7 @@ impl Session {
             breaker: Mutex::new(Breaker::default()),
             safe_tools: Mutex::new(HashSet::new()),
             list_digests: Mutex::new(HashMap::new()),
-            upstream_used: AtomicU64::new(now_ms()),
+            upstream_used: Mutex::new(tokio::time::Instant::now()),
             manager,
             last_error: Mutex::new(None),
         })
@@ -505,4 +559,26 @@ fn rewrite_param(msg: &mut Message, key: &str, value: &RawValue) {
 
 fn is_answer(m: &Message) -> bool {
     matches!(m.kind(), Kind::Response | Kind::Error)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_round_trip_with_the_request_id() {
+        let id = RawValue::from_string(r#""req-1 \"x\"""#.to_owned()).expect("json");
+        let (sink, _rx) = Sink::channel(7, StreamKind::Request);
+        let key = sink.for_request(Some(&id)).key();
+        let parsed = parse_stream_key(&key);
+        assert!(!parsed.standalone);
+        assert_eq!(parsed.local, Some(7));
+        assert_eq!(parsed.request_id().map(|r| r.get().to_owned()), Some(id.get().to_owned()));
+        let (g, _rx) = Sink::channel(3, StreamKind::Standalone);
+        let parsed = parse_stream_key(&g.key());
+        assert!(parsed.standalone && parsed.request_id().is_none());
+        assert_eq!(parse_stream_key("0000beef.12.3132").local, None, "another process's stream");
+        assert_eq!(parse_stream_key("0000beef.12.3132").request_id().map(|r| r.get().to_owned()), Some("12".into()));
+        assert_eq!(parse_event_id(&event_id(&key, 42)).map(|(k, s)| (k.to_owned(), s)), Some((key, 42)));
+    }
 }

@@ -230,15 +230,20 @@ impl Client {
 
     /// Opens the standalone GET stream (Streamable HTTP).
     pub async fn open_stream(&self) -> SseStream {
-        let resp = within(
-            self.http
-                .get(format!("{}/mcp", self.base))
-                .header("accept", "text/event-stream")
-                .header("mcp-session-id", self.session.as_deref().expect("session"))
-                .send(),
-        )
-        .await
-        .expect("GET /mcp");
+        self.resume_stream(None).await
+    }
+
+    /// Opens a GET stream, resuming after `last_event_id` when given.
+    pub async fn resume_stream(&self, last_event_id: Option<&str>) -> SseStream {
+        let mut req = self
+            .http
+            .get(format!("{}/mcp", self.base))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", self.session.as_deref().expect("session"));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = within(req.send()).await.expect("GET /mcp");
         assert_eq!(resp.status(), StatusCode::OK);
         SseStream::new(resp)
     }
