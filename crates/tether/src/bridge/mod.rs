@@ -78,11 +78,13 @@ pub async fn run(
             continue;
         }
         match Message::parse(line.trim().as_bytes()) {
-            Ok(msg) => {
+            // Notifications and answers go out in order (a request after `initialized` must not
+            // overtake it); each request runs on its own, so a slow one never holds up the next.
+            Ok(msg) if msg.kind() == Kind::Request => {
                 let b = bridge.clone();
-                // Each message is handled on its own: a slow request never holds up the next.
                 tokio::spawn(async move { b.handle(msg).await });
             }
+            Ok(msg) => bridge.handle(msg).await,
             Err(e) => bridge.reply(GatewayError::from(e).to_message(None)).await,
         }
     }

@@ -37,7 +37,9 @@ async fn first_event_is_endpoint(resp: reqwest::Response) -> bool {
     let read = async {
         while let Some(Ok(chunk)) = body.next().await {
             let Ok(events) = decoder.feed(&chunk) else { return false };
-            if let Some(e) = events.into_iter().find(|e| e.event.is_some() || !e.data.is_empty()) {
+            // The first event decides: a legacy server's is `endpoint`; anything else (a
+            // Streamable HTTP server's priming event, say) is not.
+            if let Some(e) = events.into_iter().next() {
                 return e.event.as_deref() == Some("endpoint");
             }
         }

@@ -111,8 +111,20 @@ impl Session {
             let generation = p.generation;
             info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
             up.mark_lost();
-            self.spawn_dispatch(gid, p, sink, generation);
+            self.spawn_dispatch(gid, p, sink, Some(generation));
             return;
+        }
+        if msg.kind() == Kind::Error && is_restart_error(msg.error_object()) && p.method != "initialize" {
+            // The upstream (another tether, say) restarted with the request in flight: the same
+            // policy as when tether's own upstream dies.
+            info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = p.retry_safe && p.attempts == 0, "upstream restarted with the request in flight");
+            if p.retry_safe && p.attempts == 0 && !self.is_closed() {
+                let mut p = p;
+                p.attempts += 1;
+                self.deps.stats.requests_retried.inc();
+                self.spawn_dispatch(gid, p, sink, None);
+                return;
+            }
         }
         if msg.kind() == Kind::Response {
             self.apply_success(&p, &msg).await;
@@ -273,7 +285,7 @@ impl Session {
                 // It never reached the upstream: send it again, whatever it is. (An initialize
                 // whose first upstream died at once is answered with why, below.)
                 retried = true;
-                self.spawn_dispatch(gid, p, sink, generation);
+                self.spawn_dispatch(gid, p, sink, Some(generation));
                 continue;
             }
             if p.method == "initialize" {
@@ -293,7 +305,7 @@ impl Session {
                 p.attempts += 1;
                 retried = true;
                 self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, generation);
+                self.spawn_dispatch(gid, p, sink, Some(generation));
                 continue;
             }
             self.deps.stats.requests_interrupted.inc();
@@ -346,11 +358,11 @@ impl Session {
 
     /// Sends a request again on a revived binding, in the background; its client hears the
     /// outcome on `sink`.
-    fn spawn_dispatch(self: &Arc<Self>, gid: u64, p: Pending, sink: Sink, stale: u64) {
+    fn spawn_dispatch(self: &Arc<Self>, gid: u64, p: Pending, sink: Sink, stale: Option<u64>) {
         let me = self.clone();
         let client_id = p.client_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
+            if let Err(e) = me.dispatch(gid, p, stale).await {
                 let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
                 me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
             }
@@ -402,6 +414,13 @@ fn safe_tools_of(result: &RawValue) -> Vec<String> {
         .filter(|t| t.annotations.as_ref().is_some_and(|a| a.read_only == Some(true) || a.idempotent == Some(true)))
         .map(|t| t.name)
         .collect()
+}
+
+/// Whether a JSON-RPC error says the upstream restarted with the request in flight
+/// (tether's own `-32011`, `reason: "upstream_restarted"`).
+fn is_restart_error(error: Option<&RawValue>) -> bool {
+    let Some(e) = error.and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok()) else { return false };
+    e["code"] == tether_protocol::error_code::UPSTREAM_RESTARTED && e["data"]["reason"] == "upstream_restarted"
 }
 
 /// Whether a JSON-RPC error says the session is unknown (−32001, or a −32600/−32000 that says so).

@@ -261,7 +261,7 @@ async fn read_sse(shared: Arc<Shared>, resp: reqwest::Response, origin: Origin, 
             Ok(r) => {
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
-                if is_session_lost(status, true, &body) {
+                if is_session_lost(status, shared.session_id().is_some(), &body) {
                     shared.lost(QuitReason::SessionLost(session_loss_class(status, &body)), Vec::new()).await;
                 }
                 return;
@@ -343,14 +343,15 @@ async fn standalone(shared: Arc<Shared>) {
                     delay = Duration::from_millis(ms.min(30_000));
                 }
             }
-            Ok(r) if r.status().as_u16() == 405 => {
-                debug!("upstream offers no standalone stream (405)");
+            Ok(r) if r.status().as_u16() == 405 || (r.status().as_u16() == 404 && shared.session_id().is_none()) => {
+                // 405, or a stateless server (no session) that has no such route.
+                debug!(status = r.status().as_u16(), "upstream offers no standalone stream");
                 return;
             }
             Ok(r) => {
                 let status = r.status().as_u16();
                 let body = r.bytes().await.unwrap_or_default();
-                if is_session_lost(status, true, &body) {
+                if is_session_lost(status, shared.session_id().is_some(), &body) {
                     shared.lost(QuitReason::SessionLost(session_loss_class(status, &body)), Vec::new()).await;
                     return;
                 }
