@@ -283,25 +283,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
-        let after = after.map(str::to_owned);
-        self.call(move |c| {
-            let (created, id) = match &after {
-                Some(a) => c
-                    .query_row("SELECT created_at, id FROM sessions WHERE id = ?1", [a], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .optional()?
-                    .unwrap_or((i64::MIN, String::new())),
-                None => (i64::MIN, String::new()),
-            };
-            let mut st = c.prepare_cached(
-                "SELECT * FROM sessions WHERE closed_at IS NULL AND (created_at, id) > (?1, ?2)
-                 ORDER BY created_at, id LIMIT ?3",
-            )?;
-            let rows = st.query_map(params![created, id, limit as i64], record_from_row)?;
-            rows.collect()
-        })
-        .await
+        self.list(RecordFilter::Open, after, limit).await
     }
 
     async fn list(
