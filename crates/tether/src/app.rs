@@ -102,6 +102,12 @@ impl Gateway {
         let done = tokio::spawn(async move {
             let signal = stop2.clone();
             let manager3 = manager2.clone();
+            // Small SSE events must not wait for Nagle and the peer's delayed ACK (~40 ms).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
                 signal.cancelled().await;
                 manager3.drain();
