@@ -4,6 +4,7 @@
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -49,11 +50,23 @@ def bars(ax, rows, upstream, key, scale, fmt):
     ax.margins(y=0.12)
 
 
+def medians(rows):
+    """One row per (upstream, system, load): the median of the rounds."""
+    groups = {}
+    for r in rows:
+        if r.get("load") != "failed":
+            groups.setdefault((r["upstream"], r["system"], r["load"]), []).append(r)
+    return [
+        {"upstream": u, "system": s, "load": ld, **{k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "p99_us")}}
+        for (u, s, ld), rs in groups.items()
+    ]
+
+
 def main():
     results = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in results["load"] if r.get("load") != "failed"]
+    rows = medians(results["load"])
     ups = [u for u in UPSTREAMS if any(r["upstream"] == u[0] for r in rows)]
 
     fig, axes = plt.subplots(1, len(ups), figsize=(5 * len(ups), 3.6), squeeze=False)
