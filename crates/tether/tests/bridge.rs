@@ -8,7 +8,7 @@ use std::time::Duration;
 use harness::{config, echo_command, start, within};
 use serde_json::{Value, json};
 use tether::Gateway;
-use tether::bridge::{BridgeConfig, TransportChoice};
+use tether::bridge::{BridgeConfig, ProtocolChoice, TransportChoice};
 use tether::upstream::UpstreamSpec;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
 
@@ -24,6 +24,7 @@ fn bridge_config(url: String, transport: TransportChoice) -> BridgeConfig {
         url,
         headers: Default::default(),
         transport,
+        protocol: ProtocolChoice::Auto,
         connect_timeout: Duration::from_secs(10),
         retry_attempts: None,
         retry_delay: Duration::from_millis(50),

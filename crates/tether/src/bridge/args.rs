@@ -17,6 +17,18 @@ pub enum TransportChoice {
     Sse,
 }
 
+/// Which MCP era the remote speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolChoice {
+    /// Try the `initialize` handshake; a remote that refuses it with -32022 naming only
+    /// 2026-07-28 is spoken to in the modern era from then on.
+    Auto,
+    /// The handshake era (2024-11-05 … 2025-11-25): `initialize`, remote sessions.
+    Handshake,
+    /// The modern era (2026-07-28): stateless requests with a per-request envelope.
+    Modern,
+}
+
 /// `tether bridge` flags; each also reads a `TETHER_BRIDGE_*` environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct BridgeArgs {
@@ -30,6 +42,9 @@ pub struct BridgeArgs {
     /// The remote transport
     #[arg(long, value_enum, default_value = "auto", env = "TETHER_BRIDGE_TRANSPORT")]
     pub transport: TransportChoice,
+    /// The remote's MCP era
+    #[arg(long, value_enum, default_value = "auto", env = "TETHER_BRIDGE_PROTOCOL")]
+    pub protocol: ProtocolChoice,
     /// How long the first connection is retried before the client gets an error
     #[arg(long, default_value = "30s", value_name = "DURATION", env = "TETHER_BRIDGE_CONNECT_TIMEOUT")]
     pub connect_timeout: String,
@@ -59,6 +74,8 @@ pub struct BridgeConfig {
     pub headers: HeaderMap,
     /// The remote transport.
     pub transport: TransportChoice,
+    /// The remote's era.
+    pub protocol: ProtocolChoice,
     /// How long the first connection is retried.
     pub connect_timeout: Duration,
     /// Reconnection attempts per request (`None`: unlimited).
@@ -79,6 +96,11 @@ impl BridgeArgs {
         let dur = |flag: &str, text: &str| {
             humantime::parse_duration(text).map_err(|e| format!("--{flag} {text:?}: {e} (use e.g. 500ms, 30s, 5m)"))
         };
+        if self.protocol == ProtocolChoice::Modern && self.transport == TransportChoice::Sse {
+            return Err("--protocol modern needs Streamable HTTP: 2026-07-28 has no HTTP+SSE transport \
+                        (use --transport auto or streamable-http)"
+                .into());
+        }
         let mut headers = HeaderMap::new();
         for h in &self.headers {
             let (name, value) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: use 'Name: value'"))?;
@@ -92,6 +114,7 @@ impl BridgeArgs {
             url: self.url.clone(),
             headers,
             transport: self.transport,
+            protocol: self.protocol,
             connect_timeout: dur("connect-timeout", &self.connect_timeout)?,
             retry_attempts: self.retry_attempts.filter(|n| *n > 0),
             retry_delay: dur("retry-delay", &self.retry_delay)?,
@@ -136,6 +159,7 @@ mod tests {
             url: url.into(),
             headers: headers.iter().map(|s| s.to_string()).collect(),
             transport: TransportChoice::Auto,
+            protocol: ProtocolChoice::Auto,
             connect_timeout: "30s".into(),
             retry_attempts: None,
             retry_delay: "500ms".into(),
@@ -156,5 +180,8 @@ mod tests {
         let mut a = args("http://x/mcp", &[]);
         a.timeout = "soon".into();
         assert!(a.config().expect_err("duration").contains("--timeout"));
+        let mut a = args("http://x/mcp", &[]);
+        (a.protocol, a.transport) = (ProtocolChoice::Modern, TransportChoice::Sse);
+        assert!(a.config().expect_err("era").contains("--protocol"));
     }
 }

@@ -4,11 +4,18 @@
 //! upstream is the remote, so losing the remote session (404, a 400 that says so, a dropped
 //! connection) is healed by the same replay of `initialize` and session state, and in-flight
 //! requests follow the same safety policy.
+//!
+//! A remote that speaks only MCP 2026-07-28 (the stateless modern era) is bridged too: with
+//! `--protocol auto` (the default) the client's `initialize` goes to the remote first, and a
+//! refusal with -32022 that names only modern revisions switches the bridge to the modern
+//! upstream kind ([`crate::upstream::modern`]) for the rest of its life; `--protocol modern`
+//! skips the try. The client keeps speaking the handshake era either way.
 
 mod args;
 mod probe;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,14 +27,14 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 
-pub use args::{BridgeArgs, BridgeConfig, TransportChoice};
+pub use args::{BridgeArgs, BridgeConfig, ProtocolChoice, TransportChoice};
 
 use crate::error::GatewayError;
 use crate::session::record::Transport;
 use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
 use crate::stats::Stats;
 use crate::store::MemoryStore;
-use crate::upstream::UpstreamSpec;
+use crate::upstream::{UpstreamSpec, modern};
 
 /// The largest line accepted from the local client.
 const MAX_LINE: usize = 16 << 20;
@@ -44,6 +51,8 @@ struct Bridge {
     http: reqwest::Client,
     out: mpsc::Sender<Bytes>,
     live: Mutex<Option<Live>>,
+    /// Whether the remote is spoken to in the modern era (configured, or learnt in `auto`).
+    modern: AtomicBool,
 }
 
 /// Runs the bridge until the client closes stdin.
@@ -58,8 +67,9 @@ pub async fn run(
         .build()?;
     let (out, out_rx) = mpsc::channel::<Bytes>(256);
     let writer = tokio::spawn(write_stdout(stdout, out_rx));
-    let bridge = Arc::new(Bridge { config, http, out, live: Mutex::new(None) });
-    info!(url = %bridge.config.url, transport = ?bridge.config.transport, "tether bridge ready on stdio");
+    let modern = AtomicBool::new(config.protocol == ProtocolChoice::Modern);
+    let bridge = Arc::new(Bridge { config, http, out, live: Mutex::new(None), modern });
+    info!(url = %bridge.config.url, transport = ?bridge.config.transport, protocol = ?bridge.config.protocol, "tether bridge ready on stdio");
 
     let mut lines = FramedRead::new(stdin, LinesCodec::new_with_max_length(MAX_LINE));
     while let Some(line) = lines.next().await {
@@ -151,7 +161,9 @@ impl Bridge {
     }
 
     /// The first `initialize` connects to the remote, retrying with backoff until
-    /// `--connect-timeout`; the client keeps its pipe either way.
+    /// `--connect-timeout`; the client keeps its pipe either way. With `--protocol auto`, a
+    /// remote that refuses the handshake as a modern-only server does is asked again in the
+    /// modern era.
     async fn initialize(self: &Arc<Self>, msg: Message) {
         let deadline = Instant::now() + self.config.connect_timeout;
         let mut delay = self.config.retry_delay;
@@ -160,11 +172,30 @@ impl Bridge {
         loop {
             attempt += 1;
             let result = match self.session().await {
-                Ok((session, sink)) => session.request(msg.clone(), sink).await.map(drop),
+                Ok((session, _)) => self.initialize_once(&session, msg.clone()).await,
                 Err(e) => Err(e),
             };
             let err = match result {
-                Ok(()) => return,
+                Ok(answer) => {
+                    if self.may_switch_era() && modern::refuses_handshake(&answer) {
+                        self.switch_to_modern().await;
+                        continue;
+                    }
+                    if answer.kind() == Kind::Response && self.config.protocol == ProtocolChoice::Auto {
+                        let era = if self.modern.load(Ordering::Acquire) { "modern" } else { "handshake" };
+                        info!(era, "remote protocol era");
+                    }
+                    self.reply(answer).await;
+                    return;
+                }
+                Err(GatewayError::UpstreamRefused { status, detail })
+                    if self.may_switch_era()
+                        && Message::parse(detail.as_bytes()).is_ok_and(|m| modern::refuses_handshake(&m)) =>
+                {
+                    debug!(status, "the remote refused initialize without naming our request");
+                    self.switch_to_modern().await;
+                    continue;
+                }
                 Err(e) => e,
             };
             let retryable = matches!(err, GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamRefused { .. });
@@ -180,6 +211,53 @@ impl Bridge {
         }
     }
 
+    /// Sends the client's `initialize` through the session on a stream of its own and returns
+    /// the answer (what else the remote sends meanwhile goes to the client). An answer saying
+    /// the remote is unavailable is an error, so that it is retried.
+    async fn initialize_once(&self, session: &Arc<Session>, msg: Message) -> Result<Message, GatewayError> {
+        let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
+        session.request(msg, sink).await?;
+        // The session ends every request (its sweep enforces --timeout); this bound is a backstop.
+        let backstop = self.config.timeout + Duration::from_secs(5);
+        let answer = tokio::time::timeout(backstop, async {
+            while let Some(o) = rx.recv().await {
+                if !o.fin {
+                    let _ = self.out.send(o.data).await;
+                    continue;
+                }
+                return Message::parse(&o.data).ok();
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| GatewayError::UpstreamUnavailable("no answer to initialize".into()))?;
+        let unavailable = answer.kind() == Kind::Error
+            && answer.error_object().and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok()).is_some_and(
+                |e| e["code"] == error_code::UPSTREAM_UNAVAILABLE && e["data"]["reason"] == "upstream_unavailable",
+            );
+        if unavailable {
+            return Err(GatewayError::UpstreamUnavailable("the remote went away during initialize".into()));
+        }
+        Ok(answer)
+    }
+
+    /// Whether a refusal of the handshake may still switch the bridge to the modern era.
+    fn may_switch_era(&self) -> bool {
+        self.config.protocol == ProtocolChoice::Auto && !self.modern.load(Ordering::Acquire)
+    }
+
+    /// The remote refused `initialize` as a modern-only server does: from now on it is spoken
+    /// to in the modern era (the handshake-era session is dropped; nothing was set up on it).
+    async fn switch_to_modern(&self) {
+        info!(era = "modern", url = %self.config.url, "the remote refused the initialize handshake naming only 2026-07-28; switching to the modern era");
+        self.modern.store(true, Ordering::Release);
+        if let Some(live) = self.live.lock().await.take() {
+            live.manager.close(live.session.id(), crate::session::record::CloseReason::ClientClosed).await;
+        }
+    }
+
     /// The bridge's session, made on first use: the transport is resolved (probing when
     /// `auto`), then one session with a stdio-kind stream for everything the remote sends.
     async fn session(self: &Arc<Self>) -> Result<(Arc<Session>, Sink), GatewayError> {
@@ -192,8 +270,22 @@ impl Bridge {
             TransportChoice::Sse => UpstreamSpec::Sse { url: self.config.url.clone() },
             TransportChoice::Auto => probe::detect(&self.http, &self.config.url).await?,
         };
-        info!(upstream = spec.kind(), url = %self.config.url, "remote transport");
+        let modern = self.modern.load(Ordering::Acquire);
+        if modern && !matches!(spec, UpstreamSpec::Streamable { .. }) {
+            return Err(GatewayError::UpstreamUnavailable(
+                "--protocol modern, but the remote speaks legacy HTTP+SSE (2024-11-05)".into(),
+            ));
+        }
+        let era = match (modern, self.config.protocol) {
+            (true, _) => "modern (2026-07-28)",
+            (false, ProtocolChoice::Auto) => "auto (trying the initialize handshake)",
+            (false, _) => "handshake",
+        };
+        info!(upstream = spec.kind(), url = %self.config.url, era, "remote transport");
+        let mut upstream = crate::session::SessionConfig::default().upstream;
+        upstream.modern = modern;
         let session_config = SessionConfig {
+            upstream,
             request_timeout: self.config.timeout,
             ttl: Duration::from_secs(365 * 24 * 3600),
             upstream_idle: Duration::from_secs(365 * 24 * 3600),

@@ -4,6 +4,7 @@
 //! everything the server sends, and its death, as [`UpstreamEvent`]s on a channel the session
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
+pub mod modern;
 pub mod sse;
 pub mod stdio;
 pub mod streamable;
@@ -143,6 +144,9 @@ pub struct UpstreamOptions {
     pub close_grace: Duration,
     /// How long to wait for a connection or the legacy `endpoint` event.
     pub connect_timeout: Duration,
+    /// Speak MCP 2026-07-28 to a Streamable HTTP upstream (a modern-only server), translating
+    /// the session's handshake-era traffic ([`modern`]).
+    pub modern: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -151,6 +155,7 @@ impl Default for UpstreamOptions {
             max_message: 16 << 20,
             close_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
+            modern: false,
         }
     }
 }
@@ -171,6 +176,7 @@ enum Kind {
     Stdio(stdio::Handle),
     Streamable(streamable::Handle),
     Sse(sse::Handle),
+    Modern(modern::Handle),
 }
 
 /// A live connection to the upstream, cheap to clone.
@@ -185,6 +191,7 @@ impl Upstream {
     pub async fn connect(spec: &UpstreamSpec, generation: u64, ctx: ConnectContext) -> Result<Upstream, ConnectError> {
         let kind = match spec {
             UpstreamSpec::Stdio { command } => Kind::Stdio(stdio::Handle::spawn(command, ctx)?),
+            UpstreamSpec::Streamable { url } if ctx.options.modern => Kind::Modern(modern::Handle::new(url, ctx)),
             UpstreamSpec::Streamable { url } => Kind::Streamable(streamable::Handle::new(url, ctx)),
             UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
         };
@@ -202,6 +209,7 @@ impl Upstream {
             Kind::Stdio(h) => h.send(msg, gid).await,
             Kind::Streamable(h) => h.send(msg, gid).await,
             Kind::Sse(h) => h.send(msg, gid).await,
+            Kind::Modern(h) => h.send(msg, gid).await,
         }
     }
 
@@ -214,8 +222,10 @@ impl Upstream {
 
     /// Opens the upstream's standalone stream for server-initiated messages, where it has one.
     pub fn open_standalone(&self) {
-        if let Kind::Streamable(h) = &*self.kind {
-            h.open_standalone();
+        match &*self.kind {
+            Kind::Streamable(h) => h.open_standalone(),
+            Kind::Modern(h) => h.open_standalone(),
+            Kind::Stdio(_) | Kind::Sse(_) => {}
         }
     }
 
@@ -225,6 +235,7 @@ impl Upstream {
             Kind::Stdio(h) => h.is_alive(),
             Kind::Streamable(h) => h.is_alive(),
             Kind::Sse(h) => h.is_alive(),
+            Kind::Modern(h) => h.is_alive(),
         }
     }
 
@@ -234,6 +245,7 @@ impl Upstream {
             Kind::Stdio(_) => {}
             Kind::Streamable(h) => h.mark_lost(),
             Kind::Sse(h) => h.mark_lost(),
+            Kind::Modern(h) => h.mark_lost(),
         }
     }
 
@@ -252,6 +264,7 @@ impl Upstream {
             Kind::Stdio(h) => h.close().await,
             Kind::Streamable(h) => h.close().await,
             Kind::Sse(h) => h.close(),
+            Kind::Modern(h) => h.close().await,
         }
     }
 }

@@ -94,9 +94,7 @@ impl Handle {
             .body(msg.to_bytes())
             .send()
             .await
-            .map_err(|e| {
-                if e.is_connect() { SendError::Unreachable(describe(&e)) } else { SendError::Interrupted(describe(&e)) }
-            });
+            .map_err(|e| post_error(&e));
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
@@ -281,45 +279,74 @@ struct PumpOutcome {
 }
 
 async fn pump(shared: &Shared, resp: reqwest::Response, origin: Origin, gid: Option<u64>) -> PumpOutcome {
-    let mut out = PumpOutcome { done: false, last_event_id: None, retry_ms: None };
-    let mut decoder = Decoder::new(shared.max);
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else { break };
-        let events = match decoder.feed(&chunk) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, "upstream SSE stream refused");
-                break;
+    let mut events = SseMessages::new(resp, shared.max);
+    let mut done = false;
+    while let Some(m) = events.next().await {
+        let is_answer = matches!(m.kind(), Kind::Response | Kind::Error) && gid.is_some() && m.numeric_id() == gid;
+        shared.deliver(origin, m).await;
+        if is_answer {
+            done = true;
+            break;
+        }
+    }
+    PumpOutcome { done, last_event_id: events.last_event_id, retry_ms: events.retry_ms }
+}
+
+/// The JSON-RPC messages of an SSE response (events named `message` or unnamed), one at a
+/// time. Events that are not JSON-RPC are skipped; a stream that breaks the SSE framing ends.
+pub(super) struct SseMessages {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    decoder: Decoder,
+    ready: std::collections::VecDeque<Message>,
+    /// The last event id seen (for `Last-Event-ID`).
+    pub(super) last_event_id: Option<String>,
+    /// The last `retry` hint seen.
+    pub(super) retry_ms: Option<u64>,
+}
+
+impl SseMessages {
+    /// Reads `resp`, refusing events over `max` bytes.
+    pub(super) fn new(resp: reqwest::Response, max: usize) -> SseMessages {
+        SseMessages {
+            body: Box::pin(resp.bytes_stream()),
+            decoder: Decoder::new(max),
+            ready: std::collections::VecDeque::new(),
+            last_event_id: None,
+            retry_ms: None,
+        }
+    }
+
+    /// The next message, or `None` when the stream has ended (or broke).
+    pub(super) async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Some(m);
             }
-        };
-        for ev in events {
-            if ev.id.is_some() {
-                out.last_event_id = ev.id.clone();
-            }
-            if ev.retry.is_some() {
-                out.retry_ms = ev.retry;
-            }
-            if ev.data.is_empty() || ev.event.as_deref().is_some_and(|e| e != "message") {
-                continue;
-            }
-            match Message::parse(ev.data.as_bytes()) {
-                Ok(m) => {
-                    let is_answer =
-                        matches!(m.kind(), Kind::Response | Kind::Error) && gid.is_some() && m.numeric_id() == gid;
-                    shared.deliver(origin, m).await;
-                    if is_answer {
-                        out.done = true;
-                        return out;
-                    }
-                }
+            let Ok(chunk) = self.body.next().await? else { return None };
+            let events = match self.decoder.feed(&chunk) {
+                Ok(e) => e,
                 Err(e) => {
-                    warn!(error = %e, "upstream SSE event is not a JSON-RPC message; skipped")
+                    warn!(error = %e, "upstream SSE stream refused");
+                    return None;
+                }
+            };
+            for ev in events {
+                if ev.id.is_some() {
+                    self.last_event_id = ev.id.clone();
+                }
+                if ev.retry.is_some() {
+                    self.retry_ms = ev.retry;
+                }
+                if ev.data.is_empty() || ev.event.as_deref().is_some_and(|e| e != "message") {
+                    continue;
+                }
+                match Message::parse(ev.data.as_bytes()) {
+                    Ok(m) => self.ready.push_back(m),
+                    Err(e) => warn!(error = %e, "upstream SSE event is not a JSON-RPC message; skipped"),
                 }
             }
         }
     }
-    out
 }
 
 /// Keeps the standalone GET stream open while the upstream session lives.
@@ -367,7 +394,8 @@ async fn standalone(shared: Arc<Shared>) {
     }
 }
 
-fn content_type(h: &HeaderMap) -> String {
+/// The response's `Content-Type`, lowercased (empty when absent).
+pub(super) fn content_type(h: &HeaderMap) -> String {
     h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
 }
 
@@ -396,7 +424,14 @@ pub fn session_loss_class(status: u16, body: &[u8]) -> &'static str {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// How a failed POST is reported: a connection that could not be made provably delivered
+/// nothing; any other failure may have happened after the message went out.
+pub(super) fn post_error(e: &reqwest::Error) -> SendError {
+    if e.is_connect() { SendError::Unreachable(describe(e)) } else { SendError::Interrupted(describe(e)) }
+}
+
+/// A reqwest error with its chain of causes, for logs and error details.
+pub(super) fn describe(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut s = e.to_string();
     let mut src = e.source();

@@ -1,0 +1,792 @@
+//! A Streamable HTTP server that speaks only MCP 2026-07-28 (the stateless "modern era"), as an
+//! upstream for a handshake-era session.
+//!
+//! The session layer keeps talking handshake era: it sends `initialize`, `notifications/initialized`,
+//! `logging/setLevel`, `resources/subscribe`, and expects server→client requests for sampling,
+//! elicitation and roots. This connection translates:
+//!
+//! * `initialize` is answered here from the remote's `server/discover` result; the client's
+//!   params become the per-request `_meta` envelope (version 2026-07-28, client capabilities and
+//!   info) and `notifications/initialized` is swallowed;
+//! * `logging/setLevel` and `ping` are answered here; the level rides every request as
+//!   `io.modelcontextprotocol/logLevel`;
+//! * `resources/subscribe`/`unsubscribe` are answered here and kept as the filter of one
+//!   `subscriptions/listen` stream (re-opened when the filter changes or the stream drops), whose
+//!   notifications reach the client as unsolicited ones;
+//! * every request is a POST with the envelope and the headers the revision requires
+//!   (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` learnt from `x-mcp-header`
+//!   in `tools/list` results);
+//! * an `input_required` result becomes server→client requests on the client's stream, and the
+//!   request is retried with the answers (`inputResponses`, `requestState`);
+//! * results lose the fields a handshake-era client does not know (`resultType`, `ttlMs`,
+//!   `cacheScope`, the `_meta` stamps).
+//!
+//! It owns no session state beyond that translation: ids, retries and revives stay in the
+//! session layer. HTTP plumbing (SSE reading, error classification) is shared with
+//! [`super::streamable`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+use tether_protocol::message::{numeric_id, raw_value, string_id};
+use tether_protocol::{Kind, Message, error_code};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::{Instrument, debug, info, warn};
+use wire::strip_notification_meta;
+
+mod wire;
+
+pub use wire::{
+    ClientProfile, HeaderParam, MODERN_VERSION, encode_header_value, header_params, initialize_result,
+    refuses_handshake, request_headers, strip_modern_fields, with_envelope,
+};
+
+use super::streamable::{SseMessages, content_type, describe, post_error};
+use super::{ConnectContext, Origin, QuitReason, SendError, UpstreamEvent};
+use crate::error::GatewayError;
+
+/// The most `input_required` rounds one request may take (the TypeScript SDK's shim uses 8).
+const MAX_ROUNDS: u32 = 8;
+/// How long the client gets to answer one round's requests.
+const INPUT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The pause before a retry that carries only `requestState` (no questions were asked).
+const STATE_ONLY_PAUSE: Duration = Duration::from_millis(250);
+/// How many `tools/list` pages are read to learn the `x-mcp-header` parameters after a -32020.
+const RELIST_PAGES: usize = 10;
+/// The JSON-RPC code of a header/body mismatch in 2026-07-28.
+const HEADER_MISMATCH: i64 = -32020;
+
+/// What the listen stream asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Filter {
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+    uris: BTreeSet<String>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        !self.tools && !self.prompts && !self.resources && self.uris.is_empty()
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if self.tools {
+            m.insert("toolsListChanged".into(), Value::Bool(true));
+        }
+        if self.prompts {
+            m.insert("promptsListChanged".into(), Value::Bool(true));
+        }
+        if self.resources {
+            m.insert("resourcesListChanged".into(), Value::Bool(true));
+        }
+        if !self.uris.is_empty() {
+            m.insert("resourceSubscriptions".into(), self.uris.iter().cloned().collect());
+        }
+        Value::Object(m)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    profile: Option<ClientProfile>,
+    log_level: Option<String>,
+    /// `x-mcp-header` arguments by tool name, from `tools/list` results.
+    header_params: HashMap<String, Vec<HeaderParam>>,
+    /// The server's capabilities from `server/discover`.
+    server_caps: Value,
+    subscriptions: BTreeSet<String>,
+    /// Waiting `input_required` questions, by the JSON text of the id they went out with.
+    inputs: HashMap<String, oneshot::Sender<Message>>,
+    /// Requests in flight, by gateway id (a cancel aborts the POST, which cancels it upstream).
+    exchanges: HashMap<u64, AbortHandle>,
+}
+
+struct Shared {
+    url: String,
+    http: reqwest::Client,
+    events: tokio::sync::mpsc::Sender<UpstreamEvent>,
+    alive: AtomicBool,
+    max: usize,
+    span: tracing::Span,
+    state: Mutex<State>,
+    filter: watch::Sender<Filter>,
+    wire_ids: AtomicU64,
+}
+
+/// The handle to one modern remote (a cache entry, like an upstream HTTP session).
+pub struct Handle {
+    shared: Arc<Shared>,
+    listen: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Why an answer could not be read.
+enum ReadFailure {
+    /// The connection broke: the request may or may not have run.
+    Broken(String),
+    /// An HTTP error without a JSON-RPC answer.
+    Refused { status: u16, detail: String },
+}
+
+impl Handle {
+    /// A connection-to-be: nothing is sent before the session's `initialize`.
+    pub fn new(url: &str, ctx: ConnectContext) -> Handle {
+        let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "modern-http");
+        Handle {
+            shared: Arc::new(Shared {
+                url: url.to_owned(),
+                http: ctx.http,
+                events: ctx.events,
+                alive: AtomicBool::new(true),
+                max: ctx.options.max_message,
+                span,
+                state: Mutex::new(State::default()),
+                filter: watch::Sender::new(Filter::default()),
+                wire_ids: AtomicU64::new(1),
+            }),
+            listen: Mutex::new(None),
+        }
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Gives the connection up: the session revives a new one (which discovers again).
+    pub fn mark_lost(&self) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.lost(QuitReason::Disconnected("marked lost".into()), Vec::new()).await });
+    }
+
+    /// Starts the listen stream for the change notifications the server offers (the client's
+    /// standalone stream is open).
+    pub fn open_standalone(&self) {
+        let Ok(mut slot) = self.listen.lock() else { return };
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) || !self.is_alive() {
+            return;
+        }
+        self.shared.refresh_filter();
+        let shared = self.shared.clone();
+        let span = shared.span.clone();
+        *slot = Some(tokio::spawn(listen(shared).instrument(span)));
+    }
+
+    /// Ends the connection: the listen stream and requests in flight are dropped.
+    pub async fn close(&self) {
+        if let Ok(mut slot) = self.listen.lock()
+            && let Some(t) = slot.take()
+        {
+            t.abort();
+        }
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.drop_waiters();
+        let _ = self.shared.events.send(UpstreamEvent::Closed(QuitReason::Closed, Vec::new())).await;
+    }
+
+    /// Hands one handshake-era message to the remote, translated.
+    pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
+        if !self.is_alive() {
+            return Err(SendError::Unreachable("the modern upstream connection has ended".into()));
+        }
+        match msg.kind() {
+            Kind::Request => {
+                let Some(gid) = gid else {
+                    return Err(SendError::Refused { status: 0, detail: "a request without a gateway id".into() });
+                };
+                self.request(msg, gid).await
+            }
+            Kind::Notification => {
+                self.notification(msg);
+                Ok(())
+            }
+            Kind::Response | Kind::Error => {
+                self.shared.input_answer(msg.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn notification(&self, msg: &Message) {
+        if msg.is("notifications/cancelled") {
+            // Over HTTP, closing the request's stream is the cancel.
+            let gid = msg
+                .params()
+                .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                .and_then(|p| p.get("requestId").and_then(Value::as_u64));
+            if let Some(gid) = gid
+                && let Some(h) = self.shared.state().exchanges.remove(&gid)
+            {
+                h.abort();
+            }
+            return;
+        }
+        // `notifications/initialized`, roots/list_changed and client progress do not exist at
+        // 2026-07-28: nothing to send.
+        debug!(method = msg.method().unwrap_or(""), "client notification has no 2026-07-28 equivalent; dropped");
+    }
+
+    async fn request(&self, msg: &Message, gid: u64) -> Result<(), SendError> {
+        let shared = &self.shared;
+        let method = msg.method().unwrap_or_default().to_owned();
+        let params: Value = match msg.params() {
+            Some(p) => serde_json::from_str(p.get()).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        match method.as_str() {
+            "initialize" => return self.initialize(&params, gid).await,
+            "ping" => {
+                shared.answer(gid, json!({})).await;
+                return Ok(());
+            }
+            "logging/setLevel" => {
+                if let Some(level) = params.get("level").and_then(Value::as_str) {
+                    shared.state().log_level = Some(level.to_owned());
+                }
+                shared.answer(gid, json!({})).await;
+                return Ok(());
+            }
+            "resources/subscribe" | "resources/unsubscribe" => {
+                if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+                    let mut st = shared.state();
+                    if method == "resources/subscribe" {
+                        st.subscriptions.insert(uri.to_owned());
+                    } else {
+                        st.subscriptions.remove(uri);
+                    }
+                }
+                shared.refresh_filter();
+                self.open_standalone();
+                shared.answer(gid, json!({})).await;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let exchange = Exchange { gid, method, params };
+        let resp = shared.post_request(&exchange, &exchange.params).await?;
+        // A refusal without a JSON-RPC answer is the sender's to report, like the other kinds.
+        if !resp.status().is_success() && !content_type(resp.headers()).starts_with("application/json") {
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(SendError::Refused {
+                status,
+                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+        }
+        let shared2 = shared.clone();
+        let task =
+            tokio::spawn(async move { shared2.run_exchange(exchange, resp).await }.instrument(shared.span.clone()));
+        shared.state().exchanges.insert(gid, task.abort_handle());
+        Ok(())
+    }
+
+    /// Answers `initialize` from `server/discover`, and keeps the client's profile for the
+    /// envelope of every later request.
+    async fn initialize(&self, params: &Value, gid: u64) -> Result<(), SendError> {
+        let shared = &self.shared;
+        shared.state().profile = Some(ClientProfile::from_initialize(params));
+        let exchange = Exchange { gid, method: "server/discover".into(), params: json!({}) };
+        let resp = shared.post_request(&exchange, &exchange.params).await?;
+        let answer = match shared.read_answer(resp, gid).await {
+            Ok(a) => a,
+            // Discovery has no effect: a broken answer is as good as none.
+            Err(ReadFailure::Broken(d)) => return Err(SendError::Unreachable(d)),
+            Err(ReadFailure::Refused { status, detail }) => return Err(SendError::Refused { status, detail }),
+        };
+        let Some(result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {
+            // The remote refused discovery: the client hears why, in its own id.
+            shared.deliver_answer(gid, answer).await;
+            return Ok(());
+        };
+        let requested = params.get("protocolVersion").and_then(Value::as_str);
+        let init = initialize_result(&result, requested);
+        shared.state().server_caps = init.get("capabilities").cloned().unwrap_or_else(|| json!({}));
+        shared.refresh_filter();
+        info!(
+            protocol_version = init["protocolVersion"].as_str().unwrap_or(""),
+            remote = %shared.url,
+            "modern remote discovered; serving the client's handshake from server/discover"
+        );
+        shared.answer(gid, init).await;
+        Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = self.listen.lock()
+            && let Some(t) = slot.take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// One client request on its way through the rounds.
+struct Exchange {
+    gid: u64,
+    method: String,
+    /// The client's params, without the envelope.
+    params: Value,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn drop_waiters(&self) {
+        let mut st = self.state();
+        st.inputs.clear();
+        for (_, h) in st.exchanges.drain() {
+            h.abort();
+        }
+    }
+
+    /// Reports the connection dead, once, with the requests it never received.
+    async fn lost(&self, reason: QuitReason, undelivered: Vec<u64>) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.drop_waiters();
+            let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+        }
+    }
+
+    async fn deliver(&self, origin: Origin, msg: Message) {
+        let _ = self.events.send(UpstreamEvent::Message(origin, msg)).await;
+    }
+
+    /// The answer to the session's request `gid`, whatever id it had on the wire.
+    async fn deliver_answer(&self, gid: u64, mut msg: Message) {
+        msg.set_id(numeric_id(gid));
+        self.deliver(Origin::Request(gid), msg).await;
+    }
+
+    async fn answer(&self, gid: u64, result: Value) {
+        self.deliver(Origin::Request(gid), Message::response(&numeric_id(gid), &raw_value(&result))).await;
+    }
+
+    async fn fail(&self, gid: u64, e: GatewayError) {
+        self.deliver(Origin::Request(gid), e.to_message(Some(&numeric_id(gid)))).await;
+    }
+
+    fn refresh_filter(&self) {
+        let st = self.state();
+        let caps = &st.server_caps;
+        let uris = if caps["resources"]["subscribe"].as_bool() == Some(true) || !st.subscriptions.is_empty() {
+            st.subscriptions.clone()
+        } else {
+            BTreeSet::new()
+        };
+        let filter = Filter {
+            tools: caps["tools"]["listChanged"].as_bool() == Some(true),
+            prompts: caps["prompts"]["listChanged"].as_bool() == Some(true),
+            resources: caps["resources"]["listChanged"].as_bool() == Some(true),
+            uris,
+        };
+        drop(st);
+        self.filter.send_if_modified(|f| {
+            let changed = *f != filter;
+            *f = filter;
+            changed
+        });
+    }
+
+    /// The body and headers of one POST for `method` with `params` (the envelope is added).
+    fn build(&self, method: &str, params: &Value) -> (Value, HeaderMap) {
+        let (profile, level, header_params) = {
+            let st = self.state();
+            let tool = if method == "tools/call" { params.get("name").and_then(Value::as_str) } else { None };
+            (
+                st.profile.clone().unwrap_or_default(),
+                st.log_level.clone(),
+                tool.and_then(|t| st.header_params.get(t).cloned()).unwrap_or_default(),
+            )
+        };
+        let params = with_envelope(params, &profile, level.as_deref());
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in request_headers(method, &params, &header_params) {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+                headers.insert(n, v);
+            }
+        }
+        (params, headers)
+    }
+
+    /// POSTs one round of `exchange` with `params`. A failure is only reported: the session
+    /// replaces this connection (discovering again, waiting for an away remote) and sends again.
+    async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<reqwest::Response, SendError> {
+        let (params, headers) = self.build(&exchange.method, params);
+        let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
+        self.http.post(&self.url).headers(headers).body(body.to_string()).send().await.map_err(|e| post_error(&e))
+    }
+
+    /// Reads the final answer of one POST; request-related notifications on an SSE answer are
+    /// passed on to the request's stream.
+    async fn read_answer(&self, resp: reqwest::Response, gid: u64) -> Result<Message, ReadFailure> {
+        let status = resp.status();
+        let ctype = content_type(resp.headers());
+        if status.is_success() && ctype.starts_with("text/event-stream") {
+            let mut events = SseMessages::new(resp, self.max);
+            while let Some(m) = events.next().await {
+                match m.kind() {
+                    Kind::Response | Kind::Error => return Ok(m),
+                    Kind::Notification => self.deliver(Origin::Request(gid), m).await,
+                    Kind::Request => warn!("a 2026-07-28 server sent a request on a response stream; dropped"),
+                }
+            }
+            return Err(ReadFailure::Broken("the response stream ended before its answer".into()));
+        }
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err(ReadFailure::Broken(format!("reading the response body failed: {}", describe(&e)))),
+        };
+        match Message::parse(&body) {
+            Ok(m) if matches!(m.kind(), Kind::Response | Kind::Error) => Ok(m),
+            _ => Err(ReadFailure::Refused {
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    /// Drives one request to its final answer: reads it, answers `input_required` rounds with
+    /// the client's help, re-learns tool headers once on a header mismatch, and hands the
+    /// translated answer to the session.
+    async fn run_exchange(self: Arc<Self>, exchange: Exchange, first: reqwest::Response) {
+        let gid = exchange.gid;
+        let mut resp = first;
+        let mut round = 0u32;
+        let mut relisted = false;
+        loop {
+            let answer = match self.read_answer(resp, gid).await {
+                Ok(a) => a,
+                Err(ReadFailure::Broken(d)) => {
+                    // No resumption at 2026-07-28: the session decides whether to send it again.
+                    self.fail(gid, GatewayError::UpstreamRestarted(d)).await;
+                    break;
+                }
+                Err(ReadFailure::Refused { status, detail }) => {
+                    self.fail(gid, GatewayError::UpstreamRefused { status, detail }).await;
+                    break;
+                }
+            };
+            let mut next_params = exchange.params.clone();
+            match answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+                None => {
+                    if error_code_of(&answer) == Some(HEADER_MISMATCH) && exchange.method == "tools/call" && !relisted {
+                        // Our view of the tool's `x-mcp-header` arguments is stale: list again, once.
+                        relisted = true;
+                        self.relist_tools(gid).await;
+                    } else {
+                        self.deliver_answer(gid, answer).await;
+                        break;
+                    }
+                }
+                Some(result) if result.get("resultType").and_then(Value::as_str) == Some("input_required") => {
+                    round += 1;
+                    if round > MAX_ROUNDS {
+                        let why = format!("the server asked for input more than {MAX_ROUNDS} times");
+                        self.input_failed(&exchange, &why).await;
+                        break;
+                    }
+                    match self.ask_client(gid, round, &result).await {
+                        Ok(responses) => {
+                            if let Some(obj) = next_params.as_object_mut() {
+                                if let Some(r) = responses {
+                                    obj.insert("inputResponses".into(), r);
+                                }
+                                if let Some(s) = result.get("requestState") {
+                                    obj.insert("requestState".into(), s.clone());
+                                }
+                            }
+                        }
+                        Err(why) => {
+                            self.input_failed(&exchange, &why).await;
+                            break;
+                        }
+                    }
+                }
+                Some(mut result) => {
+                    if exchange.method == "tools/list" {
+                        self.learn_tools(&mut result);
+                    }
+                    strip_modern_fields(&mut result);
+                    self.answer(gid, result).await;
+                    break;
+                }
+            }
+            resp = match self.post_request(&exchange, &next_params).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(gid, GatewayError::UpstreamRestarted(e.to_string())).await;
+                    break;
+                }
+            };
+        }
+        self.state().exchanges.remove(&gid);
+    }
+
+    /// Sends one round's questions to the client as server→client requests and collects the
+    /// answers, keyed like the questions. `Ok(None)`: a state-only round (nothing was asked).
+    async fn ask_client(&self, gid: u64, round: u32, result: &Value) -> Result<Option<Value>, String> {
+        let Some(requests) = result.get("inputRequests").and_then(Value::as_object).filter(|r| !r.is_empty()) else {
+            if result.get("requestState").is_none() {
+                return Err("the server asked for input without saying what".into());
+            }
+            tokio::time::sleep(STATE_ONLY_PAUSE).await;
+            return Ok(None);
+        };
+        let mut waiting = Vec::with_capacity(requests.len());
+        for (n, (key, req)) in requests.iter().enumerate() {
+            let method = req.get("method").and_then(Value::as_str).unwrap_or_default();
+            if !["elicitation/create", "sampling/createMessage", "roots/list"].contains(&method) {
+                return Err(format!("the server asked for {method:?}, which has no handshake-era request"));
+            }
+            let mut params = req.get("params").cloned().unwrap_or_else(|| json!({}));
+            if method == "elicitation/create"
+                && params.get("mode").and_then(Value::as_str) == Some("url")
+                && let Some(p) = params.as_object_mut()
+            {
+                // 2025-11-25 URL elicitation names itself; 2026-07-28 dropped the id.
+                p.entry("elicitationId").or_insert_with(|| Value::String(format!("tether-{gid}-{round}-{n}")));
+            }
+            let id = string_id(&format!("tether-input-{gid}-{round}-{n}"));
+            let (tx, rx) = oneshot::channel();
+            self.state().inputs.insert(id.get().to_owned(), tx);
+            let mut ask = Message::request(0, method, Some(&raw_value(&params)));
+            ask.set_id(id);
+            self.deliver(Origin::Request(gid), ask).await;
+            waiting.push((key.clone(), rx));
+        }
+        let mut responses = Map::new();
+        for (key, rx) in waiting {
+            let answer = match tokio::time::timeout(INPUT_TIMEOUT, rx).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(_)) => return Err("the connection ended while the client was asked for input".into()),
+                Err(_) => return Err("the client did not answer the server's request for input in time".into()),
+            };
+            match answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+                Some(r) => responses.insert(key, r),
+                None => {
+                    let msg = answer
+                        .error_object()
+                        .and_then(|e| serde_json::from_str::<Value>(e.get()).ok())
+                        .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_owned))
+                        .unwrap_or_else(|| "an error".into());
+                    return Err(format!("the client refused the server's request for input: {msg}"));
+                }
+            };
+        }
+        Ok(Some(Value::Object(responses)))
+    }
+
+    /// A request whose input rounds failed ends like the TypeScript SDK's shim ends it: a tool
+    /// error result for `tools/call`, an internal error otherwise.
+    async fn input_failed(&self, exchange: &Exchange, why: &str) {
+        warn!(method = %exchange.method, reason = why, "a request for input could not be completed");
+        if exchange.method == "tools/call" {
+            self.answer(exchange.gid, json!({"content": [{"type": "text", "text": why}], "isError": true})).await;
+        } else {
+            let m = Message::error(Some(&numeric_id(exchange.gid)), error_code::INTERNAL_ERROR, why, None);
+            self.deliver(Origin::Request(exchange.gid), m).await;
+        }
+    }
+
+    /// The client's answer to one of our questions.
+    fn input_answer(&self, msg: Message) {
+        let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
+        match self.state().inputs.remove(&key) {
+            Some(tx) => {
+                let _ = tx.send(msg);
+            }
+            None => debug!(id = %key, "an answer to a question no longer asked; dropped"),
+        }
+    }
+
+    /// Remembers the `x-mcp-header` arguments of listed tools, and drops tools whose
+    /// annotations are invalid (as an HTTP client must).
+    fn learn_tools(&self, result: &mut Value) {
+        let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else { return };
+        let mut learned = Vec::new();
+        tools.retain(|t| {
+            let name = t.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            match header_params(t.get("inputSchema").unwrap_or(&Value::Null)) {
+                Ok(params) => {
+                    learned.push((name, params));
+                    true
+                }
+                Err(why) => {
+                    warn!(tool = %name, reason = %why, "the remote lists a tool with an invalid x-mcp-header; hidden");
+                    false
+                }
+            }
+        });
+        let mut st = self.state();
+        for (name, params) in learned {
+            if params.is_empty() {
+                st.header_params.remove(&name);
+            } else {
+                st.header_params.insert(name, params);
+            }
+        }
+    }
+
+    /// Lists the tools (a few pages) to learn their `x-mcp-header` arguments.
+    async fn relist_tools(&self, gid: u64) {
+        let mut cursor: Option<String> = None;
+        for _ in 0..RELIST_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let exchange = Exchange { gid, method: "tools/list".into(), params };
+            let Ok(resp) = self.post_request(&exchange, &exchange.params).await else { return };
+            let Ok(answer) = self.read_answer(resp, gid).await else { return };
+            let Some(mut result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {
+                return;
+            };
+            self.learn_tools(&mut result);
+            cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
+            if cursor.is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps one `subscriptions/listen` stream open for the current filter while the connection
+/// lives; re-opens it when the filter changes or the stream drops. After a drop, the client is
+/// told that what it watches may have changed (events are level triggers and are not replayed).
+async fn listen(shared: Arc<Shared>) {
+    let mut filter_rx = shared.filter.subscribe();
+    let mut delay = Duration::from_millis(500);
+    let mut lost = false;
+    while shared.alive.load(Ordering::Acquire) {
+        let filter = filter_rx.borrow_and_update().clone();
+        if filter.is_empty() {
+            if filter_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let method = "subscriptions/listen";
+        let (params, mut headers) = shared.build(method, &json!({ "notifications": filter.to_json() }));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream, application/json"));
+        let wire_id = format!("tether-listen-{}", shared.wire_ids.fetch_add(1, Ordering::Relaxed));
+        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": method, "params": params});
+        let opened = shared.http.post(&shared.url).headers(headers).body(body.to_string()).send().await;
+        let resp = match opened {
+            Ok(r) if r.status().is_success() && content_type(r.headers()).starts_with("text/event-stream") => r,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                let body: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+                warn!(status, body = %body, "the remote refused subscriptions/listen");
+                if status == 404 || status == 405 {
+                    // Not served: wait for another filter rather than retrying this one.
+                    if filter_rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                lost = true;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %describe(&e), "subscriptions/listen could not be opened; retrying");
+                lost = true;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let was_lost = std::mem::take(&mut lost);
+        let mut acked = false;
+        let mut events = SseMessages::new(resp, shared.max);
+        let read = async {
+            // A final result (or error) ends the stream gracefully; requests are not allowed.
+            while let Some(m) = events.next().await {
+                if m.kind() != Kind::Notification {
+                    if matches!(m.kind(), Kind::Response | Kind::Error) {
+                        return;
+                    }
+                    continue;
+                }
+                if m.is("notifications/subscriptions/acknowledged") {
+                    acked = true;
+                    if was_lost {
+                        shared.announce_possible_changes(&filter).await;
+                    }
+                    continue;
+                }
+                shared.deliver(Origin::Standalone, strip_notification_meta(m)).await;
+            }
+        };
+        let ended = tokio::select! {
+            _ = read => true,
+            changed = filter_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        if acked {
+            delay = Duration::from_millis(500);
+        }
+        if ended {
+            debug!("the subscriptions/listen stream ended; re-opening it");
+            lost = true;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+impl Shared {
+    /// After the listen stream was lost and re-opened: what the client watches may have
+    /// changed meanwhile.
+    async fn announce_possible_changes(&self, filter: &Filter) {
+        for uri in &filter.uris {
+            let n = Message::notification("notifications/resources/updated", Some(&raw_value(&json!({ "uri": uri }))));
+            self.deliver(Origin::Standalone, n).await;
+        }
+        for (on, kind) in [(filter.tools, "tools"), (filter.prompts, "prompts"), (filter.resources, "resources")] {
+            if on {
+                self.deliver(
+                    Origin::Standalone,
+                    Message::notification(&format!("notifications/{kind}/list_changed"), None),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+fn error_code_of(m: &Message) -> Option<i64> {
+    let e: Value = serde_json::from_str(m.error_object()?.get()).ok()?;
+    e.get("code").and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listen_filter_names_only_what_is_wanted() {
+        let f = Filter { tools: true, prompts: false, resources: false, uris: ["a://1".to_owned()].into() };
+        assert_eq!(f.to_json(), json!({"toolsListChanged": true, "resourceSubscriptions": ["a://1"]}));
+        assert!(Filter::default().is_empty());
+    }
+}
