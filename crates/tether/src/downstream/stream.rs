@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{Outbound, Session, Sink};
+use crate::session::{Outbound, Session};
 
 /// A body fed by a channel, and the response that carries it.
 pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Bytes>, Response) {
@@ -88,14 +88,15 @@ impl Pump {
     }
 
     /// Writes a priming event (id, `retry`, empty data) when the session's revision wants one.
-    pub async fn prime(&self, sink: &Sink) -> bool {
+    /// The id must be taken before anything can be emitted on the stream (see
+    /// [`Session::next_event_id`]): a resume from it replays what follows by position.
+    pub async fn prime(&self, id: &str) -> bool {
         let version = self.session.protocol_version();
         if self.legacy || !version.as_deref().is_some_and(tether_protocol::version::primes_streams) {
             return true;
         }
         let mut buf = Vec::new();
-        let id = self.session.next_event_id(sink);
-        sse::encode_priming(&mut buf, &id, self.session.config().retry_hint.as_millis() as u64);
+        sse::encode_priming(&mut buf, id, self.session.config().retry_hint.as_millis() as u64);
         self.raw(buf).await
     }
 

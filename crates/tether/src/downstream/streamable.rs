@@ -218,7 +218,10 @@ async fn forward(
     let (sink, mut rx) = Sink::channel(session.next_stream(), kind);
     let sink = sink.for_request(client_id.as_deref());
     let sink = sink.probed(probe.clone());
-    let prime_sink = sink.clone();
+    // Taken before the request goes upstream: a fast answer is emitted while this handler
+    // still runs, and its position must come after the priming event's, or a client resuming
+    // from the priming id would never get it.
+    let priming = session.next_event_id(&sink);
     let gid = match session.request(msg, sink).instrument(span.clone()).await {
         Ok(g) => g,
         Err(e) => {
@@ -239,7 +242,7 @@ async fn forward(
     let pump = pump(app, &session, tx, true);
     tokio::spawn(
         async move {
-            if !pump.prime(&prime_sink).await {
+            if !pump.prime(&priming).await {
                 return;
             }
             if pump.run(&mut rx, true, Some(deadline)).await == End::Deadline && session.time_out(gid).await {
@@ -270,18 +273,23 @@ pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(last) = last {
         return resume(&app, session, &last).instrument(span).await;
     }
-    let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
-    let backlog = session.attach_standalone(sink.clone());
-    let (tx, resp) = sse_response(None);
-    let pump = pump(&app, &session, tx, false);
-    tokio::spawn(standalone(pump, sink, rx, backlog, true).instrument(span));
-    resp
+    let _entered = span.enter();
+    fresh_standalone(&app, session)
 }
 
 /// Runs a standalone stream: priming, the backlog, then live messages.
-async fn standalone(pump: Pump, sink: Sink, mut rx: mpsc::Receiver<Outbound>, backlog: Vec<Bytes>, prime: bool) {
+async fn standalone(
+    pump: Pump,
+    sink: Sink,
+    mut rx: mpsc::Receiver<Outbound>,
+    backlog: Vec<Bytes>,
+    priming: Option<String>,
+) {
     let session = pump.session.clone();
-    let ok = !prime || pump.prime(&sink).await;
+    let ok = match &priming {
+        Some(id) => pump.prime(id).await,
+        None => true,
+    };
     if ok {
         for m in backlog {
             // Queued while no stream was open: delivered now as stored, id-bearing events.
@@ -343,7 +351,7 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
             }
         }
         match live {
-            Some((sink, rx)) if was_standalone => standalone(pump, sink, rx, backlog, false).await,
+            Some((sink, rx)) if was_standalone => standalone(pump, sink, rx, backlog, None).await,
             Some((_, mut rx)) if !events.iter().any(|e| e.fin) => {
                 let deadline = Instant::now() + session.config().request_timeout;
                 pump.run(&mut rx, true, Some(deadline)).await;
@@ -353,7 +361,7 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
             None if was_standalone => {
                 let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
                 let backlog = session.attach_standalone(sink.clone());
-                standalone(pump, sink, rx, backlog, false).await;
+                standalone(pump, sink, rx, backlog, None).await;
             }
             // A request stream of an earlier run whose answer never came (tether stopped first):
             // the request is answered now with the documented error, so the client does not
@@ -373,10 +381,12 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
 
 fn fresh_standalone(app: &AppState, session: Arc<Session>) -> Response {
     let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
+    // Before the stream is attached, so that everything it carries comes after it.
+    let priming = session.next_event_id(&sink);
     let backlog = session.attach_standalone(sink.clone());
     let (tx, resp) = sse_response(None);
     let pump = pump(app, &session, tx, false);
-    tokio::spawn(standalone(pump, sink, rx, backlog, true));
+    tokio::spawn(standalone(pump, sink, rx, backlog, Some(priming)).in_current_span());
     resp
 }
 
