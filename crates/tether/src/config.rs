@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Stored SSE events older than this are dropped [default: 1h]
     #[arg(long, env = "TETHER_EVENT_MAX_AGE", value_name = "DURATION")]
     pub event_max_age: Option<String>,
+    /// Answered request streams kept per session for Last-Event-ID resumption; older ones are
+    /// dropped as new ones are answered [default: 32]
+    #[arg(long, env = "TETHER_EVENT_FINISHED_STREAMS", value_name = "N")]
+    pub event_finished_streams: Option<usize>,
     /// Largest request body in bytes [default: 4194304]
     #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
@@ -117,6 +121,7 @@ pub struct FileConfig {
     upstream_idle: Option<String>,
     event_retention: Option<usize>,
     event_max_age: Option<String>,
+    event_finished_streams: Option<usize>,
     retry_tools: Option<Vec<String>>,
     restart_max_failures: Option<usize>,
     restart_window: Option<String>,
@@ -280,6 +285,7 @@ impl Config {
         let retention = Retention {
             per_stream: args.event_retention.or(file.event_retention).unwrap_or(1000).max(1),
             max_age_ms: event_max_age.as_millis() as u64,
+            finished_streams: args.event_finished_streams.or(file.event_finished_streams).unwrap_or(32).max(1),
         };
         let max_failures = args.restart_max_failures.or(file.restart_max_failures).unwrap_or(5);
         if max_failures == 0 {

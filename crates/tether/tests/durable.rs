@@ -212,6 +212,42 @@ async fn a_cut_post_stream_is_resumed_and_gets_its_answer() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Answered request streams are kept for resumption only within the per-session window
+/// (`--event-finished-streams`): the oldest one's events go when a newer one is answered, so
+/// a busy session does not keep every answer for the whole retention age.
+#[tokio::test]
+async fn answered_streams_beyond_the_window_are_dropped() {
+    let dir = temp_dir("window");
+    let port = free_port();
+    let t = Tether::start(&dir, port, &["--event-finished-streams", "2"]).await;
+    let mut c = Client::for_base(t.base(), Front::Streamable);
+    c.connect().await;
+    let mut cursors = Vec::new();
+    for id in 1..=3 {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": format!("m{id}")}}});
+        let mut s = SseStream::new(c.post(&body).await);
+        let priming = s.next_event().await.expect("priming").id.expect("priming id");
+        let answer = s.next_event().await.expect("answer");
+        // Positions order a stream: the answer must come after the priming event even when
+        // the upstream answers before the POST handler has written anything.
+        let seq = |id: &str| id.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).expect("seq");
+        assert!(seq(answer.id.as_deref().expect("answer id")) > seq(&priming), "answer after priming");
+        let answer: Value = serde_json::from_str(&answer.data).expect("json");
+        assert_eq!(answer["id"], id);
+        cursors.push(priming);
+    }
+    let mut oldest = c.resume_stream(Some(&cursors[0])).await;
+    assert!(oldest.next_message().await.is_none(), "the oldest answered stream is no longer kept");
+    for (i, cursor) in cursors.iter().enumerate().skip(1) {
+        let mut s = c.resume_stream(Some(cursor)).await;
+        let answer = s.next_message().await.expect("a kept answer is replayed");
+        assert_eq!(answer["id"], i + 1);
+        assert_eq!(text_of(&answer), format!("m{}", i + 1));
+    }
+    t.kill9().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A request in flight when tether is killed cannot be answered by the new tether; a client
 /// resuming its stream gets the documented error at once instead of waiting out its timeout.
 #[tokio::test]

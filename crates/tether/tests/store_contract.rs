@@ -108,14 +108,59 @@ async fn retention_bounds_streams(store: Arc<dyn Store>) {
     for seq in 1..=10u64 {
         store.append(s, "i.1", seq, b"{}", false).await.expect("append");
     }
-    let dropped = store.prune(Retention { per_stream: 4, max_age_ms: 3_600_000 }, now_ms()).await.expect("prune");
+    let dropped = store.prune(Retention { per_stream: 4, ..Retention::default() }, now_ms()).await.expect("prune");
     assert_eq!(dropped, 6);
     assert_eq!(store.replay(s, "i.1", 2, 100).await.expect("replay"), Replay::Gone, "older than retention");
     let Replay::Events(ev) = store.replay(s, "i.1", 6, 100).await.expect("replay") else { panic!("gone") };
     assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
     // By age: everything is older than "now + 2h - 1h".
-    store.prune(Retention { per_stream: 100, max_age_ms: 3_600_000 }, now_ms() + 7_200_000).await.expect("prune");
+    store.prune(Retention { per_stream: 100, ..Retention::default() }, now_ms() + 7_200_000).await.expect("prune");
     assert_eq!(store.replay(s, "i.1", 6, 100).await.expect("replay"), Replay::Gone);
+}
+
+async fn evicting_drops_a_finished_stream_in_the_same_write(store: Arc<dyn Store>) {
+    let s = "00112233445566778899aabbccddeeff";
+    store.append(s, "i.1", 1, b"{\"a\":1}", true).await.expect("append");
+    store.append(s, "i.2", 2, b"{\"a\":2}", true).await.expect("append");
+    store.append_evicting(s, "i.3", 3, b"{\"a\":3}", true, "i.1").await.expect("append");
+    assert_eq!(store.replay(s, "i.1", 0, 100).await.expect("replay"), Replay::Gone, "evicted");
+    for (stream, seq) in [("i.2", 2), ("i.3", 3)] {
+        let Replay::Events(ev) = store.replay(s, stream, 0, 100).await.expect("replay") else {
+            panic!("{stream} gone")
+        };
+        assert_eq!(ev.iter().map(|e| (e.seq, e.fin)).collect::<Vec<_>>(), vec![(seq, true)], "{stream} kept");
+    }
+    // Evicting a stream that is not there is not an error.
+    store.append_evicting(s, "i.4", 4, b"{}", true, "i.1").await.expect("append");
+}
+
+/// Many writers at once (the SQLite store group-commits them): every write is committed and
+/// every writer hears back.
+async fn concurrent_writes_all_commit(store: Arc<dyn Store>) {
+    let s = "0123456789abcdeffedcba9876543210";
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..200u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let stream = format!("i.{n}");
+            for seq in 1..=5u64 {
+                store.append(s, &stream, n * 10 + seq, b"{}", seq == 5).await.expect("append");
+            }
+        });
+    }
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(r) = tasks.join_next().await {
+            r.expect("writer");
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "a writer never heard back");
+    for n in 0..200u64 {
+        let Replay::Events(ev) = store.replay(s, &format!("i.{n}"), 0, 100).await.expect("replay") else {
+            panic!("stream {n} gone")
+        };
+        assert_eq!(ev.len(), 5, "stream {n}");
+    }
 }
 
 macro_rules! backends {
@@ -130,6 +175,12 @@ macro_rules! backends {
             async fn events_replay_after_a_cursor() { super::events_replay_after_a_cursor($make).await }
             #[tokio::test]
             async fn retention_bounds_streams() { super::retention_bounds_streams($make).await }
+            #[tokio::test]
+            async fn evicting_drops_a_finished_stream_in_the_same_write() {
+                super::evicting_drops_a_finished_stream_in_the_same_write($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_writes_all_commit() { super::concurrent_writes_all_commit($make).await }
         }
     )*};
 }

@@ -93,6 +93,18 @@ impl EventStore for TimedStore {
         self.timed(StoreOp::EventAppend, self.inner.append(session, stream, seq, data, fin)).await
     }
 
+    async fn append_evicting(
+        &self,
+        session: &str,
+        stream: &str,
+        seq: u64,
+        data: &[u8],
+        fin: bool,
+        evict: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(StoreOp::EventAppend, self.inner.append_evicting(session, stream, seq, data, fin, evict)).await
+    }
+
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
         let r = self.inner.replay(session, stream, after_seq, limit).await;
         if let Ok(Replay::Events(events)) = &r {

@@ -34,6 +34,7 @@ impl Config {
             upstream_idle: Some(duration(s.upstream_idle)),
             event_retention: Some(s.retention.per_stream),
             event_max_age: Some(duration(Duration::from_millis(s.retention.max_age_ms))),
+            event_finished_streams: Some(s.retention.finished_streams),
             retry_tools: Some(s.retry_tools.clone()),
             restart_max_failures: Some(s.restart.max_failures),
             restart_window: Some(duration(s.restart.window)),

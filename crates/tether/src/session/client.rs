@@ -312,7 +312,7 @@ impl Session {
             let mut r = lock(&self.routes);
             r.standalone = None;
             r.server_requests.clear();
-            r.pending.drain().map(|(_, p)| p).collect()
+            r.pending.take_all()
         };
         for p in pending {
             if let Reply::Client(sink) = p.reply {

@@ -246,10 +246,45 @@ struct ServerRequest {
 
 #[derive(Default)]
 struct Routes {
-    pending: HashMap<u64, Pending>,
+    pending: PendingMap,
     server_requests: HashMap<String, ServerRequest>,
     standalone: Option<Sink>,
     backlog: VecDeque<Bytes>,
+    /// Keys of the answered request streams whose events are retained, oldest first.
+    finished: VecDeque<String>,
+}
+
+/// The requests in flight upstream. A map that becomes empty gives its table back: most
+/// sessions are idle most of the time, and an emptied `HashMap` would otherwise keep room for
+/// its peak (several hundred bytes a session for nothing).
+#[derive(Default)]
+struct PendingMap(HashMap<u64, Pending>);
+
+impl PendingMap {
+    fn remove(&mut self, gid: &u64) -> Option<Pending> {
+        let p = self.0.remove(gid);
+        if self.0.is_empty() && self.0.capacity() > 0 {
+            self.0 = HashMap::new();
+        }
+        p
+    }
+
+    fn take_all(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.0).into_values().collect()
+    }
+}
+
+impl std::ops::Deref for PendingMap {
+    type Target = HashMap<u64, Pending>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PendingMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 /// This process's tag in stream keys: streams opened after a restart never reuse a key.
@@ -440,7 +475,12 @@ impl Session {
         let mut id = None;
         if sink.resumable() {
             let key = sink.key();
-            match self.deps.store.append(&self.id, &key, seq, &data, fin).await {
+            let evict = if fin && sink.kind == StreamKind::Request { self.finish_stream(&key) } else { None };
+            let stored = match &evict {
+                Some(old) => self.deps.store.append_evicting(&self.id, &key, seq, &data, fin, old).await,
+                None => self.deps.store.append(&self.id, &key, seq, &data, fin).await,
+            };
+            match stored {
                 Ok(()) => id = Some(event_id(&key, seq)),
                 Err(e) => {
                     warn!(session_id = %self.id, error = %e, "storing an SSE event failed; it is sent without an id")
@@ -448,6 +488,17 @@ impl Session {
             }
         }
         sink.deliver(Outbound { id, seq, data, fin, status }).await
+    }
+
+    /// Notes an answered request stream; returns the one that falls out of retention.
+    fn finish_stream(&self, key: &str) -> Option<String> {
+        let cap = self.deps.config.retention.finished_streams.max(1);
+        let mut r = lock(&self.routes);
+        if r.finished.back().is_some_and(|k| k == key) {
+            return None;
+        }
+        r.finished.push_back(key.to_owned());
+        if r.finished.len() > cap { r.finished.pop_front() } else { None }
     }
 
     /// Milliseconds since the Unix epoch of the last client activity.

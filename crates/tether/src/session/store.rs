@@ -112,11 +112,15 @@ pub struct Retention {
     pub per_stream: usize,
     /// Events older than this many milliseconds are dropped.
     pub max_age_ms: u64,
+    /// Answered request streams kept per session for resumption: when one more is answered,
+    /// the oldest one's events go. A busy session would otherwise keep every answer it was
+    /// ever sent for `max_age_ms`.
+    pub finished_streams: usize,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { per_stream: 1000, max_age_ms: 3_600_000 }
+        Retention { per_stream: 1000, max_age_ms: 3_600_000, finished_streams: 32 }
     }
 }
 
@@ -125,6 +129,18 @@ impl Default for Retention {
 pub trait EventStore: Send + Sync + 'static {
     /// Commits one event of `stream` in `session`. `seq` is unique in the stream and rises.
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError>;
+    /// Like [`append`](EventStore::append), and in the same write drops every event of
+    /// `evict`, a stream of the same session that fell out of retention (its replay is then
+    /// [`Replay::Gone`]).
+    async fn append_evicting(
+        &self,
+        session: &str,
+        stream: &str,
+        seq: u64,
+        data: &[u8],
+        fin: bool,
+        evict: &str,
+    ) -> Result<(), StoreError>;
     /// The events of `stream` after `after_seq`, at most `limit`; [`Replay::Gone`] when the
     /// stream is unknown or `after_seq` is older than what is retained.
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError>;

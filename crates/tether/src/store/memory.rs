@@ -24,7 +24,9 @@ struct StreamLog {
 
 #[derive(Default)]
 struct Inner {
-    records: HashMap<String, SessionRecord>,
+    /// Boxed: the table then holds pointers, so its growth slack costs 8 bytes a slot, not a
+    /// whole record.
+    records: HashMap<String, Box<SessionRecord>>,
     events: HashMap<(String, String), StreamLog>,
 }
 
@@ -50,7 +52,7 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.with(|m| {
-            m.records.insert(record.id.clone(), record.clone());
+            m.records.insert(record.id.clone(), Box::new(record.clone()));
         })
     }
 
@@ -83,7 +85,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.with(|m| m.records.get(id).cloned())
+        self.with(|m| m.records.get(id).map(|r| SessionRecord::clone(r)))
     }
 
     async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError> {
@@ -99,7 +101,8 @@ impl SessionStore for MemoryStore {
 
     async fn list_open(&self, after: Option<&str>, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
         self.with(|m| {
-            let mut open: Vec<_> = m.records.values().filter(|r| r.closed_at.is_none()).cloned().collect();
+            let mut open: Vec<_> =
+                m.records.values().filter(|r| r.closed_at.is_none()).map(|r| SessionRecord::clone(r)).collect();
             open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             let start = match after {
                 Some(a) => open.iter().position(|r| r.id == a).map_or(0, |i| i + 1),
@@ -126,7 +129,7 @@ impl SessionStore for MemoryStore {
                     RecordFilter::All => true,
                 })
                 .filter(|r| from.as_ref().is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id)))
-                .cloned()
+                .map(|r| SessionRecord::clone(r))
                 .collect();
             found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             found.truncate(limit);
@@ -161,6 +164,21 @@ impl EventStore for MemoryStore {
                     log.floor = e.seq;
                 }
             }
+        })
+    }
+
+    async fn append_evicting(
+        &self,
+        session: &str,
+        stream: &str,
+        seq: u64,
+        data: &[u8],
+        fin: bool,
+        evict: &str,
+    ) -> Result<(), StoreError> {
+        self.append(session, stream, seq, data, fin).await?;
+        self.with(|m| {
+            m.events.remove(&(session.to_owned(), evict.to_owned()));
         })
     }
 
