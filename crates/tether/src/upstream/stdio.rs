@@ -173,8 +173,14 @@ async fn write_stdin(
     undelivered
 }
 
+/// The initial read buffer of a child's stdout and stderr.
+const READ_BUFFER: usize = 1024;
+
 async fn read_stdout(stdout: tokio::process::ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
-    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(max));
+    // Small to start with (the buffer grows for long lines): an idle child's 8 KiB default
+    // buffers add up over thousands of sessions, and what they free when the child is reaped
+    // stays as holes in the heap.
+    let mut lines = FramedRead::with_capacity(stdout, LinesCodec::new_with_max_length(max), READ_BUFFER);
     while let Some(line) = lines.next().await {
         let line = match line {
             Ok(l) => l,
@@ -206,7 +212,7 @@ async fn read_stdout(stdout: tokio::process::ChildStdout, events: mpsc::Sender<U
 }
 
 async fn log_stderr(stderr: tokio::process::ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
+    let mut lines = BufReader::with_capacity(READ_BUFFER, stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         info!(target: "tether::upstream::stderr", line = %line, "upstream stderr");
     }
