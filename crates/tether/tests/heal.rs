@@ -79,7 +79,7 @@ async fn in_flight_calls_end_as_documented_when_the_child_dies() {
     assert_eq!(answer["error"]["data"]["reason"], "upstream_restarted");
     assert!(answer["error"]["message"].as_str().expect("message").contains("may or may not have run"));
 
-    // A tool annotated idempotent is retried once after the revive and succeeds.
+    // A tool annotated idempotent is retried after the revive and succeeds.
     let mut other = c.same_session();
     let safe_call = tokio::spawn(async move { call(&mut other, "sleep", json!({"ms": 1500})).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -249,7 +249,7 @@ async fn chaos_random_kills_under_load() {
         let stop = stop.clone();
         let manager = gw.manager.clone();
         tokio::spawn(async move {
-            // A safe call is retried once: the same session is not hit again until its retry
+            // Safe calls are retried: the same session is not hit again until a retry
             // has had time to finish, even on a loaded machine.
             let mut last_kill: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
             let mut kills = 0u32;

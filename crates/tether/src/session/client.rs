@@ -15,7 +15,10 @@ use tracing::warn;
 
 use super::StreamKind;
 use super::store::Replay;
-use super::{Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of};
+use super::{
+    Pending, Reply, SAFE_RETRIES, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param,
+    state_change_of,
+};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
@@ -110,7 +113,7 @@ impl Session {
                     return Err(GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into()));
                 }
                 SendError::Interrupted(d) => {
-                    if !p.retry_safe || p.attempts > 0 {
+                    if !p.retry_safe || p.attempts >= SAFE_RETRIES {
                         self.deps.stats.requests_interrupted.inc();
                         return Err(GatewayError::UpstreamRestarted(d));
                     }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{
-    Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of, rewrite_param,
+    Pending, Reply, SAFE_RETRIES, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of,
+    rewrite_param,
 };
 use crate::error::GatewayError;
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
@@ -117,8 +118,8 @@ impl Session {
         if msg.kind() == Kind::Error && is_restart_error(msg.error_object()) && p.method != "initialize" {
             // The upstream (another tether, say) restarted with the request in flight: the same
             // policy as when tether's own upstream dies.
-            info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = p.retry_safe && p.attempts == 0, "upstream restarted with the request in flight");
-            if p.retry_safe && p.attempts == 0 && !self.is_closed() {
+            info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = p.retry_safe && p.attempts < SAFE_RETRIES, "upstream restarted with the request in flight");
+            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
                 let mut p = p;
                 p.attempts += 1;
                 self.deps.stats.requests_retried.inc();
@@ -301,7 +302,7 @@ impl Session {
                 self.spawn_decide_after_revive(gid, p, sink, generation);
                 continue;
             }
-            if p.retry_safe && p.attempts == 0 && !self.is_closed() {
+            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
                 p.attempts += 1;
                 retried = true;
                 self.deps.stats.requests_retried.inc();
