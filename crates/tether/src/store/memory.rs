@@ -30,6 +30,19 @@ struct Inner {
     events: HashMap<(String, String), StreamLog>,
 }
 
+impl Inner {
+    fn push(&mut self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) {
+        let now = crate::session::record::now_ms();
+        let log = self.events.entry((session.to_owned(), stream.to_owned())).or_default();
+        log.events.push_back((now, StoredEvent { seq, data: Bytes::copy_from_slice(data), fin }));
+        while log.events.len() > MAX_PER_STREAM {
+            if let Some((_, e)) = log.events.pop_front() {
+                log.floor = e.seq;
+            }
+        }
+    }
+}
+
 /// The in-memory backend.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -155,16 +168,7 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError> {
-        let now = crate::session::record::now_ms();
-        self.with(|m| {
-            let log = m.events.entry((session.to_owned(), stream.to_owned())).or_default();
-            log.events.push_back((now, StoredEvent { seq, data: Bytes::copy_from_slice(data), fin }));
-            while log.events.len() > MAX_PER_STREAM {
-                if let Some((_, e)) = log.events.pop_front() {
-                    log.floor = e.seq;
-                }
-            }
-        })
+        self.with(|m| m.push(session, stream, seq, data, fin))
     }
 
     async fn append_evicting(
@@ -176,8 +180,8 @@ impl EventStore for MemoryStore {
         fin: bool,
         evict: &str,
     ) -> Result<(), StoreError> {
-        self.append(session, stream, seq, data, fin).await?;
         self.with(|m| {
+            m.push(session, stream, seq, data, fin);
             m.events.remove(&(session.to_owned(), evict.to_owned()));
         })
     }

@@ -171,6 +171,34 @@ impl SqliteStore {
         (job, rx)
     }
 
+    /// Inserts one event and, in the same job, drops the events of `evict`.
+    async fn append_event(
+        &self,
+        session: &str,
+        stream: &str,
+        seq: u64,
+        data: &[u8],
+        fin: bool,
+        evict: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (session, stream, data) = (session.to_owned(), stream.to_owned(), data.to_vec());
+        let evict = evict.map(str::to_owned);
+        let now = crate::session::record::now_ms() as i64;
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![session, stream, seq as i64, data, fin, now])?;
+            if let Some(old) = evict {
+                c.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND stream = ?2")?.execute(params![session, old])?;
+                c.prepare_cached("DELETE FROM event_floors WHERE session_id = ?1 AND stream = ?2")?
+                    .execute(params![session, old])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs a short job (a few rows), committed when this returns.
     async fn call<T: Send + 'static>(
         &self,
@@ -459,15 +487,7 @@ impl SessionStore for SqliteStore {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError> {
-        let (session, stream, data) = (session.to_owned(), stream.to_owned(), data.to_vec());
-        let now = crate::session::record::now_ms() as i64;
-        self.call(move |c| {
-            let mut st = c.prepare_cached(
-                "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            st.execute(params![session, stream, seq as i64, data, fin, now]).map(drop)
-        })
-        .await
+        self.append_event(session, stream, seq, data, fin, None).await
     }
 
     async fn append_evicting(
@@ -479,19 +499,7 @@ impl EventStore for SqliteStore {
         fin: bool,
         evict: &str,
     ) -> Result<(), StoreError> {
-        let (session, stream, data, evict) = (session.to_owned(), stream.to_owned(), data.to_vec(), evict.to_owned());
-        let now = crate::session::record::now_ms() as i64;
-        self.call(move |c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![session, stream, seq as i64, data, fin, now])?;
-            c.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND stream = ?2")?.execute(params![session, evict])?;
-            c.prepare_cached("DELETE FROM event_floors WHERE session_id = ?1 AND stream = ?2")?
-                .execute(params![session, evict])
-                .map(drop)
-        })
-        .await
+        self.append_event(session, stream, seq, data, fin, Some(evict)).await
     }
 
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
