@@ -13,8 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SYSTEMS = ["tether-mem", "tether-sqlite", "supergateway", "mcp-proxy-npm", "mcp-proxy-py"]
+SYSTEMS = ["floor-http", "floor-proxy", "tether-mem", "tether-sqlite", "supergateway", "mcp-proxy-npm", "mcp-proxy-py"]
 LABEL = {
+    "floor-http": "floor: bare HTTP",
+    "floor-proxy": "floor: minimal stdio proxy",
     "tether-mem": "tether (memory)",
     "tether-sqlite": "tether (SQLite)",
     "supergateway": "supergateway --stateful",
@@ -22,6 +24,8 @@ LABEL = {
     "mcp-proxy-py": "mcp-proxy (PyPI)",
 }
 COLOR = {
+    "floor-http": "#b0b0b0",
+    "floor-proxy": "#707070",
     "tether-mem": "#1f6feb",
     "tether-sqlite": "#6ea8fe",
     "supergateway": "#d62728",
