@@ -65,6 +65,8 @@ impl Gateway {
         let http = reqwest::Client::builder()
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
+            // `--upstream-header`: on every request to an HTTP or SSE upstream.
+            .default_headers(config.session.upstream.headers.clone())
             .build()?;
         let stats = Arc::new(Stats::default());
         let store = TimedStore::wrap(store, stats.clone());
@@ -83,12 +85,14 @@ impl Gateway {
             None => None,
         };
         manager.spawn_background(stop.clone());
+        let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
         let hard_stop = CancellationToken::new();
         let state = AppState {
             manager: manager.clone(),
             front: Arc::new(config.front.clone()),
             shutdown: streams_end.clone(),
             hard_stop: hard_stop.clone(),
+            auth,
         };
         let router = downstream::router(state);
         info!(
