@@ -132,9 +132,21 @@ async fn no_credential_in_logs_or_store_and_sighup_reloads_the_token_file() {
         within(async { http.get(format!("{admin}/admin/sessions")).bearer_auth(ADMIN).send().await?.text().await })
             .await
             .expect("admin list");
-    for p in [Principal::token("alice"), Principal::token("bob"), Principal::jwt(ISSUER, "user-7")] {
-        assert!(listing.contains(p.key()), "{} missing from {listing}", p.name());
-    }
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("JSON");
+    let owners: Vec<(String, String)> = listing["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| {
+            (s["principal"].as_str().unwrap_or("").to_owned(), s["principalName"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> =
+        [Principal::token("alice"), Principal::jwt(ISSUER, "user-7"), Principal::token("bob")]
+            .iter()
+            .map(|p| (p.key().to_owned(), p.name().to_owned()))
+            .collect();
+    assert_eq!(owners, want, "{listing}");
 
     tether.terminate(Duration::from_secs(20)).await.expect("tether stops on SIGTERM");
     let logs = std::fs::read_to_string(&log).expect("log");

@@ -174,6 +174,7 @@ fn summary(state: &AdminState, r: &SessionRecord, live: Option<&Arc<Session>>) -
         "transport": r.transport.as_str(),
         // The principal's fingerprint (see `crate::auth`); never a credential.
         "principal": r.principal,
+        "principalName": r.principal.as_deref().and_then(crate::auth::name_of),
         "protocolVersion": r.protocol_version,
         "client": client,
         "createdAtMs": r.created_at,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use jwt::{JwksSource, JwtVerifier};
-pub use principal::{Principal, Source};
+pub use principal::{Principal, Source, name_of, remember};
 pub use tokens::TokenFile;
 
 /// The path of the Protected Resource Metadata document.

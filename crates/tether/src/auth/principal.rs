@@ -8,6 +8,9 @@
 //! era (SEP-2567: "the authenticated principal when there is one"): a modern front binds its
 //! upstream to `Principal::key` and checks it with [`Principal::owns`], as sessions do here.
 
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -65,6 +68,36 @@ impl Principal {
     }
 }
 
+/// The most names [`remember`] keeps.
+const MAX_NAMES: usize = 10_000;
+
+/// Names of the principals this process has authenticated, by fingerprint, so the admin API
+/// can show who owns a session while the store keeps only fingerprints. One directory serves
+/// every gateway in the process: a fingerprint means the same principal wherever it is
+/// computed. Bounded: when full it starts over (a name missing only means the admin API shows
+/// the fingerprint alone until that principal's next request).
+fn directory() -> &'static RwLock<HashMap<String, String>> {
+    static NAMES: OnceLock<RwLock<HashMap<String, String>>> = OnceLock::new();
+    NAMES.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// Notes `p`'s name under its fingerprint.
+pub fn remember(p: &Principal) {
+    let known = directory().read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(p.key());
+    if !known {
+        let mut names = directory().write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.insert(p.key().to_owned(), p.name().to_owned());
+    }
+}
+
+/// The name of the principal with this fingerprint, when this process has seen it.
+pub fn name_of(key: &str) -> Option<String> {
+    directory().read().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).cloned()
+}
+
 /// `p1.` and 32 hex digits of SHA-256 over the parts, each length-prefixed so that no two
 /// different principals hash the same input (`a`+`bc` vs `ab`+`c`).
 fn fingerprint(parts: &[&str]) -> String {
@@ -100,5 +133,8 @@ mod tests {
         assert!(!a.owns(Some(Principal::token("bob").key())));
         assert!(!a.owns(None));
         assert_eq!(Principal::jwt("https://idp", "u1").name(), "https://idp#u1");
+        let carol = Principal::jwt("https://idp", "carol");
+        remember(&carol);
+        assert_eq!(name_of(carol.key()).as_deref(), Some("https://idp#carol"));
     }
 }

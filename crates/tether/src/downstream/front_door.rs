@@ -60,6 +60,7 @@ pub async fn front_door(State(app): State<AppState>, mut req: Request, next: Nex
         Some(auth) => match auth.authenticate(req.headers()).await {
             Ok(p) => {
                 debug!(principal = %p.name(), "authenticated");
+                crate::auth::remember(&p);
                 Caller(Some(p))
             }
             Err(e) => {
