@@ -429,3 +429,22 @@ async fn upstream_credentials_reach_the_upstream_and_client_credentials_only_whe
     upstream.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn env_reaches_a_stdio_upstream() {
+    // tether-echo offers an extra tool named by the file its TETHER_ECHO_EXTRA_TOOL_FILE names.
+    let dir = temp_dir("auth-env");
+    let file = dir.join("tool");
+    std::fs::write(&file, "from-env").expect("write");
+    let mut c = config(UpstreamSpec::Stdio { command: echo_command() });
+    c.session.upstream.env = vec![("TETHER_ECHO_EXTRA_TOOL_FILE".into(), file.display().to_string())];
+    let gw = start(c).await;
+    let mut client = Client::new(&gw, Front::Streamable);
+    client.connect().await;
+    let r = client.request("tools/list", json!({})).await;
+    let names: Vec<&str> =
+        r.answer["result"]["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"from-env"), "{names:?}");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
