@@ -176,6 +176,29 @@ async fn jwts_are_checked_each_refusal_with_its_status() {
 }
 
 #[tokio::test]
+async fn a_jwks_that_is_down_at_start_is_fetched_when_a_token_needs_it() {
+    let key = TestKey::ed("ed-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    jwks.set_failing(true);
+    let gw = gateway_with(AuthConfig {
+        jwks: Some(JwksSource::Url(jwks.url.clone())),
+        issuer: Some(ISSUER.into()),
+        audience: vec![AUDIENCE.into()],
+        ..AuthConfig::default()
+    })
+    .await;
+    assert_eq!(jwks.fetches(), 1, "tether starts although the JWKS is down");
+    jwks.set_failing(false);
+    // No kid: any key of the token's algorithm would do, and there is none cached yet.
+    let mut h = jsonwebtoken::Header::new(key.alg);
+    h.kid = None;
+    let token = jsonwebtoken::encode(&h, &claims("u1"), &key.encoding).expect("signs");
+    assert_eq!(status_of(&gw, &token).await, StatusCode::OK);
+    assert_eq!(jwks.fetches(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_jwks_file_works_and_the_principal_is_issuer_and_subject() {
     let dir = temp_dir("auth-jwks-file");
     let ec = TestKey::ec("ec-1");

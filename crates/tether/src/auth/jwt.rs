@@ -186,18 +186,14 @@ impl JwtVerifier {
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
             return Err(JwtError::Algorithm(header.alg));
         }
+        let fits = |k: &Key| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid);
         let mut keys = self.cached();
-        if let Some(kid) = &header.kid
-            && !keys.iter().any(|k| k.kid.as_deref() == Some(kid.as_str()))
-        {
+        if !keys.iter().any(fits) {
+            // A rotated key, or a key set that could not be fetched at start.
             self.forced_refresh().await;
             keys = self.cached();
         }
-        let candidates: Vec<&Key> = keys
-            .iter()
-            .filter(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid))
-            .take(8)
-            .collect();
+        let candidates: Vec<&Key> = keys.iter().filter(|k| fits(k)).take(8).collect();
         if candidates.is_empty() {
             return Err(JwtError::UnknownKey);
         }

@@ -117,6 +117,7 @@ pub struct JwksServer {
     pub url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JwksServer {
@@ -126,11 +127,17 @@ impl JwksServer {
             url: String::new(),
             keys: Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect())),
             fetches: Arc::new(AtomicUsize::new(0)),
+            failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        async fn jwks(State(s): State<JwksServer>) -> ([(&'static str, &'static str); 1], String) {
+        async fn jwks(
+            State(s): State<JwksServer>,
+        ) -> (axum::http::StatusCode, [(&'static str, &'static str); 1], String) {
             s.fetches.fetch_add(1, Ordering::SeqCst);
+            if s.failing.load(Ordering::SeqCst) {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], "down".into());
+            }
             let keys = s.keys.lock().expect("lock").clone();
-            ([("content-type", "application/json")], json!({ "keys": keys }).to_string())
+            (axum::http::StatusCode::OK, [("content-type", "application/json")], json!({ "keys": keys }).to_string())
         }
         let app = axum::Router::new().route("/jwks.json", axum::routing::get(jwks)).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -144,6 +151,11 @@ impl JwksServer {
     /// Adds a key (the issuer rotated in a new one).
     pub fn add(&self, key: &TestKey) {
         self.keys.lock().expect("lock").push(key.jwk.clone());
+    }
+
+    /// Makes the server answer 503 (or serve again).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     /// How many times the set was fetched.
