@@ -471,3 +471,28 @@ async fn env_reaches_a_stdio_upstream() {
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_session_stays_bound_across_a_gateway_restart() {
+    let dir = temp_dir("auth-restart");
+    let path = token_file(&dir, "alice:tok-alice-1\nbob:tok-bob-1\n");
+    let mut c = config(UpstreamSpec::Stdio { command: echo_command() });
+    c.store = tether::config::StoreSpec::Sqlite(dir.join("sessions.db"));
+    c.auth = AuthConfig { token_file: Some(path), ..AuthConfig::default() };
+    let gw = start(c.clone()).await;
+    let mut alice = client_as(&gw, Front::Streamable, "tok-alice-1");
+    alice.connect().await;
+    gw.shutdown().await;
+
+    // The next tether loads the record from the store, with its principal.
+    let gw = start(c).await;
+    alice.base = format!("http://{}", gw.addr);
+    let mut bob = alice.same_session();
+    bob.http = bearer_http("tok-bob-1");
+    let r = bob.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.answer);
+    let r = alice.request("tools/call", json!({"name": "echo", "arguments": {"message": "back"}})).await;
+    assert_eq!(r.answer["result"]["content"][0]["text"], "back", "{}", r.answer);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
