@@ -74,6 +74,8 @@ impl Gateway {
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
+        // Before anything serves: a token file or JWKS file that fails here stops the start.
+        let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
         let admin = match listeners.admin {
             Some(l) => {
                 let token = match config.admin.token.clone() {
@@ -85,7 +87,6 @@ impl Gateway {
             None => None,
         };
         manager.spawn_background(stop.clone());
-        let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
         let hard_stop = CancellationToken::new();
         let state = AppState {
             manager: manager.clone(),
