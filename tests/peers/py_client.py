@@ -204,6 +204,9 @@ def make_transport(args: argparse.Namespace, rec: Recorder) -> Any:
             eprint("[py wire]", line)
 
     hooks = {"request": [on_request], "response": [on_response]}
+    # A bearer token for a gateway that requires one, from the environment (never argv).
+    bearer = os.environ.get("MCP_BEARER_TOKEN")
+    auth_headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
     if args.transport == "stdio":
         return stdio_transport(args, rec)
     if args.transport == "sse":
@@ -213,12 +216,12 @@ def make_transport(args: argparse.Namespace, rec: Recorder) -> Any:
             c.event_hooks = hooks
             return c
 
-        return sse_client(args.url, timeout=args.request_timeout, sse_read_timeout=300.0, httpx_client_factory=factory)
+        return sse_client(args.url, headers=auth_headers, timeout=args.request_timeout, sse_read_timeout=300.0, httpx_client_factory=factory)
 
     @asynccontextmanager
     async def streamable() -> Any:
         # A caller-supplied httpx2 client is not closed by the SDK, so own it here.
-        async with create_mcp_http_client() as http_client:
+        async with create_mcp_http_client(headers=auth_headers) as http_client:
             http_client.event_hooks = hooks
             async with streamable_http_client(args.url, http_client=http_client) as streams:
                 yield streams

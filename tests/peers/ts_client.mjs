@@ -262,12 +262,15 @@ function makeClient(args, rec) {
     rec.errors.push(String(e?.message ?? e));
   };
   const fetchFn = tracingFetch(rec);
+  // A bearer token for a gateway that requires one, from the environment (never argv).
+  const bearer = process.env.MCP_BEARER_TOKEN;
+  const requestInit = bearer ? { headers: { Authorization: `Bearer ${bearer}` } } : undefined;
   const transport =
     args.transport === "stdio"
       ? new TapStdioTransport(args, rec)
       : args.transport === "sse"
-        ? new SSEClientTransport(new URL(args.url), { fetch: fetchFn })
-        : new StreamableHTTPClientTransport(new URL(args.url), { fetch: fetchFn });
+        ? new SSEClientTransport(new URL(args.url), { fetch: fetchFn, requestInit })
+        : new StreamableHTTPClientTransport(new URL(args.url), { fetch: fetchFn, requestInit });
   // Record the negotiated version (the Client hands it to the transport after initialize).
   const orig = transport.setProtocolVersion?.bind(transport);
   transport.setProtocolVersion = (v) => {

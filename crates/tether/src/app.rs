@@ -65,6 +65,8 @@ impl Gateway {
         let http = reqwest::Client::builder()
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
+            // `--upstream-header`: on every request to an HTTP or SSE upstream.
+            .default_headers(config.session.upstream.headers.clone())
             .build()?;
         let stats = Arc::new(Stats::default());
         let store = TimedStore::wrap(store, stats.clone());
@@ -72,6 +74,8 @@ impl Gateway {
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
+        // Before anything serves: a token file or JWKS file that fails here stops the start.
+        let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
         let admin = match listeners.admin {
             Some(l) => {
                 let token = match config.admin.token.clone() {
@@ -89,6 +93,7 @@ impl Gateway {
             front: Arc::new(config.front.clone()),
             shutdown: streams_end.clone(),
             hard_stop: hard_stop.clone(),
+            auth,
         };
         let router = downstream::router(state);
         info!(

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::downstream::FrontConfig;
 use crate::session::store::Retention;
 use crate::session::{RestartPolicy, SessionConfig};
-use crate::upstream::{UpstreamOptions, UpstreamSpec};
+use crate::upstream::UpstreamSpec;
 
 mod admin;
+mod auth;
 mod effective;
 
+pub use crate::auth::AuthConfig;
 pub use admin::AdminConfig;
 
 /// `tether serve` flags. Every flag also reads `TETHER_<NAME>` and the TOML key of the same
@@ -99,6 +101,46 @@ pub struct ServeArgs {
     /// A file holding the admin API's bearer token
     #[arg(long, env = "TETHER_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Require a bearer token from this file of `name:token` lines (the name is the principal);
+    /// re-read on SIGHUP and when it changes
+    #[arg(long, env = "TETHER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Require a JWT signed by a key of this JWKS (a URL, or a file); needs --auth-issuer and
+    /// --auth-audience
+    #[arg(long, env = "TETHER_AUTH_JWKS", value_name = "URL|FILE")]
+    pub auth_jwks: Option<String>,
+    /// The `iss` a JWT must carry
+    #[arg(long, env = "TETHER_AUTH_ISSUER", value_name = "ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// An `aud` a JWT may carry (repeatable, or comma-separated; one must match)
+    #[arg(long, env = "TETHER_AUTH_AUDIENCE", value_name = "AUDIENCE", value_delimiter = ',')]
+    pub auth_audience: Vec<String>,
+    /// An authorization server named in the protected resource metadata (repeatable)
+    /// [default: the issuer]
+    #[arg(long, env = "TETHER_AUTH_AUTHORIZATION_SERVER", value_name = "URL", value_delimiter = ',')]
+    pub auth_authorization_server: Vec<String>,
+    /// The public URL of the MCP endpoint, as clients reach it (for the metadata document)
+    /// [default: http://HOST/mcp from the request]
+    #[arg(long, env = "TETHER_AUTH_RESOURCE", value_name = "URL")]
+    pub auth_resource: Option<String>,
+    /// A header for every request to an HTTP or SSE upstream, as 'Name: value'; `${VAR}` in the
+    /// value is read from the environment (repeatable; newline-separated in the environment)
+    #[arg(
+        long = "upstream-header",
+        env = "TETHER_UPSTREAM_HEADER",
+        value_name = "'NAME: VALUE'",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub upstream_header: Vec<String>,
+    /// Send each client's own Authorization header to the HTTP or SSE upstream (off: client
+    /// credentials never leave tether)
+    #[arg(long, env = "TETHER_FORWARD_AUTH")]
+    pub forward_auth: bool,
+    /// An environment variable for the stdio upstream, as KEY=VALUE; `${VAR}` is expanded
+    /// (repeatable; newline-separated in the environment)
+    #[arg(long = "env", env = "TETHER_ENV", value_name = "KEY=VALUE", value_delimiter = '\n', hide_env_values = true)]
+    pub env: Vec<String>,
     /// The stdio upstream: a command and its arguments, after `--`
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -133,6 +175,15 @@ pub struct FileConfig {
     admin_listen: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
+    auth_token_file: Option<PathBuf>,
+    auth_jwks: Option<String>,
+    auth_issuer: Option<String>,
+    auth_audience: Option<Vec<String>>,
+    auth_authorization_server: Option<Vec<String>>,
+    auth_resource: Option<String>,
+    upstream_header: Option<Vec<String>>,
+    forward_auth: Option<bool>,
+    env: Option<Vec<String>>,
 }
 
 pub use crate::store::StoreSpec;
@@ -165,6 +216,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The admin listener and its token.
     pub admin: AdminConfig,
+    /// Who may use the MCP endpoint.
+    pub auth: AuthConfig,
 }
 
 /// A configuration error, naming the key and its source.
@@ -344,6 +397,8 @@ impl Config {
             return Err(ConfigError::Invalid { key: "log_level", source_name: src(set), reason: e.to_string() });
         }
         let admin = admin::load(args, &file, &file_name, listen)?;
+        let auth = auth::load(args, &file, &file_name)?;
+        let upstream_options = auth::upstream_options(args, &file, &file_name, &upstream)?;
 
         Ok(Config {
             listen,
@@ -359,12 +414,13 @@ impl Config {
                 restart,
                 retry_tools,
                 retention,
-                upstream: UpstreamOptions::default(),
+                upstream: upstream_options,
                 ..SessionConfig::default()
             },
             log_level,
             log_format,
             admin,
+            auth,
         })
     }
 }

@@ -43,6 +43,9 @@ pub enum GatewayError {
     /// A `Host` header that does not name this server (DNS rebinding).
     #[error("host {0} is not allowed")]
     ForbiddenHost(String),
+    /// Authentication is on and the request has no valid bearer credential.
+    #[error("Unauthorized: {0}")]
+    Unauthorized(String),
     /// A request that needs a session came without `Mcp-Session-Id`.
     #[error("Bad Request: Mcp-Session-Id header is required")]
     MissingSessionId,
@@ -136,6 +139,9 @@ impl GatewayError {
             E::NotAcceptable(_) => w(StatusCode::NOT_ACCEPTABLE, code::INVALID_REQUEST, None, Fault::Downstream),
             E::ForbiddenOrigin(_) | E::ForbiddenHost(_) => {
                 w(StatusCode::FORBIDDEN, code::INVALID_REQUEST, None, Fault::Downstream)
+            }
+            E::Unauthorized(_) => {
+                w(StatusCode::UNAUTHORIZED, code::INVALID_REQUEST, reason("unauthorized"), Fault::Downstream)
             }
             E::MissingSessionId | E::MissingSessionQuery => {
                 w(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, None, Fault::Downstream)

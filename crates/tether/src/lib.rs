@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod downstream;

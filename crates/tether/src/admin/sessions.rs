@@ -172,6 +172,9 @@ fn summary(state: &AdminState, r: &SessionRecord, live: Option<&Arc<Session>>) -
         "state": if r.closed_at.is_some() { "closed" } else { "active" },
         "expired": r.closed_at.is_none() && now_ms().saturating_sub(r.last_active) > ttl_ms,
         "transport": r.transport.as_str(),
+        // The principal's fingerprint (see `crate::auth`); never a credential.
+        "principal": r.principal,
+        "principalName": r.principal.as_deref().and_then(crate::auth::name_of),
         "protocolVersion": r.protocol_version,
         "client": client,
         "createdAtMs": r.created_at,

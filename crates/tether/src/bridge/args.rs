@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 
 /// How to reach the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,15 +101,7 @@ impl BridgeArgs {
                         (use --transport auto or streamable-http)"
                 .into());
         }
-        let mut headers = HeaderMap::new();
-        for h in &self.headers {
-            let (name, value) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: use 'Name: value'"))?;
-            let value = expand_env(value.trim()).map_err(|e| format!("--header {name}: {e}"))?;
-            let name = HeaderName::try_from(name.trim()).map_err(|e| format!("--header {name:?}: {e}"))?;
-            let mut value = HeaderValue::try_from(value).map_err(|e| format!("--header {name}: {e}"))?;
-            value.set_sensitive(true);
-            headers.append(name, value);
-        }
+        let headers = crate::upstream::credentials::parse_headers("--header", &self.headers)?;
         Ok(BridgeConfig {
             url: self.url.clone(),
             headers,
@@ -123,36 +115,9 @@ impl BridgeArgs {
     }
 }
 
-/// Replaces every `${NAME}` with the environment variable NAME; an unset one is an error.
-pub fn expand_env(text: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
-        let name = &after[..end];
-        let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_is_expanded_in_header_values() {
-        // PATH is set in any environment a test runs in.
-        let path = std::env::var("PATH").expect("PATH");
-        assert_eq!(expand_env("Bearer ${PATH}").expect("expands"), format!("Bearer {path}"));
-        assert_eq!(expand_env("plain").expect("no vars"), "plain");
-        assert!(expand_env("${TETHER_SURELY_UNSET_VARIABLE_123}").is_err());
-        assert!(expand_env("${OPEN").is_err());
-    }
 
     fn args(url: &str, headers: &[&str]) -> BridgeArgs {
         BridgeArgs {

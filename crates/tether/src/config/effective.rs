@@ -52,6 +52,18 @@ impl Config {
                 _ => None,
             },
             admin_token_file: self.admin.token_file.clone(),
+            auth_token_file: self.auth.token_file.clone(),
+            auth_jwks: self.auth.jwks.as_ref().map(|j| redact_url(&j.describe())),
+            auth_issuer: self.auth.issuer.clone(),
+            auth_audience: Some(self.auth.audience.clone()),
+            auth_authorization_server: Some(self.auth.authorization_servers.clone()),
+            auth_resource: self.auth.resource.clone(),
+            // Header values and child environment values may be secrets: only names are shown.
+            upstream_header: Some(
+                s.upstream.headers.keys().map(|name| format!("{name}: {REDACTED}")).collect::<Vec<_>>(),
+            ),
+            forward_auth: Some(s.upstream.forward_auth),
+            env: Some(s.upstream.env.iter().map(|(k, _)| format!("{k}={REDACTED}")).collect()),
         };
         let mut out = String::from("# tether: the effective configuration (secrets redacted)\n");
         if self.admin.token.is_none() {
@@ -103,6 +115,19 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("admin_token = \"***\""), "{text}");
         assert!(text.contains("session_ttl = \"2h\""), "{text}");
+
+        // Upstream credentials show their names only.
+        let a = ServeArgs {
+            upstream: Some("https://example.com/mcp".into()),
+            upstream_header: vec!["Authorization: Bearer up-secret".into(), "X-Team: blue".into()],
+            store: Some("memory".into()),
+            ..ServeArgs::default()
+        };
+        let t = Config::load(&a).expect("valid").to_redacted_toml();
+        assert!(!t.contains("up-secret") && t.contains("authorization: ***"), "{t}");
+        let a = ServeArgs { command: vec!["srv".into()], env: vec!["API_KEY=k3y".into()], ..ServeArgs::default() };
+        let t = Config::load(&a).expect("valid").to_redacted_toml();
+        assert!(!t.contains("k3y") && t.contains("API_KEY=***"), "{t}");
 
         // Read back, with the secrets given again, it is the same configuration.
         let dir = std::env::temp_dir().join(format!("tether-effective-{}", std::process::id()));

@@ -4,16 +4,15 @@
 //! 202 and answered on the stream. The transport cannot resume, so the session ends with the
 //! stream.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tether_protocol::{Kind, Message, sse};
 use tracing::Instrument;
 
+use super::front_door::SessionRef;
 use super::guard;
 use super::stream::{Pump, sse_response};
 use super::{AppState, error_response};
@@ -23,11 +22,8 @@ use crate::session::{Sink, StreamKind};
 use crate::stats::Outcome;
 
 /// GET /sse
-pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = app.front.check_origin_and_host(&headers) {
-        return error_response(&e, None);
-    }
-    let session = match app.manager.create(Transport::LegacySse).await {
+pub async fn get(State(app): State<AppState>, sref: SessionRef) -> Response {
+    let session = match sref.create(&app, Transport::LegacySse).await {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
     };
@@ -72,25 +68,15 @@ pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// POST /messages/?session_id=… (and its spellings)
-pub async fn post(
-    State(app): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn post(State(app): State<AppState>, sref: SessionRef, headers: HeaderMap, body: Body) -> Response {
     let probe = app.manager.deps().stats.probe();
     let run = async {
-        app.front.check_origin_and_host(&headers)?;
         guard::content_type(&headers)?;
-        let sid =
-            query.get("session_id").or_else(|| query.get("sessionId")).ok_or(GatewayError::MissingSessionQuery)?;
+        sref.id(Transport::LegacySse).ok_or(GatewayError::MissingSessionQuery)?;
         let bytes = guard::body(body, &headers, app.front.max_body).await?;
         let msg = Message::parse(&bytes)?;
         probe.classify(&msg);
-        let session = app.manager.get(sid).await?;
-        if session.transport() != Transport::LegacySse {
-            return Err(GatewayError::SessionNotFound);
-        }
+        let session = sref.resolve(&app, Transport::LegacySse).await?;
         match msg.kind() {
             Kind::Request => {
                 let sink = session.standalone_sink().ok_or(GatewayError::SessionNotFound)?.probed(probe.clone());

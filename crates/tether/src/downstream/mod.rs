@@ -2,6 +2,7 @@
 //! and `/messages/`. They validate what arrives, hand messages to the session layer and stream
 //! what comes back. [`error_response`] is the only place an error becomes an HTTP answer.
 
+mod front_door;
 mod guard;
 mod legacy_sse;
 mod metered;
@@ -18,9 +19,11 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::auth::Authenticator;
 use crate::error::{Fault, GatewayError};
 use crate::session::Manager;
 
+pub use front_door::{Caller, SessionRef};
 pub use guard::FrontConfig;
 
 /// What every handler shares.
@@ -34,6 +37,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Cancelled when the drain deadline passes: request streams end too.
     pub hard_stop: CancellationToken,
+    /// Checks credentials; `None` when the endpoint is open.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// The client-facing HTTP routes.
@@ -49,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/messages/", legacy_post.clone().fallback(method_not_allowed))
         .route("/messages", legacy_post.clone().fallback(method_not_allowed))
         .route("/message", legacy_post.fallback(method_not_allowed))
+        // Every MCP endpoint above, and none below, is behind the front door.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), front_door::front_door))
+        .route(crate::auth::METADATA_PATH, get(front_door::metadata))
+        .route(&format!("{}/mcp", crate::auth::METADATA_PATH), get(front_door::metadata))
         .layer(axum::middleware::from_fn_with_state(stats, metered::count_sse_streams))
         .with_state(state)
 }

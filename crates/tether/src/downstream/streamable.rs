@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, info, warn};
 
+use super::front_door::SessionRef;
 use super::guard::{self, Accept};
 use super::stream::{End, Pump, sse_response};
 use super::{AppState, error_response, json_response};
@@ -31,9 +32,9 @@ use crate::stats::{Outcome, RequestProbe};
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// POST /mcp
-pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(State(app): State<AppState>, sref: SessionRef, headers: HeaderMap, body: Body) -> Response {
     let probe = app.manager.deps().stats.probe();
-    match post_inner(&app, &headers, body, &probe).await {
+    match post_inner(&app, &sref, &headers, body, &probe).await {
         Ok(r) => r,
         Err((e, id)) => {
             probe.failed(&e);
@@ -46,12 +47,12 @@ type Failed = (GatewayError, Option<Box<RawValue>>);
 
 async fn post_inner(
     app: &AppState,
+    sref: &SessionRef,
     headers: &HeaderMap,
     body: Body,
     probe: &Arc<RequestProbe>,
 ) -> Result<Response, Failed> {
     let no_id = |e: GatewayError| (e, None);
-    app.front.check_origin_and_host(headers).map_err(no_id)?;
     guard::content_type(headers).map_err(no_id)?;
     let accept = guard::accept_for_post(headers).map_err(no_id)?;
     let bytes = guard::body(body, headers, app.front.max_body).await.map_err(no_id)?;
@@ -60,24 +61,21 @@ async fn post_inner(
     let id = msg.id().map(ToOwned::to_owned);
     let with_id = |e: GatewayError| (e, id.clone());
 
-    let Some(sid) = guard::session_id(headers) else {
+    if sref.id(Transport::StreamableHttp).is_none() {
         if let Some(requested) = modern_request(&msg, headers) {
             return Err(with_id(GatewayError::ModernNotServed { requested }));
         }
         if msg.kind() == Kind::Request && msg.is("initialize") {
-            return initialize(app, msg, accept, probe).await.map_err(with_id);
+            return initialize(app, sref, msg, accept, probe).await.map_err(with_id);
         }
         return Err(with_id(GatewayError::MissingSessionId));
-    };
+    }
     if msg.kind() == Kind::Request && msg.is("initialize") {
         // A client starting over while still holding an old id gets a new session.
-        return initialize(app, msg, accept, probe).await.map_err(with_id);
+        return initialize(app, sref, msg, accept, probe).await.map_err(with_id);
     }
     guard::protocol_version(headers).map_err(with_id)?;
-    let session = app.manager.get(sid).await.map_err(with_id)?;
-    if session.transport() != Transport::StreamableHttp {
-        return Err(with_id(GatewayError::SessionNotFound));
-    }
+    let session = sref.resolve(app, Transport::StreamableHttp).await.map_err(with_id)?;
     match msg.kind() {
         Kind::Request => Ok(forward(app, session, msg, accept, probe).await),
         Kind::Notification => {
@@ -118,11 +116,12 @@ fn modern_request(msg: &Message, headers: &HeaderMap) -> Option<String> {
 /// `initialize` opens a session: tether issues the id and starts the upstream side.
 async fn initialize(
     app: &AppState,
+    sref: &SessionRef,
     msg: Message,
     accept: Accept,
     probe: &Arc<RequestProbe>,
 ) -> Result<Response, GatewayError> {
-    let session = app.manager.create(Transport::StreamableHttp).await?;
+    let session = sref.create(app, Transport::StreamableHttp).await?;
     let span = tracing::info_span!("request", session_id = %session.id(), method = "initialize");
     let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
     let sink = sink.probed(probe.clone());
@@ -263,8 +262,8 @@ fn cancelled(id: Option<&RawValue>) -> Response {
 /// the resumption of an earlier stream: a request stream still waiting continues here; a
 /// finished one is replayed and ends; the standalone stream is replayed and continues. A
 /// cursor older than retention resumes from now, with a warning.
-pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match stream_session(&app, &headers).await {
+pub async fn get(State(app): State<AppState>, sref: SessionRef, headers: HeaderMap) -> Response {
+    let session = match stream_session(&app, &sref, &headers).await {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
     };
@@ -390,28 +389,18 @@ fn fresh_standalone(app: &AppState, session: Arc<Session>) -> Response {
     resp
 }
 
-async fn stream_session(app: &AppState, headers: &HeaderMap) -> Result<Arc<Session>, GatewayError> {
-    app.front.check_origin_and_host(headers)?;
+async fn stream_session(app: &AppState, sref: &SessionRef, headers: &HeaderMap) -> Result<Arc<Session>, GatewayError> {
     guard::accept_for_stream(headers)?;
-    let sid = guard::session_id(headers).ok_or(GatewayError::MissingSessionId)?;
+    sref.id(Transport::StreamableHttp).ok_or(GatewayError::MissingSessionId)?;
     guard::protocol_version(headers)?;
-    let session = app.manager.get(sid).await?;
-    if session.transport() != Transport::StreamableHttp {
-        return Err(GatewayError::SessionNotFound);
-    }
-    Ok(session)
+    sref.resolve(app, Transport::StreamableHttp).await
 }
 
 /// DELETE /mcp — the client ends its session; the upstream side closes with it.
-pub async fn delete(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn delete(State(app): State<AppState>, sref: SessionRef) -> Response {
     let run = async {
-        app.front.check_origin_and_host(&headers)?;
-        let sid = guard::session_id(&headers).ok_or(GatewayError::MissingSessionId)?;
-        let session = app.manager.get(sid).await?;
-        if session.transport() != Transport::StreamableHttp {
-            return Err(GatewayError::SessionNotFound);
-        }
-        app.manager.close(sid, CloseReason::ClientClosed).await;
+        let session = sref.resolve(&app, Transport::StreamableHttp).await?;
+        app.manager.close(session.id(), CloseReason::ClientClosed).await;
         Ok(StatusCode::OK.into_response())
     };
     run.await.unwrap_or_else(|e| error_response(&e, None))

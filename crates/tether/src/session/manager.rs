@@ -40,6 +40,16 @@ impl Manager {
 
     /// Creates a session and stores its record.
     pub async fn create(self: &Arc<Self>, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+        self.create_for(transport, None).await
+    }
+
+    /// Creates a session bound to `principal` (a fingerprint; `None` when authentication is
+    /// off) and stores its record.
+    pub async fn create_for(
+        self: &Arc<Self>,
+        transport: Transport,
+        principal: Option<String>,
+    ) -> Result<Arc<Session>, GatewayError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -47,7 +57,7 @@ impl Manager {
         if self.live_count() >= max {
             return Err(GatewayError::TooManySessions(max));
         }
-        let record = SessionRecord::new(transport);
+        let record = SessionRecord { principal, ..SessionRecord::new(transport) };
         self.deps.store.create(&record).await.map_err(|e| {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())

@@ -394,6 +394,8 @@ pub struct Session {
     manager: Weak<Manager>,
     /// The last upstream failure, for the admin API.
     last_error: Mutex<Option<inspect::LastError>>,
+    /// The client's credential for upstream requests (`--forward-auth`); memory only.
+    forwarded: crate::upstream::credentials::ForwardedAuth,
 }
 
 impl Session {
@@ -420,6 +422,7 @@ impl Session {
             upstream_used: Mutex::new(tokio::time::Instant::now()),
             manager,
             last_error: Mutex::new(None),
+            forwarded: Default::default(),
         })
     }
 
@@ -451,6 +454,16 @@ impl Session {
     /// Whether the session completed a handshake, so an upstream has served it before.
     pub fn has_bound(&self) -> bool {
         lock(&self.record).upstream_init.is_some()
+    }
+
+    /// The principal the session is bound to (a fingerprint, see `crate::auth`), if any.
+    pub fn principal(&self) -> Option<String> {
+        lock(&self.record).principal.clone()
+    }
+
+    /// The slot holding the client's credential for upstream requests (`--forward-auth`).
+    pub fn forwarded_auth(&self) -> &crate::upstream::credentials::ForwardedAuth {
+        &self.forwarded
     }
 
     /// The config the session runs with.

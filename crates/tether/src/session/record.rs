@@ -80,7 +80,8 @@ pub struct SessionRecord {
     pub upstream_init: Option<Box<RawValue>>,
     /// State to replay on revive.
     pub state: SessionState,
-    /// A hash of the credential that created the session, when the endpoint requires one.
+    /// The fingerprint of the principal that created the session (`crate::auth::Principal::key`),
+    /// when the endpoint requires credentials; never a credential.
     pub principal: Option<String>,
     /// Unix milliseconds.
     pub created_at: u64,

@@ -75,6 +75,7 @@ impl Session {
             events: tx,
             options: self.deps.config.upstream.clone(),
             http: self.deps.http.clone(),
+            forwarded: self.forwarded_auth().clone(),
         };
         let up = match Upstream::connect(&self.deps.spec, generation, ctx).await {
             Ok(u) => u,

@@ -4,6 +4,7 @@
 //! everything the server sends, and its death, as [`UpstreamEvent`]s on a channel the session
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
+pub mod credentials;
 pub mod modern;
 pub mod sse;
 pub mod stdio;
@@ -147,6 +148,12 @@ pub struct UpstreamOptions {
     /// Speak MCP 2026-07-28 to a Streamable HTTP upstream (a modern-only server), translating
     /// the session's handshake-era traffic ([`modern`]).
     pub modern: bool,
+    /// Headers for every request to an HTTP or SSE upstream (`--upstream-header`).
+    pub headers: reqwest::header::HeaderMap,
+    /// Forward each client's own `Authorization` to the upstream (`--forward-auth`).
+    pub forward_auth: bool,
+    /// Extra environment of stdio children (`--env`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for UpstreamOptions {
@@ -156,6 +163,9 @@ impl Default for UpstreamOptions {
             close_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             modern: false,
+            headers: reqwest::header::HeaderMap::new(),
+            forward_auth: false,
+            env: Vec::new(),
         }
     }
 }
@@ -170,6 +180,8 @@ pub struct ConnectContext {
     pub options: UpstreamOptions,
     /// Shared HTTP client.
     pub http: reqwest::Client,
+    /// The client's credential, for upstream requests when `forward_auth` is on.
+    pub forwarded: credentials::ForwardedAuth,
 }
 
 enum Kind {

@@ -111,6 +111,7 @@ struct State {
 struct Shared {
     url: String,
     http: reqwest::Client,
+    forwarded: super::credentials::ForwardedAuth,
     events: tokio::sync::mpsc::Sender<UpstreamEvent>,
     alive: AtomicBool,
     max: usize,
@@ -142,6 +143,7 @@ impl Handle {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 http: ctx.http,
+                forwarded: ctx.forwarded,
                 events: ctx.events,
                 alive: AtomicBool::new(true),
                 max: ctx.options.max_message,
@@ -409,7 +411,7 @@ impl Shared {
             )
         };
         let params = with_envelope(params, &profile, level.as_deref());
-        let mut headers = HeaderMap::new();
+        let mut headers = self.forwarded.headers();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in request_headers(method, &params, &header_params) {

@@ -21,6 +21,7 @@ use super::{ConnectContext, ConnectError, Origin, QuitReason, SendError, Upstrea
 /// The handle to one legacy SSE session.
 pub struct Handle {
     http: reqwest::Client,
+    forwarded: super::credentials::ForwardedAuth,
     post_url: String,
     alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
@@ -34,7 +35,7 @@ impl Handle {
         let base = reqwest::Url::parse(url).map_err(|e| fail(e.to_string()))?;
         let resp = tokio::time::timeout(
             ctx.options.connect_timeout,
-            ctx.http.get(base.clone()).header(ACCEPT, "text/event-stream").send(),
+            ctx.http.get(base.clone()).headers(ctx.forwarded.headers()).header(ACCEPT, "text/event-stream").send(),
         )
         .await
         .map_err(|_| fail("timed out".into()))?
@@ -54,7 +55,7 @@ impl Handle {
             .map_err(|_| fail("no `endpoint` event".into()))?
             .map_err(|_| fail("the stream ended before the `endpoint` event".into()))?;
         let post_url = base.join(endpoint.trim()).map_err(|e| fail(format!("bad endpoint: {e}")))?;
-        Ok(Handle { http: ctx.http, post_url: post_url.to_string(), alive, reader, events })
+        Ok(Handle { http: ctx.http, forwarded: ctx.forwarded, post_url: post_url.to_string(), alive, reader, events })
     }
 
     /// Reports the session dead, once, with the requests it never received.
@@ -70,8 +71,14 @@ impl Handle {
         if !self.is_alive() {
             return Err(SendError::Unreachable("the upstream SSE stream has ended".into()));
         }
-        let resp =
-            self.http.post(&self.post_url).header(CONTENT_TYPE, "application/json").body(msg.to_bytes()).send().await;
+        let resp = self
+            .http
+            .post(&self.post_url)
+            .headers(self.forwarded.headers())
+            .header(CONTENT_TYPE, "application/json")
+            .body(msg.to_bytes())
+            .send()
+            .await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) if e.is_connect() => {

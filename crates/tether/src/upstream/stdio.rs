@@ -47,6 +47,7 @@ impl Handle {
         let unread = stdin_read.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(ctx.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(OwnedFd::from(stdin_read)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -26,6 +26,7 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 struct Shared {
     url: String,
     http: reqwest::Client,
+    forwarded: super::credentials::ForwardedAuth,
     session: Mutex<Option<String>>,
     version: Mutex<Option<String>>,
     alive: AtomicBool,
@@ -48,6 +49,7 @@ impl Handle {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 http: ctx.http,
+                forwarded: ctx.forwarded,
                 session: Mutex::new(None),
                 version: Mutex::new(None),
                 alive: AtomicBool::new(true),
@@ -193,7 +195,7 @@ impl Shared {
     }
 
     fn headers(&self, accept: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
+        let mut h = self.forwarded.headers();
         h.insert(ACCEPT, HeaderValue::from_static(accept));
         if let Some(sid) = self.session_id()
             && let Ok(v) = HeaderValue::from_str(&sid)

@@ -42,6 +42,7 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         log_level: "warn".into(),
         log_format: LogFormat::Plain,
         admin: AdminConfig::loopback(AdminToken::new(ADMIN_TOKEN).expect("a valid token")),
+        auth: Default::default(),
     }
 }
 
