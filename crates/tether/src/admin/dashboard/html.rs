@@ -217,8 +217,12 @@ pub fn overview_fragments(o: &Overview) -> Vec<(&'static str, String)> {
     vec![
         ("cards", cards),
         ("plots", plots(&o.points)),
-        ("errors", format!("<h2>Errors by class</h2>{errors}")),
-        ("replicas", format!("<h2>Replicas</h2>{replicas}")),
+        (
+            "tables",
+            format!(
+                r#"<div class="row"><div id="errors"><h2>Errors by class</h2>{errors}</div><div id="replicas"><h2>Replicas</h2>{replicas}</div></div>"#
+            ),
+        ),
     ]
 }
 
@@ -240,21 +244,26 @@ fn plots(points: &[Point]) -> String {
     )
 }
 
-/// One plot: polylines over the last [`SAMPLES`] seconds, newest on the right.
+/// The shortest time span a plot shows, in samples (seconds): a young gateway's few samples
+/// fill the plot instead of a sliver at the right of five empty minutes.
+const MIN_SPAN: usize = 60;
+
+/// One plot: polylines over the last seconds (up to [`SAMPLES`]), newest on the right.
 fn svg(series: &[(&str, &[Option<f64>])], unit: &str) -> String {
     const W: f64 = 600.0;
     const H: f64 = 120.0;
+    let span = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).clamp(MIN_SPAN, SAMPLES);
     let max = series.iter().flat_map(|(_, v)| v.iter().flatten()).fold(0.0f64, |a, b| a.max(*b));
     let top = if max <= 0.0 { 1.0 } else { max * 1.1 };
     let mut out = format!(r#"<svg viewBox="0 0 {W} {H}" class="plot" role="img" aria-label="plot">"#);
     let _ = write!(out, r#"<line x1="0" y1="{H}" x2="{W}" y2="{H}" class="axis"/>"#);
     for (class, values) in series {
-        let offset = SAMPLES.saturating_sub(values.len());
+        let offset = span.saturating_sub(values.len());
         let mut pts = String::new();
         for (i, v) in values.iter().enumerate() {
             match v {
                 Some(v) => {
-                    let x = (offset + i) as f64 * W / (SAMPLES - 1) as f64;
+                    let x = (offset + i) as f64 * W / (span - 1) as f64;
                     let y = H - v / top * (H - 4.0);
                     let _ = write!(pts, "{x:.1},{y:.1} ");
                 }
@@ -270,7 +279,12 @@ fn svg(series: &[(&str, &[Option<f64>])], unit: &str) -> String {
         }
     }
     let _ = write!(out, r#"<text x="4" y="12" class="label">{top:.1}{unit}</text>"#);
-    let _ = write!(out, r#"<text x="4" y="{}" class="label">5 min ago</text>"#, H - 4.0);
+    let _ = write!(
+        out,
+        r#"<text x="4" y="{}" class="label">{} ago</text>"#,
+        H - 4.0,
+        ago(Duration::from_secs(span as u64))
+    );
     let _ = write!(out, r#"<text x="{}" y="{}" class="label" text-anchor="end">now</text></svg>"#, W - 4.0, H - 4.0);
     out
 }

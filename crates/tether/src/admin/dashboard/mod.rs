@@ -130,7 +130,7 @@ pub async fn overview_json(State(state): State<AdminState>) -> Response {
 }
 
 /// Headers every dashboard answer carries: a strict content security policy (no inline
-/// script or style, nothing from elsewhere), no framing, no caching, no referrer.
+/// script or style, nothing from elsewhere), no framing, no caching, no referrer to other sites.
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
@@ -143,7 +143,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on form
+    // posts, which the origin check must refuse.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     r
 }
