@@ -206,6 +206,20 @@ async fn refresh_revives_a_session_by_replay_through_the_json_api() {
     let (_, shown) = json_of(b.send(Method::GET, &format!("/admin/sessions/{id}"), &auth, None).await).await;
     assert_eq!(shown["upstream"]["revives"], 1);
 
+    // A session that has not completed its handshake has nothing to replay: a legacy SSE
+    // session exists from its GET /sse on.
+    let sse = within(client.http.get(format!("{}/sse", client.base)).header("accept", "text/event-stream").send())
+        .await
+        .expect("GET /sse");
+    let mut events = harness::SseStream::new(sse);
+    let endpoint = events.next_event().await.expect("the endpoint event");
+    let fresh = endpoint.data.split("session_id=").nth(1).expect("a session id").to_owned();
+    let (status, body) =
+        json_of(b.send(Method::POST, &format!("/admin/sessions/{fresh}/refresh"), &auth, None).await).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("nothing to replay")), "{body}");
+    drop(events);
+
     // Unknown and closed sessions.
     let unknown = format!("/admin/sessions/{}/refresh", "a".repeat(32));
     assert_eq!(b.send(Method::POST, &unknown, &auth, None).await.status(), StatusCode::NOT_FOUND);
@@ -258,5 +272,46 @@ async fn the_live_stream_sends_rendered_fragments_and_client_text_is_escaped() {
     assert!(!html.contains("<script>alert"));
     let r = b.send(Method::GET, &format!("/ui/sessions/{}", "b".repeat(32)), &[], None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // The upstreams page lists the session's child, with its breaker closed.
+    let pid = harness::only_child(&gw);
+    let html = within(b.send(Method::GET, "/ui/upstreams", &[], None).await.text()).await.expect("page");
+    assert!(html.contains(&format!("pid {pid}")) && html.contains("crash-loop breaker"), "{html}");
+    assert!(html.contains(&format!(r#"href="/ui/sessions/{id}""#)));
+    within(gw.shutdown()).await;
+}
+
+#[tokio::test]
+async fn a_refresh_settles_requests_in_flight_like_a_crash_does() {
+    let gw = echo_gateway().await;
+    let mut client = Client::new(&gw, Front::Streamable);
+    client.connect().await;
+    // The annotations are known: `sleep` is idempotent, `work` is not.
+    assert!(client.request("tools/list", json!({})).await.answer["result"]["tools"].is_array());
+    let id = client.session.clone().expect("a session");
+    let mut safe = client.same_session();
+    let mut unsafe_ = client.same_session();
+    let safe =
+        tokio::spawn(
+            async move { safe.request("tools/call", json!({"name": "sleep", "arguments": {"ms": 1500}})).await },
+        );
+    let unsafe_ =
+        tokio::spawn(
+            async move { unsafe_.request("tools/call", json!({"name": "work", "arguments": {"ms": 1500}})).await },
+        );
+    let session = gw.manager.live_session(&id).expect("live");
+    harness::eventually("both calls in flight", || session.pending_requests() == 2).await;
+
+    let b = Browser::of(&gw);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let path = format!("/admin/sessions/{id}/refresh");
+    let (status, body) = json_of(b.send(Method::POST, &path, &[("authorization", &bearer)], None).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let safe = within(safe).await.expect("task").answer;
+    assert!(safe["result"].is_object(), "the idempotent call is sent again and answered: {safe}");
+    let unsafe_ = within(unsafe_).await.expect("task").answer;
+    assert_eq!(unsafe_["error"]["code"], -32011, "{unsafe_}");
+    assert_eq!(unsafe_["error"]["data"]["reason"], "upstream_restarted", "{unsafe_}");
     within(gw.shutdown()).await;
 }

@@ -346,7 +346,9 @@ pub fn sessions_table(rows: &[Row], cut: bool) -> String {
     }
     out.push_str("</tbody></table>");
     if cut {
-        out.push_str(r#"<p class="hint">Only the first 200 sessions of the store are shown: narrow the filter.</p>"#);
+        out.push_str(
+            r#"<p class="hint">Only 200 sessions are shown, the most recently active: narrow the filter.</p>"#,
+        );
     }
     out
 }

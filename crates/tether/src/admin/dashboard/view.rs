@@ -180,7 +180,10 @@ pub struct Row {
     pub last_error: Option<String>,
 }
 
-/// The sessions matching `filter`, newest activity first; and whether the page was cut.
+/// The sessions matching `filter`, most recently active first, at most [`LIST_LIMIT`]; and
+/// whether more matched. For `active`, every session live here is considered (they are in
+/// memory), then the first open records of the store that are not live here (sessions of
+/// another replica or from before a restart); for `closed` and `all`, the store's first records.
 pub async fn sessions(state: &AdminState, filter: &ListFilter) -> Result<(Vec<Row>, bool), AdminError> {
     let records = match filter.state.as_str() {
         "" | "active" => RecordFilter::Open,
@@ -188,30 +191,39 @@ pub async fn sessions(state: &AdminState, filter: &ListFilter) -> Result<(Vec<Ro
         "all" => RecordFilter::All,
         other => return Err(AdminError::BadRequest(format!("state {other:?}: use active, closed or all"))),
     };
-    let store = state.manager().deps().store.clone();
-    let records = state
+    let q = filter.q.to_lowercase();
+    let matches = |row: &Row| {
+        (filter.transport.is_empty() || row.transport == filter.transport)
+            && (q.is_empty()
+                || row.id.contains(&q)
+                || row.client.to_lowercase().contains(&q)
+                || row.client_version.to_lowercase().contains(&q))
+    };
+    let m = state.manager();
+    let mut rows: Vec<Row> = Vec::new();
+    if records == RecordFilter::Open {
+        rows.extend(m.live().iter().map(|s| row(&s.record(), Some(s))).filter(|r| matches(r)));
+    }
+    let store = m.deps().store.clone();
+    let stored = state
         .on_data_plane(async move { store.list(records, None, LIST_LIMIT + 1).await })
         .await?
         .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-    let cut = records.len() > LIST_LIMIT;
-    let q = filter.q.to_lowercase();
-    let mut rows: Vec<Row> = records
-        .iter()
-        .take(LIST_LIMIT)
-        .map(|r| {
-            let live = state.manager().live_session(&r.id);
-            let r = live.as_ref().map(|s| s.record()).unwrap_or_else(|| r.clone());
-            row(&r, live.as_ref())
-        })
-        .filter(|row| filter.transport.is_empty() || row.transport == filter.transport)
-        .filter(|row| {
-            q.is_empty()
-                || row.id.contains(&q)
-                || row.client.to_lowercase().contains(&q)
-                || row.client_version.to_lowercase().contains(&q)
-        })
-        .collect();
+    let mut cut = stored.len() > LIST_LIMIT;
+    for r in stored.iter().take(LIST_LIMIT) {
+        let live = m.live_session(&r.id);
+        if records == RecordFilter::Open && live.is_some() {
+            continue; // listed above
+        }
+        let r = live.as_ref().map(|s| s.record()).unwrap_or_else(|| r.clone());
+        let line = row(&r, live.as_ref());
+        if matches(&line) {
+            rows.push(line);
+        }
+    }
     rows.sort_by_key(|r| r.idle);
+    cut |= rows.len() > LIST_LIMIT;
+    rows.truncate(LIST_LIMIT);
     Ok((rows, cut))
 }
 
