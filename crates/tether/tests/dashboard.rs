@@ -315,3 +315,53 @@ async fn a_refresh_settles_requests_in_flight_like_a_crash_does() {
     assert_eq!(unsafe_["error"]["data"]["reason"], "upstream_restarted", "{unsafe_}");
     within(gw.shutdown()).await;
 }
+
+/// Reads a live stream until `what` has arrived; panics when the stream ends first.
+async fn read_until(r: &mut reqwest::Response, what: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(what) {
+        match within(r.chunk()).await.expect("stream") {
+            Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            None => panic!("the stream ended before {what:?}: {text}"),
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn live_streams_are_bounded_and_end_with_their_login() {
+    let gw = echo_gateway().await;
+    let mut b = Browser::of(&gw);
+    b.login(ADMIN_TOKEN).await;
+    let csrf = b.csrf().await;
+    let mut open = Vec::new();
+    for _ in 0..tether::admin::dashboard::MAX_STREAMS {
+        let mut r = b.send(Method::GET, "/ui/events?view=upstreams", &[], None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        read_until(&mut r, "event: fragment").await;
+        open.push(r);
+    }
+    let (status, body) = json_of(b.send(Method::GET, "/ui/events?view=overview", &[], None).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "one stream too many: {body}");
+    // One closes: there is room again.
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        let r = b.send(Method::GET, "/ui/events?view=overview", &[], None).await;
+        if r.status() == StatusCode::OK {
+            again = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut again = again.expect("a closed stream frees its place");
+    read_until(&mut again, "data: cards").await;
+
+    // Logging out ends every stream of that login, with a `logout` event.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let r = b.send(Method::POST, "/ui/logout", &form, Some(format!("csrf={csrf}"))).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    read_until(&mut again, "event: logout").await;
+    assert!(within(again.chunk()).await.expect("stream").is_none(), "the stream ends after the logout event");
+    within(gw.shutdown()).await;
+}

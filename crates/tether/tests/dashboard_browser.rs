@@ -102,7 +102,8 @@ async fn console(client: &WebDriver, driver_url: &str) -> Vec<Value> {
     v["value"].as_array().cloned().unwrap_or_default()
 }
 
-/// Waits until the text of the first element matching `css` satisfies `ok`; returns it.
+/// Waits until the text of the first element matching `css` satisfies `ok`; returns it. On a
+/// timeout, the page's screenshot, source and console go to `dir` for the failure report.
 async fn wait_text(c: &WebDriver, css: &str, ok: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
     let mut last = String::new();
@@ -117,13 +118,29 @@ async fn wait_text(c: &WebDriver, css: &str, ok: impl Fn(&str) -> bool) -> Strin
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{css}: never as expected; last text: {last:?}");
+    let dir = run_logs(Some("dashboard"));
+    if let Ok(Ok(png)) = tokio::time::timeout(STEP, c.screenshot()).await {
+        let _ = std::fs::write(dir.join("failure.png"), png);
+    }
+    if let Ok(Ok(html)) = tokio::time::timeout(STEP, c.source()).await {
+        let _ = std::fs::write(dir.join("failure.html"), html);
+    }
+    panic!("{css}: never as expected; last text: {last:?} (see failure.png and failure.html in {})", dir.display());
 }
 
 async fn click(c: &WebDriver, css: &str) {
     let el =
         within(c.wait().at_most(STEP).for_element(Locator::Css(css))).await.unwrap_or_else(|e| panic!("{css}: {e}"));
     within(el.click()).await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Clicks an action's button, checks the confirmation dialog asks `question`, confirms, and
+/// returns what the page says of the outcome.
+async fn confirmed(c: &WebDriver, button: &str, question: &str) -> String {
+    click(c, button).await;
+    wait_text(c, "dialog#confirm[open] #confirm-text", |t| t.contains(question)).await;
+    click(c, "dialog#confirm[open] #confirm-ok").await;
+    wait_text(c, "#flash", |t| t.contains("done") || t.contains("failed")).await
 }
 
 async fn screenshot(c: &WebDriver, dir: &Path, name: &str) {
@@ -233,10 +250,7 @@ async fn an_operator_watches_refreshes_and_terminates_a_python_clients_session()
 
     // Refresh, confirmed in the dialog: a new child, one more revive, and the client's next
     // call still works.
-    click(&c, "#refresh").await;
-    wait_text(&c, "#confirm-text", |t| t.contains("Refresh session")).await;
-    click(&c, "#confirm-ok").await;
-    let flash = wait_text(&c, "#flash", |t| t.contains("done") || t.contains("failed")).await;
+    let flash = confirmed(&c, "#refresh", "Refresh session").await;
     assert!(flash.contains("generation: 2") && flash.contains("revives: 1"), "{flash}");
     wait_text(&c, "#revives", |t| t == "1").await;
     let pid_after = wait_text(&c, "#pid", |t| t != pid_before).await;
@@ -263,12 +277,16 @@ async fn an_operator_watches_refreshes_and_terminates_a_python_clients_session()
     screenshot(&c, &dir, "overview.png").await;
     load.close().await;
 
-    // Terminate, confirmed: the client's next call gets 404.
+    within(c.goto(&format!("{base}/ui/upstreams"))).await.expect("upstreams");
+    wait_text(&c, "#upstreams tbody", |t| t.contains(&pid_after)).await;
+    screenshot(&c, &dir, "upstreams.png").await;
+
+    // Terminate, confirmed: the client's next call gets 404. This is the sixth page with a live
+    // stream: had the pages left behind kept theirs (the back/forward cache keeps a page, and
+    // its EventSource, unless the script closes it on pagehide), the browser's six connections
+    // per host would be taken and this action would never be sent.
     within(c.goto(&format!("{base}/ui/sessions/{id}"))).await.expect("session page");
-    click(&c, "#terminate").await;
-    wait_text(&c, "#confirm-text", |t| t.contains("Terminate session")).await;
-    click(&c, "#confirm-ok").await;
-    let flash = wait_text(&c, "#flash", |t| t.contains("done") || t.contains("failed")).await;
+    let flash = confirmed(&c, "#terminate", "Terminate session").await;
     assert!(flash.contains("terminated: true"), "{flash}");
     wait_text(&c, "#session-kv", |t| t.contains("closed (terminated)")).await;
     let after = py.call("after-terminate").await;

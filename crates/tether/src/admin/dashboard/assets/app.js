@@ -14,10 +14,14 @@
   }
 
   // Live updates: each `fragment` event is "<element id>\n<html rendered by the server>".
+  // The stream is closed when the page is left (pagehide): a browser keeps at most six
+  // connections per host, and a page kept in the back/forward cache would hold its stream.
   const url = document.body.dataset.events;
   const live = document.getElementById('live');
-  if (url && window.EventSource) {
-    const es = new EventSource(url);
+  let es = null;
+  function connect() {
+    if (!url || !window.EventSource || es) return;
+    es = new EventSource(url);
     es.addEventListener('open', function () { if (live) live.className = 'on'; });
     es.addEventListener('error', function () { if (live) live.className = 'off'; });
     es.addEventListener('fragment', function (e) {
@@ -25,9 +29,17 @@
       const el = document.getElementById(e.data.slice(0, nl));
       if (el) el.innerHTML = e.data.slice(nl + 1);
     });
-    es.addEventListener('logout', function () { es.close(); location.assign('/ui/login'); });
-    es.addEventListener('gone', function (e) { es.close(); show(e.data, false); });
+    es.addEventListener('logout', function () { disconnect(); location.assign('/ui/login'); });
+    es.addEventListener('gone', function (e) { disconnect(); show(e.data, false); });
   }
+  function disconnect() {
+    if (es) es.close();
+    es = null;
+    if (live) live.className = 'off';
+  }
+  window.addEventListener('pagehide', disconnect);
+  window.addEventListener('pageshow', function (e) { if (e.persisted) connect(); });
+  connect();
 
   // Actions: a button with data-url asks first, in a dialog, then calls the API.
   const dialog = document.getElementById('confirm');
@@ -55,6 +67,11 @@
       init.body = JSON.stringify(body);
     }
     const label = b.textContent;
+    // An answer that never comes is reported, not waited for forever.
+    const abort = new AbortController();
+    const timer = setTimeout(function () { abort.abort(); }, 15000);
+    init.signal = abort.signal;
+    show(label + ': sending…', true);
     fetch(b.dataset.url, init)
       .then(function (r) {
         return r.json().catch(function () { return {}; }).then(function (body) {
@@ -67,6 +84,7 @@
           }
         });
       })
-      .catch(function (err) { show(label + ' failed: ' + err, false); });
+      .catch(function (err) { show(label + ' failed: ' + err, false); })
+      .finally(function () { clearTimeout(timer); });
   }
 })();
