@@ -4,7 +4,8 @@
 //! Logging in (a wrong token is refused), the Python client's session appearing in the live
 //! list within 2 s without a reload, its page showing its clientInfo, "Refresh" (the client's
 //! next call still works and the revive count rises), "Terminate" (the client's next call gets
-//! 404), and no JavaScript error in the browser's console. Screenshots are kept in
+//! 404), the log filter and a drain from the overview, and no JavaScript error in the browser's
+//! console. Screenshots are kept in
 //! `target/peer-logs/dashboard/run-<pid>/`. Needs `scripts/setup-peers` (Chromium, chromedriver,
 //! the Python venv).
 
@@ -205,7 +206,11 @@ async fn an_operator_watches_refreshes_and_terminates_a_python_clients_session()
     let mcp = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
     let admin = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
     let cfg = config(UpstreamSpec::Stdio { command: echo_command() });
-    let gw = within(Gateway::start_with(cfg, Listeners { mcp, admin: Some(admin) }, None)).await.expect("starts");
+    // This test binary has the process's logging to itself: the log filter can be changed.
+    let log = tether::telemetry::init("warn", tether::config::LogFormat::Plain);
+    let gw = within(Gateway::start_with(cfg, Listeners { mcp, admin: Some(admin) }, Some(log.clone())))
+        .await
+        .expect("starts");
     let base = format!("http://{}", gw.admin_addr.expect("admin"));
     let (mut chromedriver, c, driver_url) = browser(&dir).await;
 
@@ -292,6 +297,19 @@ async fn an_operator_watches_refreshes_and_terminates_a_python_clients_session()
     let after = py.call("after-terminate").await;
     assert_eq!(after["ok"], false, "{after}");
     assert!(after["statuses"].as_array().is_some_and(|s| s.contains(&json!(404))), "the next call got 404: {after}");
+
+    // The log filter, then a drain, confirmed, from the overview.
+    within(c.goto(&format!("{base}/"))).await.expect("overview");
+    let input = within(c.wait().at_most(STEP).for_element(Locator::Id("log-filter"))).await.expect("the filter");
+    within(input.clear()).await.expect("clear");
+    within(input.send_keys("warn,tether::admin=info")).await.expect("type");
+    let flash = confirmed(&c, "#set-log-level", "log filter").await;
+    assert!(flash.contains("filter: warn,tether::admin=info"), "{flash}");
+    assert_eq!(log.filter(), "warn,tether::admin=info");
+    let flash = confirmed(&c, "#drain", "Drain this replica").await;
+    assert!(flash.contains("draining: true"), "{flash}");
+    assert!(gw.manager.is_draining());
+    wait_text(&c, "#cards", |t| t.contains("draining")).await;
 
     // No JavaScript error, no blocked script or style, on any page; the one expected failure is
     // the wrong token's 401.
