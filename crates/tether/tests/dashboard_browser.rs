@@ -5,9 +5,8 @@
 //! list within 2 s without a reload, its page showing its clientInfo, "Refresh" (the client's
 //! next call still works and the revive count rises), "Terminate" (the client's next call gets
 //! 404), the log filter and a drain from the overview, and no JavaScript error in the browser's
-//! console. Screenshots are kept in
-//! `target/peer-logs/dashboard/run-<pid>/`. Needs `scripts/setup-peers` (Chromium, chromedriver,
-//! the Python venv).
+//! console. Screenshots are kept in `target/peer-logs/dashboard/run-<pid>/`. Needs
+//! `scripts/setup-peers` (Chromium, chromedriver, the Python venv).
 
 mod harness;
 mod peer_support;

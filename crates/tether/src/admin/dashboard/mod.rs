@@ -329,14 +329,14 @@ async fn events(
         return Err(AdminError::MissingToken);
     };
     let Query(q) = query.map_err(|e| AdminError::BadRequest(e.body_text()))?;
-    // Render once before answering: a bad view is a 400, not a stream of errors.
-    let first = fragments(&state, &q).await?;
     let permit = state
         .dashboard()
         .streams
         .clone()
         .try_acquire_owned()
         .map_err(|_| AdminError::Unavailable(format!("too many live pages open (at most {MAX_STREAMS})")))?;
+    // Render once before answering: a bad view is a 400, not a stream of errors.
+    let first = fragments(&state, &q).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let closing = state.dashboard().closing.clone();
     let stopping = state.0.stopping.clone();

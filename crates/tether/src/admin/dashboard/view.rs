@@ -202,7 +202,15 @@ pub async fn sessions(state: &AdminState, filter: &ListFilter) -> Result<(Vec<Ro
     let m = state.manager();
     let mut rows: Vec<Row> = Vec::new();
     if records == RecordFilter::Open {
-        rows.extend(m.live().iter().map(|s| row(&s.record(), Some(s))).filter(|r| matches(r)));
+        let mut live = m.live();
+        if q.is_empty() {
+            // Without a search only the most recently active can be shown: pick them before
+            // building rows (which parses each clientInfo), so thousands of sessions stay cheap.
+            live.retain(|s| filter.transport.is_empty() || s.transport().as_str() == filter.transport);
+            live.sort_by_key(|s| std::cmp::Reverse(s.last_active()));
+            live.truncate(LIST_LIMIT + 1);
+        }
+        rows.extend(live.iter().map(|s| row(&s.record(), Some(s))).filter(|r| matches(r)));
     }
     let store = m.deps().store.clone();
     let stored = state
