@@ -365,3 +365,37 @@ async fn live_streams_are_bounded_and_end_with_their_login() {
     assert!(within(again.chunk()).await.expect("stream").is_none(), "the stream ends after the logout event");
     within(gw.shutdown()).await;
 }
+
+#[tokio::test]
+async fn refresh_replaces_an_http_upstreams_session() {
+    // The upstream is another tether (in front of tether-echo), spoken to over Streamable HTTP.
+    let inner = harness::start(config(UpstreamSpec::Stdio { command: echo_command() })).await;
+    let mcp = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
+    let admin = within(tokio::net::TcpListener::bind("127.0.0.1:0")).await.expect("bind");
+    let outer = config(UpstreamSpec::Streamable { url: format!("http://{}/mcp", inner.addr) });
+    let gw = within(Gateway::start_with(outer, Listeners { mcp, admin: Some(admin) }, None)).await.expect("starts");
+    let mut client = Client::new(&gw, Front::Streamable);
+    client.connect().await;
+    let id = client.session.clone().expect("a session");
+    let upstream_ids = || inner.manager.live().iter().map(|s| s.id().to_owned()).collect::<Vec<_>>();
+    let before = upstream_ids();
+    assert_eq!(before.len(), 1);
+
+    let mut b = Browser::of(&gw);
+    b.login(ADMIN_TOKEN).await;
+    let page = within(b.send(Method::GET, &format!("/ui/sessions/{id}"), &[], None).await.text()).await.expect("page");
+    assert!(page.contains(&format!("upstream session <code>{}</code>", before[0])), "the binding names it: {page}");
+
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let path = format!("/admin/sessions/{id}/refresh");
+    let (status, body) = json_of(b.send(Method::POST, &path, &[("authorization", &bearer)], None).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pid"], Value::Null, "no child here");
+    let after = upstream_ids();
+    assert_eq!(after.len(), 1, "the old upstream session was deleted: {after:?}");
+    assert_ne!(after, before, "a new upstream session was initialized by replay");
+    let call = json!({"name": "echo", "arguments": {"message": "still here"}});
+    assert_eq!(client.request("tools/call", call).await.answer["result"]["content"][0]["text"], "still here");
+    within(gw.shutdown()).await;
+    within(inner.shutdown()).await;
+}
