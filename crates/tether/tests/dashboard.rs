@@ -127,6 +127,25 @@ async fn login_refuses_a_wrong_token_and_sets_a_strict_http_only_cookie() {
 }
 
 #[tokio::test]
+async fn guessing_tokens_closes_the_login_for_a_while() {
+    let gw = echo_gateway().await;
+    let mut b = Browser::of(&gw);
+    for i in 0..tether::admin::dashboard::login::MAX_FAILURES {
+        assert_eq!(b.login(&format!("guess-{i}")).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right token is not compared: a guess would teach nothing.
+    let r = b.login(ADMIN_TOKEN).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(r.headers(), "retry-after").parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)));
+    assert!(b.cookie.is_none());
+    // The bearer API is not affected.
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let r = b.send(Method::GET, "/admin/sessions", &[("authorization", &bearer)], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    within(gw.shutdown()).await;
+}
+
+#[tokio::test]
 async fn state_changes_from_a_login_need_the_csrf_token_and_our_origin() {
     let gw = echo_gateway().await;
     let mut b = Browser::of(&gw);

@@ -7,7 +7,7 @@
 //! in a header (or form field), and — when the browser sends one — an `Origin` equal to the
 //! admin listener's own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,11 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
 /// The most logins kept at once.
 pub const MAX_LOGINS: usize = 64;
+/// Wrong tokens accepted per [`FAILURE_WINDOW`] before every login is refused for a while: a
+/// configured token may be weak, and a guess must cost more than a request.
+pub const MAX_FAILURES: usize = 10;
+/// The window wrong tokens are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// One logged-in browser.
 #[derive(Clone)]
@@ -35,9 +40,32 @@ pub struct Login {
 
 /// The logins of this admin listener.
 #[derive(Default)]
-pub struct Logins(Mutex<HashMap<String, Login>>);
+pub struct Logins(Mutex<HashMap<String, Login>>, Mutex<VecDeque<Instant>>);
 
 impl Logins {
+    /// Whether a login may be tried now; if not, how long until one may. While too many wrong
+    /// tokens were sent recently no token is even compared, so a guess teaches nothing.
+    pub fn may_try(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut f = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while f.front().is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW) {
+            f.pop_front();
+        }
+        match f.front() {
+            Some(oldest) if f.len() >= MAX_FAILURES => Err(FAILURE_WINDOW - now.duration_since(*oldest)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong token (the count is bounded by [`MAX_FAILURES`]).
+    pub fn failed(&self) {
+        let mut f = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.len() >= MAX_FAILURES {
+            f.pop_front();
+        }
+        f.push_back(Instant::now());
+    }
+
     /// A new login; the oldest one goes when the map is full.
     pub fn create(&self) -> Login {
         let now = Instant::now();
@@ -169,6 +197,19 @@ mod tests {
         }
         assert_eq!(logins.len(), MAX_LOGINS);
         assert!(!logins.is_valid(&first.id), "the oldest login went first");
+    }
+
+    #[test]
+    fn too_many_wrong_tokens_close_the_door_for_a_while() {
+        let logins = Logins::default();
+        for _ in 0..MAX_FAILURES - 1 {
+            logins.failed();
+            assert!(logins.may_try().is_ok());
+        }
+        logins.failed();
+        let wait = logins.may_try().expect_err("closed");
+        assert!(wait <= FAILURE_WINDOW && wait > Duration::ZERO);
+        assert_eq!(logins.1.lock().expect("lock").len(), MAX_FAILURES, "bounded");
     }
 
     #[test]

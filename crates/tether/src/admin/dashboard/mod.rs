@@ -200,7 +200,20 @@ async fn login_submit(State(state): State<AdminState>, headers: HeaderMap, body:
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
         return html_response(StatusCode::BAD_REQUEST, html::login(Some("Enter the admin token.")));
     };
+    let logins = &state.dashboard().logins;
+    if let Err(wait) = logins.may_try() {
+        let mut r = html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            html::login(Some("Too many wrong tokens: wait a minute before trying again.")),
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if !state.0.token.matches(form.token.trim().as_bytes()) {
+        logins.failed();
         info!("dashboard login refused: wrong token");
         return html_response(StatusCode::UNAUTHORIZED, html::login(Some("That is not the admin token.")));
     }
