@@ -241,6 +241,7 @@ async fn an_operator_watches_refreshes_and_terminates_a_python_clients_session()
     let row = wait_text(&c, "#sessions tbody", |t| t.contains("dashboard-e2e-client")).await;
     let took = opened.elapsed();
     assert!(took <= APPEARS_WITHIN, "the session appeared after {took:?}, not within {APPEARS_WITHIN:?}");
+    eprintln!("dashboard: the new session was on the live list {} ms after its first call", took.as_millis());
     assert!(row.contains("4.5.6") && row.contains("streamable-http"), "{row}");
     let id = gw.manager.live().first().expect("the session").id().to_owned();
     screenshot(&c, &dir, "sessions.png").await;
