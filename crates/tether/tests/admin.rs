@@ -138,11 +138,13 @@ async fn echo(c: &mut Client, message: &str) -> Value {
 }
 
 /// Every endpoint under /admin/, including one that does not exist.
-const ADMIN_ENDPOINTS: [(&str, &str); 8] = [
+const ADMIN_ENDPOINTS: [(&str, &str); 10] = [
     ("GET", "/admin/sessions"),
     ("GET", "/admin/sessions/0123456789abcdef0123456789abcdef"),
     ("DELETE", "/admin/sessions/0123456789abcdef0123456789abcdef"),
     ("POST", "/admin/sessions/cleanup"),
+    ("POST", "/admin/sessions/0123456789abcdef0123456789abcdef/refresh"),
+    ("GET", "/admin/overview"),
     ("POST", "/admin/drain"),
     ("GET", "/admin/log-level"),
     ("PUT", "/admin/log-level"),

@@ -1,5 +1,6 @@
 //! The admin listener: liveness, readiness and deep health, Prometheus metrics, and the
-//! token-protected session API under `/admin/`. It is not the data plane.
+//! token-protected session API under `/admin/`, and the operators' web dashboard at `/` (see
+//! [`dashboard`]). It is not the data plane.
 //!
 //! It runs on its own thread with its own small runtime (as linkerd2-proxy's admin does), so it
 //! answers while the data plane is saturated. The rule that keeps that true: the admin runtime
@@ -7,6 +8,7 @@
 //! is handed to the data plane's runtime ([`AdminState::on_data_plane`]) with a deadline, so a
 //! stuck data plane shows up as a 503 here, never as a hung admin.
 
+pub mod dashboard;
 pub mod health;
 pub mod log_level;
 pub mod metrics;
@@ -53,6 +55,7 @@ struct Inner {
     started: Instant,
     readiness: health::Readiness,
     registry: prometheus_client::registry::Registry,
+    dashboard: dashboard::Dashboard,
 }
 
 impl AdminState {
@@ -74,11 +77,16 @@ impl AdminState {
             started: Instant::now(),
             readiness: health::Readiness::default(),
             registry,
+            dashboard: dashboard::Dashboard::default(),
         }))
     }
 
     fn manager(&self) -> &Arc<Manager> {
         &self.0.manager
+    }
+
+    fn dashboard(&self) -> &dashboard::Dashboard {
+        &self.0.dashboard
     }
 
     /// Runs `f` on the data plane's runtime and waits for it, at most [`DATA_PLANE_DEADLINE`].
@@ -114,6 +122,9 @@ pub enum AdminError {
     /// The request conflicts with the resource's state (a session already closed).
     #[error("{0}")]
     Conflict(String),
+    /// A dashboard request without its CSRF token, or from a foreign origin.
+    #[error("{0}")]
+    Forbidden(String),
     /// A malformed request: names what is wrong.
     #[error("{0}")]
     BadRequest(String),
@@ -133,12 +144,13 @@ impl IntoResponse for AdminError {
             E::WrongToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         match status {
-            StatusCode::UNAUTHORIZED => info!(error = %self, "admin request refused"),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => info!(error = %self, "admin request refused"),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR => {
                 warn!(status = status.as_u16(), error = %self, "admin request failed")
             }
@@ -168,6 +180,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/sessions", get(sessions::list))
         .route("/sessions/cleanup", post(sessions::cleanup))
         .route("/sessions/{id}", get(sessions::show).delete(sessions::terminate))
+        .route("/sessions/{id}/refresh", post(sessions::refresh))
+        .route("/overview", get(dashboard::overview_json))
         .route("/drain", post(sessions::drain))
         .route("/log-level", get(log_level::show).put(log_level::set))
         .fallback(not_found)
@@ -179,6 +193,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health/deep", get(health::deep))
         .route("/metrics", get(metrics::scrape))
         .nest("/admin", api)
+        .merge(dashboard::router())
         .fallback(not_found)
         .with_state(state)
 }
@@ -187,8 +202,24 @@ async fn not_found() -> AdminError {
     AdminError::NotFound("no such admin endpoint".into())
 }
 
-/// Lets a request through only with `Authorization: Bearer <the admin token>`.
+/// Lets a request through only with `Authorization: Bearer <the admin token>`, or — from the
+/// dashboard — with a login cookie, plus for anything but a read its CSRF token in
+/// `X-CSRF-Token` and, when the browser sends one, this listener's own `Origin`.
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if req.headers().get(header::AUTHORIZATION).is_none()
+        && let Some(login) = state.dashboard().logins.of(req.headers())
+    {
+        if !req.method().is_safe() {
+            let csrf = req.headers().get(dashboard::login::CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if !csrf.is_some_and(|c| dashboard::login::csrf_matches(&login, c)) {
+                return AdminError::Forbidden("missing or wrong CSRF token".into()).into_response();
+            }
+            if !dashboard::login::origin_ok(req.headers()) {
+                return AdminError::Forbidden("cross-origin request refused".into()).into_response();
+            }
+        }
+        return next.run(req).await;
+    }
     match check_bearer(req.headers().get(header::AUTHORIZATION), &state.0.token) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
@@ -240,6 +271,13 @@ impl AdminServer {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
+                tokio::spawn(dashboard::run_sampler(state.clone(), signal.clone()));
+                let closing = state.clone();
+                let stopped = signal.clone();
+                tokio::spawn(async move {
+                    stopped.cancelled().await;
+                    closing.dashboard().close();
+                });
                 let serve =
                     axum::serve(listener, router(state)).with_graceful_shutdown(signal.clone().cancelled_owned());
                 let serve = async move {
@@ -256,7 +294,7 @@ impl AdminServer {
             let _ = done_tx.send(());
         })?;
         ready_rx.await.map_err(|_| std::io::Error::other("the admin thread stopped while starting"))??;
-        info!(admin = %addr, "admin listening at http://{addr} (/healthz, /readyz, /health/deep, /metrics, /admin/)");
+        info!(admin = %addr, "admin listening at http://{addr} (dashboard at /; /healthz, /readyz, /health/deep, /metrics, /admin/)");
         Ok(AdminServer { addr, stop, done: Some(done) })
     }
 

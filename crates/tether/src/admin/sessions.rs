@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{AdminError, AdminState, json_response};
+use crate::error::GatewayError;
 use crate::session::Session;
 use crate::session::record::{SessionRecord, now_ms};
 use crate::session::store::RecordFilter;
@@ -125,6 +126,35 @@ pub async fn terminate(State(state): State<AdminState>, Path(id): Path<String>) 
         )));
     }
     Ok(json_response(StatusCode::OK, &json!({ "id": id, "terminated": true })))
+}
+
+/// POST /admin/sessions/{id}/refresh: forces a revive by replay — the upstream binding is
+/// dropped (a child is stopped, an HTTP session deleted) and rebuilt from the record, exactly
+/// as after an upstream crash. A session open in the store but not live here is loaded first.
+pub async fn refresh(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
+    let m = state.manager().clone();
+    let id2 = id.clone();
+    let outcome = state
+        .on_data_plane(async move {
+            let s = m.get(&id2).await?;
+            let generation = s.refresh().await?;
+            Ok::<_, GatewayError>((generation, s.revive_count(), s.upstream_pid()))
+        })
+        .await?;
+    match outcome {
+        Ok((Some(generation), revives, pid)) => {
+            info!(session_id = %id, generation, "session refreshed by an operator");
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "id": id, "refreshed": true, "generation": generation, "revives": revives, "pid": pid }),
+            ))
+        }
+        Ok((None, _, _)) => Err(AdminError::Conflict(format!(
+            "session {id} has not completed its handshake: there is nothing to replay"
+        ))),
+        Err(GatewayError::SessionNotFound) => Err(AdminError::NotFound(format!("no open session {id}"))),
+        Err(e) => Err(AdminError::Unavailable(format!("the revive failed: {e}"))),
+    }
 }
 
 /// POST /admin/sessions/cleanup: closes every expired session now; answers how many.

@@ -83,6 +83,16 @@ impl Breaker {
         self.open_until.is_some_and(|t| now < t)
     }
 
+    /// How long the breaker stays open from `now`, if it is open (shown to operators).
+    pub fn open_for(&self, now: Instant) -> Option<Duration> {
+        self.open_until.filter(|t| now < *t).map(|t| t - now)
+    }
+
+    /// Failures since the last successful start.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive
+    }
+
     /// Decides the next attempt. `jitter` in [0, 1) spreads restarts of many sessions.
     pub fn verdict(&mut self, policy: &RestartPolicy, now: Instant, jitter: f64) -> Verdict {
         if let Some(t) = self.open_until {

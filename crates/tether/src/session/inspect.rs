@@ -73,6 +73,37 @@ impl Session {
         self.streams.load(Ordering::Relaxed).saturating_sub(1)
     }
 
+    /// The generation of the current binding (each revive makes a new one), if there is one.
+    pub fn generation(&self) -> Option<u64> {
+        self.current().map(|u| u.generation())
+    }
+
+    /// The upstream's own session id, for a Streamable HTTP binding.
+    pub fn upstream_session(&self) -> Option<String> {
+        self.current().filter(super::Upstream::is_alive).and_then(|u| u.upstream_session())
+    }
+
+    /// The crash-loop breaker: how long it stays open (if it is), and the failures since the
+    /// last successful start.
+    pub fn breaker_status(&self) -> (Option<std::time::Duration>, u32) {
+        let b = lock(&self.breaker);
+        (b.open_for(tokio::time::Instant::now()), b.consecutive_failures())
+    }
+
+    /// The client requests in flight: method and age, oldest first, at most `max`.
+    pub fn in_flight(&self, max: usize) -> Vec<(String, std::time::Duration)> {
+        let r = lock(&self.routes);
+        let mut v: Vec<(String, std::time::Duration)> = r
+            .pending
+            .values()
+            .filter(|p| matches!(p.reply, super::Reply::Client(_)))
+            .map(|p| (p.method.clone(), p.started.elapsed()))
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.1));
+        v.truncate(max);
+        v
+    }
+
     /// Client requests waiting for their answer.
     pub fn pending_requests(&self) -> usize {
         lock(&self.routes).pending.values().filter(|p| matches!(p.reply, super::Reply::Client(_))).count()

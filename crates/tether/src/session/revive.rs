@@ -120,6 +120,20 @@ impl Session {
         Ok(up)
     }
 
+    /// An operator's "refresh": drops the binding (even a healthy one) and revives the session
+    /// by replay now, as after an upstream crash; requests in flight on the old binding settle
+    /// as they would then. Returns the new generation, or `None` for a session that has not
+    /// completed its handshake (there is nothing to replay).
+    pub async fn refresh(self: &Arc<Self>) -> Result<Option<u64>, GatewayError> {
+        if !self.has_bound() {
+            return Ok(None);
+        }
+        info!(session_id = %self.id, upstream = self.deps.spec.kind(), "session refresh requested by an operator");
+        // Generations start at 1, so 0 marks "no binding": `upstream` then revives at once.
+        let stale = self.current().map_or(0, |u| u.generation());
+        self.upstream(Some(stale)).await.map(|u| Some(u.generation()))
+    }
+
     fn start_failed(&self) {
         let opened = {
             let mut b = lock(&self.breaker);

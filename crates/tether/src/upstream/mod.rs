@@ -269,6 +269,14 @@ impl Upstream {
         }
     }
 
+    /// The upstream's own session id, for a Streamable HTTP upstream that issued one.
+    pub fn upstream_session(&self) -> Option<String> {
+        match &*self.kind {
+            Kind::Streamable(h) => h.session_id(),
+            _ => None,
+        }
+    }
+
     /// Ends the connection: a child gets "close stdin, wait, kill the group"; an HTTP session
     /// gets a DELETE.
     pub async fn close(&self) {

@@ -61,6 +61,11 @@ impl Handle {
         }
     }
 
+    /// The upstream's `Mcp-Session-Id`, once it issued one (shown to operators).
+    pub fn session_id(&self) -> Option<String> {
+        self.shared.session_id()
+    }
+
     /// Records the negotiated version for the `MCP-Protocol-Version` header.
     pub fn set_protocol_version(&self, version: &str) {
         if let Ok(mut v) = self.shared.version.lock() {
