@@ -161,16 +161,15 @@ impl Shared {
                 let n = q.len().min(MAX_BATCH);
                 q.drain(..n).collect::<Vec<_>>()
             };
-            if batch.is_empty() {
-                return;
-            }
             match conn.as_ref() {
-                Some(c) => self.run_batch(c, batch),
+                Some(c) if !batch.is_empty() => self.run_batch(c, batch),
+                Some(_) => {}
                 // Closed: the jobs are dropped, and their callers told so by their channels.
                 None => drop(batch),
             }
             drop(conn);
-            // A job queued after the drain whose submitter found the lock taken is ours to run.
+            // A job queued after the drain whose submitter found the lock taken is ours to run
+            // (looked at only once the lock is released, so that no job is left behind).
             if lock(&self.queue).is_empty() {
                 return;
             }
