@@ -450,6 +450,31 @@ mod tests {
     }
 
     #[test]
+    fn the_event_commit_window_is_a_store_setting_with_zero_allowed() {
+        let c = Config::load(&args(&["x"])).expect("valid");
+        assert_eq!(c.store.commit_window(), Duration::from_millis(5), "a few ms by default");
+        for (text, want) in [("0", Duration::ZERO), ("0s", Duration::ZERO), ("20ms", Duration::from_millis(20))] {
+            let mut a = args(&["x"]);
+            a.store = Some("sqlite:///tmp/t.db".into());
+            a.event_commit_window = Some(text.into());
+            assert_eq!(Config::load(&a).expect("valid").store.commit_window(), want, "{text}");
+        }
+        for bad in ["2s", "soon"] {
+            let mut a = args(&["x"]);
+            a.event_commit_window = Some(bad.into());
+            let e = Config::load(&a).expect_err("invalid").to_string();
+            assert!(e.contains("`event_commit_window`"), "{e}");
+        }
+        let dir = std::env::temp_dir().join(format!("tether-config-window-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "command = [\"x\"]\nevent_commit_window = \"0\"\n").expect("write");
+        let c = Config::load(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect("valid");
+        assert_eq!(c.store.commit_window(), Duration::ZERO, "the TOML key");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn the_file_fills_what_flags_leave_out() {
         let dir = std::env::temp_dir().join(format!("tether-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
