@@ -1,7 +1,7 @@
 //! Wiring: builds the store, the session manager and the routes from a [`Config`], serves them
 //! on injected listeners (MCP, and the admin on its own thread), and runs the one shutdown
 //! sequence: readiness off, stop accepting, end open streams with a retry hint, drain with a
-//! deadline, flush the store, close every upstream, then stop the admin.
+//! deadline, flush the store, close every upstream, close the store, then stop the admin.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct Gateway {
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
     admin: Option<AdminServer>,
+    /// The generated admin token's file, claimed while this gateway runs.
+    _token_file: Option<crate::admin::token::TokenFile>,
 }
 
 impl Gateway {
@@ -76,11 +78,16 @@ impl Gateway {
         let streams_end = CancellationToken::new();
         // Before anything serves: a token file or JWKS file that fails here stops the start.
         let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
+        let mut token_file = None;
         let admin = match listeners.admin {
             Some(l) => {
                 let token = match config.admin.token.clone() {
                     Some(t) => t,
-                    None => generated_admin_token()?,
+                    None => {
+                        let (t, file) = generated_admin_token(&config.store.state_dir())?;
+                        token_file = Some(file);
+                        t
+                    }
                 };
                 Some(AdminServer::start(l, AdminState::new(manager.clone(), token, log, stop.clone())).await?)
             }
@@ -135,9 +142,21 @@ impl Gateway {
                 }
             }
             manager2.shutdown().await;
+            // Last: commit what waits, checkpoint and close the store (no `-wal` left behind).
+            if let Err(e) = manager2.deps().store.shutdown().await {
+                warn!(error = %e, "closing the session store failed");
+            }
             info!("tether stopped");
         });
-        Ok(Gateway { addr, admin_addr: admin.as_ref().map(AdminServer::addr), manager, stop, done, admin })
+        Ok(Gateway {
+            addr,
+            admin_addr: admin.as_ref().map(AdminServer::addr),
+            manager,
+            stop,
+            done,
+            admin,
+            _token_file: token_file,
+        })
     }
 
     /// Runs the shutdown sequence and waits for it. The admin answers (not ready) until the
@@ -152,14 +171,13 @@ impl Gateway {
 }
 
 /// A token for an admin API that has none configured: random, written to a file only the
-/// owner can read, whose path (never the token) is logged.
-fn generated_admin_token() -> anyhow::Result<AdminToken> {
-    let dir = crate::store::state_dir();
+/// owner can read in this tether's state directory (claimed, so no other tether overwrites
+/// it), whose path (never the token) is logged.
+fn generated_admin_token(dir: &std::path::Path) -> anyhow::Result<(AdminToken, crate::admin::token::TokenFile)> {
     let token = AdminToken::generate();
-    let path = crate::admin::token::write_token_file(&dir, &token)
-        .map_err(|e| anyhow::anyhow!("cannot write the admin token into {}: {e}", dir.display()))?;
-    info!(path = %path.display(), "admin token generated; send it as `Authorization: Bearer <token>`");
-    Ok(token)
+    let file = crate::admin::token::claim_token_file(dir, &token)?;
+    info!(path = %file.path.display(), "admin token generated; send it as `Authorization: Bearer <token>`");
+    Ok((token, file))
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// dropped as new ones are answered [default: 32]
     #[arg(long, env = "TETHER_EVENT_FINISHED_STREAMS", value_name = "N")]
     pub event_finished_streams: Option<usize>,
+    /// With the SQLite store, how long an SSE event may wait for its commit after it was sent:
+    /// one commit carries the window's events, and a crash can lose at most the window; `0`
+    /// commits every event before it is sent [default: 5ms]
+    #[arg(long, env = "TETHER_EVENT_COMMIT_WINDOW", value_name = "DURATION")]
+    pub event_commit_window: Option<String>,
     /// Largest request body in bytes [default: 4194304]
     #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
@@ -95,7 +100,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
     /// Bearer token of the admin API (prefer the environment or a file: flags show in `ps`).
-    /// Without one, a loopback admin generates a token into $XDG_STATE_HOME/tether/admin.token
+    /// Without one, a loopback admin generates a token into admin.token in the state directory
+    /// (the SQLite store's directory; with `memory`, $XDG_STATE_HOME/tether)
     #[arg(long, env = "TETHER_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// A file holding the admin API's bearer token
@@ -164,6 +170,7 @@ pub struct FileConfig {
     event_retention: Option<usize>,
     event_max_age: Option<String>,
     event_finished_streams: Option<usize>,
+    event_commit_window: Option<String>,
     retry_tools: Option<Vec<String>>,
     restart_max_failures: Option<usize>,
     restart_window: Option<String>,
@@ -335,6 +342,20 @@ impl Config {
             }
         }
         let event_max_age = duration("event_max_age", &args.event_max_age, &file.event_max_age, "1h")?;
+        // "0" alone is a valid window (commit before send); humantime wants a unit.
+        let window_text = args.event_commit_window.clone().or(file.event_commit_window.clone());
+        let commit_window = match window_text.as_deref().map(str::trim) {
+            Some("0") => std::time::Duration::ZERO,
+            _ => duration("event_commit_window", &args.event_commit_window, &file.event_commit_window, "5ms")?,
+        };
+        if commit_window > std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "event_commit_window",
+                source_name: src(args.event_commit_window.is_some()),
+                reason: "at most 1s: a crash loses the events of one window".into(),
+            });
+        }
+        let store = store.with_commit_window(commit_window);
         let retention = Retention {
             per_stream: args.event_retention.or(file.event_retention).unwrap_or(1000).max(1),
             max_age_ms: event_max_age.as_millis() as u64,
@@ -482,6 +503,31 @@ mod tests {
         assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
         let a = ServeArgs { upstream: Some("ftp://x".into()), ..ServeArgs::default() };
         assert!(Config::load(&a).expect_err("invalid").to_string().contains("`upstream`"));
+    }
+
+    #[test]
+    fn the_event_commit_window_is_a_store_setting_with_zero_allowed() {
+        let c = Config::load(&args(&["x"])).expect("valid");
+        assert_eq!(c.store.commit_window(), Duration::from_millis(5), "a few ms by default");
+        for (text, want) in [("0", Duration::ZERO), ("0s", Duration::ZERO), ("20ms", Duration::from_millis(20))] {
+            let mut a = args(&["x"]);
+            a.store = Some("sqlite:///tmp/t.db".into());
+            a.event_commit_window = Some(text.into());
+            assert_eq!(Config::load(&a).expect("valid").store.commit_window(), want, "{text}");
+        }
+        for bad in ["2s", "soon"] {
+            let mut a = args(&["x"]);
+            a.event_commit_window = Some(bad.into());
+            let e = Config::load(&a).expect_err("invalid").to_string();
+            assert!(e.contains("`event_commit_window`"), "{e}");
+        }
+        let dir = std::env::temp_dir().join(format!("tether-config-window-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "command = [\"x\"]\nevent_commit_window = \"0\"\n").expect("write");
+        let c = Config::load(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect("valid");
+        assert_eq!(c.store.commit_window(), Duration::ZERO, "the TOML key");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! The store contract: one suite, run against every backend (memory and a real SQLite file;
-//! Redis and Postgres join by adding a line to `backends!`).
+//! The store contract: one suite, run against every backend (memory and a real SQLite file,
+//! with events committed before they are sent and with a commit window; Redis and Postgres join
+//! by adding a line to `backends!`). Then what only SQLite has: the commit window's promises
+//! (committed within the window without further calls, records never wait, a bound on what
+//! waits) and a clean close that leaves no `-wal`.
 
 use std::sync::Arc;
 
@@ -188,6 +191,9 @@ macro_rules! backends {
 backends! {
     memory => Arc::new(MemoryStore::new());
     sqlite => Arc::new(SqliteStore::open(&temp_db("c")).await.expect("open sqlite"));
+    sqlite_window => Arc::new(
+        SqliteStore::open_with_window(&temp_db("w"), std::time::Duration::from_millis(5)).await.expect("open sqlite")
+    );
 }
 
 #[tokio::test]
@@ -224,4 +230,118 @@ async fn a_corrupt_or_foreign_file_stops_startup_with_the_fix() {
     rusqlite::Connection::open(&newer).expect("open").execute_batch("PRAGMA user_version = 99;").expect("set");
     let err = SqliteStore::open(&newer).await.err().expect("refused").to_string();
     assert!(err.contains("newer"), "{err}");
+}
+
+/// Rows of `events` for `session` as another connection sees them (what a crash would keep).
+fn committed_events(path: &std::path::Path, session: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).expect("a second connection");
+    conn.query_row("SELECT COUNT(*) FROM events WHERE session_id = ?1", [session], |r| r.get(0)).expect("count")
+}
+
+/// Polls `f` until it holds; fails after 10 s (a bound against hanging, not a speed check).
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn with_window_zero_an_event_is_committed_before_append_returns() {
+    let path = temp_db("w0");
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::ZERO).await.expect("open");
+    let s = "0123456789abcdef0123456789abcd00";
+    for seq in 1..=3u64 {
+        store.append(s, "i.1", seq, b"{}", seq == 3).await.expect("append");
+        assert_eq!(committed_events(&path, s), seq as i64, "event {seq} committed when append returned");
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_event_is_committed_within_the_window_without_another_call() {
+    let path = temp_db("wdefer");
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::from_millis(20)).await.expect("open");
+    let s = "0123456789abcdef0123456789abcd01";
+    store.append(s, "i.1", 1, b"{\"n\":1}", false).await.expect("append");
+    store.append_evicting(s, "i.2", 2, b"{\"n\":2}", true, "i.0").await.expect("append");
+    // The process reads its own events at once (a resume in this process misses nothing)...
+    let Replay::Events(ev) = store.replay(s, "i.2", 0, 10).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.len(), 1);
+    // ...and the committer makes them durable with no further call.
+    let s2 = "0123456789abcdef0123456789abcd02";
+    store.append(s2, "i.1", 1, b"{}", true).await.expect("append");
+    assert!(eventually(|| committed_events(&path, s2) == 1).await, "the committer never committed the event");
+    assert_eq!(committed_events(&path, s), 2);
+}
+
+#[tokio::test]
+async fn records_never_wait_for_the_window_and_take_earlier_events_along() {
+    let path = temp_db("wrecord");
+    // A window far longer than the test: whatever is committed was committed by a record write.
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::from_secs(3600)).await.expect("open");
+    let r = SessionRecord::new(Transport::StreamableHttp);
+    store.append(&r.id, "i.1", 1, b"{}", false).await.expect("append");
+    store.create(&r).await.expect("create");
+    let conn = rusqlite::Connection::open(&path).expect("a second connection");
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM sessions WHERE id = ?1", [&r.id], |r| r.get(0)).expect("count");
+    assert_eq!(n, 1, "the record is committed when create returns");
+    assert_eq!(committed_events(&path, &r.id), 1, "an event sent before a record write is committed with it");
+    let state = SessionState { log_level: Some("debug".into()), subscriptions: Default::default() };
+    store.append(&r.id, "i.1", 2, b"{}", false).await.expect("append");
+    store.set_state(&r.id, &state).await.expect("state");
+    let stored: String =
+        conn.query_row("SELECT state FROM sessions WHERE id = ?1", [&r.id], |r| r.get(0)).expect("state");
+    assert!(stored.contains("debug"), "the state change is committed when set_state returns: {stored}");
+    assert_eq!(committed_events(&path, &r.id), 2);
+}
+
+#[tokio::test]
+async fn what_waits_for_a_window_is_bounded() {
+    let path = temp_db("wbound");
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::from_secs(3600)).await.expect("open");
+    let s = "0123456789abcdef0123456789abcd03";
+    for seq in 1..=10_000u64 {
+        store.append(s, "i.1", seq, b"{}", false).await.expect("append");
+    }
+    // Past the bound (8,192 waiting), an append commits by itself and takes the others along.
+    assert!(committed_events(&path, s) >= 8_192, "events waited in memory past the bound");
+    store.flush().await.expect("flush");
+    assert_eq!(committed_events(&path, s), 10_000, "flush commits what waits");
+}
+
+#[tokio::test]
+async fn shutdown_commits_what_waits_checkpoints_and_leaves_no_wal() {
+    let path = temp_db("wclose");
+    let wal = path.with_file_name("sessions.db-wal");
+    let shm = path.with_file_name("sessions.db-shm");
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::from_secs(3600)).await.expect("open");
+    let r = SessionRecord::new(Transport::StreamableHttp);
+    store.create(&r).await.expect("create");
+    store.append(&r.id, "i.1", 1, b"{\"a\":1}", true).await.expect("append");
+    assert!(wal.exists(), "WAL mode writes a -wal while open");
+    store.shutdown().await.expect("shutdown");
+    assert!(!wal.exists() && !shm.exists(), "a clean close leaves no -wal or -shm");
+    assert!(store.append(&r.id, "i.1", 2, b"{}", true).await.is_err(), "a closed store refuses writes");
+    assert!(store.get(&r.id).await.is_err(), "a closed store refuses reads");
+    store.shutdown().await.expect("shutdown twice is harmless");
+    drop(store);
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    let Replay::Events(ev) = store.replay(&r.id, "i.1", 0, 10).await.expect("replay") else { panic!("gone") };
+    assert_eq!(ev.len(), 1, "the deferred event was committed at shutdown");
+}
+
+#[tokio::test]
+async fn a_store_dropped_without_shutdown_still_commits_what_waits() {
+    let path = temp_db("wdrop");
+    let s = "0123456789abcdef0123456789abcd04";
+    {
+        let store = SqliteStore::open_with_window(&path, std::time::Duration::from_secs(3600)).await.expect("open");
+        store.append(s, "i.1", 1, b"{}", true).await.expect("append");
+    }
+    assert_eq!(committed_events(&path, s), 1);
+    assert!(!path.with_file_name("sessions.db-wal").exists(), "closed like a shutdown");
 }

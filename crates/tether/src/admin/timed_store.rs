@@ -78,6 +78,10 @@ impl SessionStore for TimedStore {
         self.timed(StoreOp::Flush, self.inner.flush()).await
     }
 
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        self.inner.shutdown().await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -12,6 +12,9 @@ use subtle::ConstantTimeEq;
 /// The file name of a generated token, in the state directory.
 pub const TOKEN_FILE: &str = "admin.token";
 
+/// The lock a running tether holds on its state directory's token file.
+const LOCK_FILE: &str = "admin.token.lock";
+
 /// A bearer token. `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken(Arc<str>);
@@ -82,6 +85,54 @@ pub fn write_token_file(dir: &Path, token: &AdminToken) -> std::io::Result<PathB
     Ok(path)
 }
 
+/// A generated token's file, claimed by this process: while this value lives, no other tether
+/// writes a token into the same directory (an advisory lock, released by the kernel even on
+/// `kill -9`).
+#[derive(Debug)]
+pub struct TokenFile {
+    /// Where the token is.
+    pub path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Why a token file could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Another running tether holds the directory.
+    #[error(
+        "another running tether generated the admin token in {0}; give this one its own state directory \
+         (--store sqlite://OTHER_DIR/sessions.db, or XDG_STATE_HOME) or a token (--admin-token-file)"
+    )]
+    Taken(PathBuf),
+    /// The file system refused.
+    #[error("cannot write the admin token into {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// Claims `dir` for this process and writes `token` to `dir/admin.token` (see
+/// [`write_token_file`]). Refused while another process holds the same directory, so two
+/// tethers never overwrite each other's token.
+pub fn claim_token_file(dir: &Path, token: &AdminToken) -> Result<TokenFile, ClaimError> {
+    let io = |e| ClaimError::Io(dir.to_owned(), e);
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(ClaimError::Taken(dir.to_owned())),
+        Err((_, e)) => return Err(io(e.into())),
+    };
+    let path = write_token_file(dir, token).map_err(io)?;
+    Ok(TokenFile { path, _lock: lock })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +168,26 @@ mod tests {
         write_token_file(&dir, &t2).expect("rewritten");
         assert_eq!(std::fs::read_to_string(&path).expect("read").trim(), t2.expose());
         let _ = std::fs::remove_dir_all(dir.parent().expect("parent"));
+    }
+
+    #[test]
+    fn a_claimed_directory_is_not_overwritten_and_others_are_separate() {
+        let root = std::env::temp_dir().join(format!("tether-claim-{}-{}", std::process::id(), rand::random::<u32>()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        let (ta, tb) = (AdminToken::generate(), AdminToken::generate());
+        let fa = claim_token_file(&a, &ta).expect("a claimed");
+        let fb = claim_token_file(&b, &tb).expect("b claimed");
+        assert_ne!(fa.path, fb.path);
+        let err = claim_token_file(&a, &AdminToken::generate()).expect_err("a is taken");
+        assert!(matches!(err, ClaimError::Taken(_)), "{err}");
+        assert!(err.to_string().contains(&a.display().to_string()), "names the directory: {err}");
+        assert_eq!(std::fs::read_to_string(&fa.path).expect("read").trim(), ta.expose(), "not overwritten");
+        assert_eq!(std::fs::read_to_string(&fb.path).expect("read").trim(), tb.expose());
+        // Released with its holder: the next start takes the directory over.
+        drop(fa);
+        let t2 = AdminToken::generate();
+        let fa = claim_token_file(&a, &t2).expect("free again");
+        assert_eq!(std::fs::read_to_string(&fa.path).expect("read").trim(), t2.expose());
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -35,6 +35,7 @@ impl Config {
             event_retention: Some(s.retention.per_stream),
             event_max_age: Some(duration(Duration::from_millis(s.retention.max_age_ms))),
             event_finished_streams: Some(s.retention.finished_streams),
+            event_commit_window: Some(duration(self.store.commit_window())),
             retry_tools: Some(s.retry_tools.clone()),
             restart_max_failures: Some(s.restart.max_failures),
             restart_window: Some(duration(s.restart.window)),
@@ -69,7 +70,7 @@ impl Config {
         if self.admin.token.is_none() {
             out.push_str(&format!(
                 "# admin_token: none configured; `tether serve` generates one at start into {}\n",
-                crate::store::state_dir().join(crate::admin::token::TOKEN_FILE).display()
+                self.store.state_dir().join(crate::admin::token::TOKEN_FILE).display()
             ));
         }
         match toml::to_string(&file) {

@@ -3,8 +3,9 @@
 //! and pass one contract suite (`tests/store_contract.rs`).
 //!
 //! Creating a record and changing its state are written synchronously; activity (last_active,
-//! counters) may be written behind by a backend that batches. An event is committed before it
-//! is sent.
+//! counters) may be written behind by a backend that batches. An event may be sent before it is
+//! committed: a backend with a commit window commits it within that window, and reads after an
+//! append see it.
 
 use async_trait::async_trait;
 
@@ -77,6 +78,11 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn count_open(&self, active_since: u64) -> Result<u64, StoreError>;
     /// Flushes anything written behind.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Commits everything pending and releases the backend (SQLite: checkpoints and closes the
+    /// file, leaving no `-wal`). Calls after it fail. The default flushes.
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
     /// Checks that the backend answers (readiness).
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -127,7 +133,10 @@ impl Default for Retention {
 /// Persistence of SSE events for `Last-Event-ID` resumption.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Commits one event of `stream` in `session`. `seq` is unique in the stream and rises.
+    /// Stores one event of `stream` in `session`. `seq` is unique in the stream and rises. The
+    /// event may be sent once this returns; it is committed by then, or, with a commit window,
+    /// within the window (a crash may lose the window's events). Replays after this returns
+    /// include it.
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError>;
     /// Like [`append`](EventStore::append), and in the same write drops every event of
     /// `evict`, a stream of the same session that fell out of retention (its replay is then

@@ -1,15 +1,18 @@
 //! The default backend: one SQLite file in WAL mode, inspectable with `sqlite3`.
 //!
-//! A dedicated thread owns the connection and runs jobs in group commits: everything queued
-//! while one transaction runs goes into the next, so many small synchronous writes (records,
-//! events committed before they are sent) cost one commit. Checkpoints (copying the WAL into
-//! the database, with its fsyncs) run on a second connection in a thread of their own, so a
-//! commit never waits for one. The schema is versioned with
-//! `PRAGMA user_version`; a file from a newer tether, a corrupt file or an unreadable one stops
-//! startup with an error naming the file and the fix.
+//! Writes are group-committed (`group_commit.rs`): records and state changes are committed
+//! before their caller hears back, many callers sharing one commit; SSE events are committed
+//! within the commit window after they were handed over (`--event-commit-window`; `0` commits
+//! each before it is sent). Checkpoints (copying the WAL into the database, with its fsyncs)
+//! run on a second connection in a thread of their own, so a commit never waits for one.
+//! [`SessionStore::shutdown`] commits what waits, checkpoints and closes the file, so a clean
+//! stop leaves no `-wal` beside it. The schema is versioned with `PRAGMA user_version`; a file
+//! from a newer tether, a corrupt file or an unreadable one stops startup with an error naming
+//! the file and the fix.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::group_commit::{DeferError, EventRow, Job, Shared, lock};
 use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
@@ -58,12 +62,6 @@ const MIGRATIONS: &[&str] = &["
     ) WITHOUT ROWID;
 "];
 
-/// The most jobs in one group commit.
-const MAX_BATCH: usize = 1024;
-
-type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
-
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -75,87 +73,60 @@ const AUTOCHECKPOINT_BACKSTOP: u32 = 16_000;
 pub struct SqliteStore {
     shared: Arc<Shared>,
     path: PathBuf,
-    /// Dropped with the store, which ends the checkpointer.
-    _checkpointer: mpsc::Sender<()>,
+    /// The checkpointer and the committer: told to stop (the sender dropped, the store
+    /// closed), then joined, so that the file is closed last by the main connection.
+    threads: Mutex<Option<Threads>>,
 }
 
-/// The one connection and the jobs waiting for it.
-///
-/// Writes are group-committed by flat combining, written here because no crate does it for a
-/// synchronous connection: a caller queues its job, then tries the connection's lock; whoever
-/// holds it runs everything queued in one transaction, then looks again. With one request at
-/// a time the caller commits its own event on its own thread — no hand-off to a writer thread
-/// and back, which cost more than the commit itself (two thread wake-ups per event); under
-/// load, one commit carries many events. Short jobs run on the async worker that submits
-/// them (a batch takes microseconds); scans and deletes of many rows go through
-/// `spawn_blocking` ([`SqliteStore::call_heavy`]).
-struct Shared {
-    conn: Mutex<Connection>,
-    queue: Mutex<Vec<Job>>,
-}
-
-impl Shared {
-    /// Queues `job` and runs the queue if the connection is free; if it is not, its holder
-    /// runs the job before it lets go.
-    fn submit(&self, job: Job) {
-        lock(&self.queue).push(job);
-        self.combine(None);
-    }
-
-    /// Runs queued jobs while there are any and the connection is free. With `held`, the
-    /// caller already holds the connection.
-    fn combine(&self, mut held: Option<std::sync::MutexGuard<'_, Connection>>) {
-        loop {
-            let conn = match held.take() {
-                Some(c) => c,
-                None => match self.conn.try_lock() {
-                    Ok(c) => c,
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => return,
-                },
-            };
-            let batch = {
-                let mut q = lock(&self.queue);
-                let n = q.len().min(MAX_BATCH);
-                q.drain(..n).collect::<Vec<_>>()
-            };
-            if batch.is_empty() {
-                return;
-            }
-            run_batch(&conn, batch);
-            drop(conn);
-            // A job queued after the drain whose submitter found the lock taken is ours to run.
-            if lock(&self.queue).is_empty() {
-                return;
-            }
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+struct Threads {
+    stop_checkpointer: mpsc::Sender<()>,
+    checkpointer: std::thread::JoinHandle<()>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the file, checks it, migrates it, and starts the
-    /// checkpointer.
+    /// checkpointer. Every event is committed before it is sent (window 0).
     pub async fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open_with_window(path, Duration::ZERO).await
+    }
+
+    /// Like [`SqliteStore::open`], with events committed within `window` after they are handed
+    /// over (and sent); zero commits each before it is sent.
+    pub async fn open_with_window(path: &Path, window: Duration) -> anyhow::Result<SqliteStore> {
         let path = path.to_owned();
         let p2 = path.clone();
         let conn = tokio::task::spawn_blocking(move || prepare(&p2)).await.context("opening the session store")??;
-        let shared = Arc::new(Shared { conn: Mutex::new(conn), queue: Mutex::new(Vec::new()) });
+        let shared = Shared::new(conn, window);
         let (stop, stopped) = mpsc::channel::<()>();
         let p3 = path.clone();
-        std::thread::Builder::new()
+        let checkpointer = std::thread::Builder::new()
             .name("tether-sqlite-ckpt".into())
             .spawn(move || checkpointer(&p3, stopped))
             .context("starting the session store checkpointer")?;
-        Ok(SqliteStore { shared, path, _checkpointer: stop })
+        let committer = if window.is_zero() {
+            None
+        } else {
+            let s = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("tether-sqlite-commit".into())
+                    .spawn(move || s.run_committer())
+                    .context("starting the session store committer")?,
+            )
+        };
+        let threads = Threads { stop_checkpointer: stop, checkpointer, committer };
+        Ok(SqliteStore { shared, path, threads: Mutex::new(Some(threads)) })
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The commit window of events.
+    pub fn commit_window(&self) -> Duration {
+        self.shared.window()
     }
 
     fn job<T: Send + 'static>(
@@ -171,7 +142,8 @@ impl SqliteStore {
         (job, rx)
     }
 
-    /// Inserts one event and, in the same job, drops the events of `evict`.
+    /// Stores one event and, in the same write, drops the events of `evict`: deferred to the
+    /// commit window when there is one, else committed before this returns.
     async fn append_event(
         &self,
         session: &str,
@@ -181,22 +153,24 @@ impl SqliteStore {
         fin: bool,
         evict: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (session, stream, data) = (session.to_owned(), stream.to_owned(), data.to_vec());
-        let evict = evict.map(str::to_owned);
-        let now = crate::session::record::now_ms() as i64;
-        self.call(move |c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![session, stream, seq as i64, data, fin, now])?;
-            if let Some(old) = evict {
-                c.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND stream = ?2")?.execute(params![session, old])?;
-                c.prepare_cached("DELETE FROM event_floors WHERE session_id = ?1 AND stream = ?2")?
-                    .execute(params![session, old])?;
-            }
-            Ok(())
-        })
-        .await
+        let row = EventRow {
+            session: session.to_owned(),
+            stream: stream.to_owned(),
+            seq,
+            data: data.to_vec(),
+            fin,
+            evict: evict.map(str::to_owned),
+            created_at: crate::session::record::now_ms() as i64,
+        };
+        if self.shared.window().is_zero() {
+            return self.call(move |c| row.insert(c)).await;
+        }
+        match self.shared.defer(row).map_err(|b| *b) {
+            Ok(()) => Ok(()),
+            Err((_, DeferError::Closed)) => Err(closed()),
+            // Backpressure: this one commits before it returns, and takes the waiting ones along.
+            Err((row, DeferError::Full)) => self.call(move |c| row.insert(c)).await,
+        }
     }
 
     /// Runs a short job (a few rows), committed when this returns.
@@ -206,7 +180,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (job, rx) = Self::job(f);
         self.shared.submit(job);
-        rx.await.map_err(|_| StoreError::Backend("a session store job was lost".into()))?
+        rx.await.map_err(|_| closed())?
     }
 
     /// Runs a job that may touch many rows on a blocking thread, waiting for the connection.
@@ -216,15 +190,42 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (job, rx) = Self::job(f);
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = lock(&shared.conn);
-            run_batch(&conn, vec![job]);
-            shared.combine(Some(conn));
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("the session store job failed: {e}")))?;
-        rx.await.map_err(|_| StoreError::Backend("a session store job was lost".into()))?
+        tokio::task::spawn_blocking(move || shared.run_blocking(job))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the session store job failed: {e}")))?;
+        rx.await.map_err(|_| closed())?
     }
+
+    /// Commits what waits, stops the threads, checkpoints and closes the file (the last
+    /// connection to close removes the `-wal` and `-shm` files). Blocking; runs once.
+    fn close_blocking(&self) -> Result<(), StoreError> {
+        let Some(threads) = lock(&self.threads).take() else { return Ok(()) };
+        // The checkpointer's connection closes first, so that the main one is the last.
+        drop(threads.stop_checkpointer);
+        let _ = threads.checkpointer.join();
+        let conn = self.shared.close();
+        if let Some(c) = threads.committer {
+            let _ = c.join();
+        }
+        let Some(conn) = conn else { return Ok(()) };
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(backend);
+        conn.close().map_err(|(_, e)| backend(e))?;
+        checkpoint
+    }
+}
+
+impl Drop for SqliteStore {
+    /// A store dropped without [`SessionStore::shutdown`] still commits what waits and closes.
+    fn drop(&mut self) {
+        if let Err(e) = self.close_blocking() {
+            tracing::warn!(error = %e, "closing the session store failed");
+        }
+    }
+}
+
+/// What a caller hears once the store is closed (or, should it happen, a job was dropped).
+fn closed() -> StoreError {
+    StoreError::Backend("the session store is closed".into())
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -283,27 +284,6 @@ fn checkpointer(path: &Path, stop: mpsc::Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "checkpoint failed; retrying next round");
         }
-    }
-}
-
-/// Runs one statement that returns no rows, cached (BEGIN and COMMIT run for every batch).
-fn exec_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(backend)
-}
-
-/// Runs jobs in one transaction and tells each the outcome of the commit.
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
-    let began = exec_cached(conn, "BEGIN IMMEDIATE");
-    let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
-    let commit = match began {
-        Ok(()) => exec_cached(conn, "COMMIT"),
-        Err(e) => Err(e),
-    };
-    if commit.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    for done in dones {
-        done(commit.clone());
     }
 }
 
@@ -473,6 +453,11 @@ impl SessionStore for SqliteStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every job is committed before it answers; a no-op job waits for what is queued.
         self.call(|_| Ok(())).await
+    }
+
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        // A few milliseconds of blocking (the last commit, a checkpoint), once, at exit.
+        self.close_blocking()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
