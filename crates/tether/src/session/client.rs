@@ -106,6 +106,11 @@ impl Session {
             let Some(back) = lock(&self.routes).pending.remove(&gid) else { return Ok(()) };
             p = back;
             stale = Some(up.generation());
+            match &err {
+                SendError::SessionLost => self.note_gone("upstream_session_lost"),
+                SendError::Unreachable(_) | SendError::Interrupted(_) => self.note_gone("upstream_disconnected"),
+                SendError::Refused { .. } => {}
+            }
             match err {
                 SendError::Unreachable(_) | SendError::SessionLost if undelivered < 2 => undelivered += 1,
                 SendError::Unreachable(d) => return Err(GatewayError::UpstreamUnavailable(d)),
@@ -232,6 +237,9 @@ impl Session {
         let mut r = lock(&self.routes);
         if r.standalone.as_ref().is_some_and(|s| s.stream == stream) {
             r.standalone = None;
+            drop(r);
+            // The stream was activity until now: the TTL counts from its close.
+            self.stream_activity(0);
         }
     }
 
@@ -335,6 +343,7 @@ impl Session {
         let up = self.binding.lock().await.take();
         lock(&self.current).take();
         if let Some(up) = up {
+            self.note_gone("upstream_reaped");
             up.close().await;
         }
     }

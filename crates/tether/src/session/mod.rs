@@ -394,6 +394,8 @@ pub struct Session {
     manager: Weak<Manager>,
     /// The last upstream failure, for the admin API.
     last_error: Mutex<Option<inspect::LastError>>,
+    /// Why the binding is gone (the cause the next revive is logged with) and the last revive.
+    revive_cause: Mutex<inspect::ReviveCause>,
 }
 
 impl Session {
@@ -420,6 +422,7 @@ impl Session {
             upstream_used: Mutex::new(tokio::time::Instant::now()),
             manager,
             last_error: Mutex::new(None),
+            revive_cause: Mutex::new(inspect::ReviveCause::default()),
         })
     }
 
@@ -527,6 +530,20 @@ impl Session {
         a.last_active = now;
         a.requests += 1;
         a.tool_calls += u64::from(tool_call);
+    }
+
+    /// Counts an open (or just closed) standalone stream as activity, when the last activity
+    /// is at least `older_than_ms` old.
+    pub fn stream_activity(&self, older_than_ms: u64) {
+        let now = now_ms();
+        {
+            let mut r = lock(&self.record);
+            if now.saturating_sub(r.last_active) < older_than_ms {
+                return;
+            }
+            r.last_active = now;
+        }
+        lock(&self.activity).last_active = now;
     }
 
     /// Takes the activity not yet written to the store.

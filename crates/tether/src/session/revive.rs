@@ -59,12 +59,21 @@ impl Session {
             Verdict::Attempt(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
             Verdict::Attempt(_) => {}
         }
+        // What took the binding away (a crash, a lost upstream session, an idle reap, a
+        // gateway restart) decides the label; a revive that failed keeps the first cause.
         let cause = match slot.take() {
             Some(old) => {
                 old.close().await;
-                "upstream_lost"
+                // A dead binding whose end was not reported yet.
+                let fallback = if matches!(self.deps.spec, UpstreamSpec::Stdio { .. }) {
+                    "upstream_crashed"
+                } else {
+                    "upstream_lost"
+                };
+                self.gone_cause(fallback)
             }
-            None if self.generations.load(Ordering::Relaxed) > 0 => "upstream_reaped",
+            None if self.generations.load(Ordering::Relaxed) > 0 => self.gone_cause("upstream_lost"),
+            None if lock(&self.record).upstream_init.is_some() => self.gone_cause("gateway_restart"),
             None => "first_use",
         };
         let started = Instant::now();
@@ -101,6 +110,7 @@ impl Session {
             }
             self.deps.stats.revives.inc();
             self.revives.fetch_add(1, Ordering::Relaxed);
+            self.note_revived(cause);
             info!(
                 session_id = %self.id,
                 upstream = self.deps.spec.kind(),
