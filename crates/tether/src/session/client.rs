@@ -80,17 +80,25 @@ impl Session {
         let mut waits = 0u32;
         let deadline = p.started + self.deps.config.request_timeout;
         loop {
-            let up = match self.upstream(stale).await {
+            let up = match self.upstream_paced(stale, false).await {
                 Ok(up) => up,
                 // An upstream that served this session before and is away now (a server being
-                // restarted) is waited for, with backoff, until the request's deadline.
-                Err(GatewayError::UpstreamUnavailable(d))
-                    if self.has_bound()
-                        && Instant::now() < deadline
-                        && self.deps.config.reconnect_attempts.is_none_or(|n| waits < n) =>
-                {
+                // restarted) is waited for, with backoff from the first retry delay, at most
+                // `reconnect_attempts` times, and never past the request's deadline: a request
+                // whose next attempt would come after it ends by its timeout.
+                Err(GatewayError::UpstreamUnavailable(d)) if self.has_bound() => {
                     waits += 1;
-                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "upstream away; waiting for it");
+                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "a request found the upstream away");
+                    if self.deps.config.reconnect_attempts.is_some_and(|n| waits > n) {
+                        return Err(GatewayError::UpstreamUnavailable(d));
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let delay = self.deps.config.restart.retry_delay(waits, rand::random());
+                    if delay >= left {
+                        tokio::time::sleep(left).await;
+                        return Err(GatewayError::UpstreamTimeout(self.deps.config.request_timeout.as_secs()));
+                    }
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
                 Err(e) => return Err(e),
