@@ -75,6 +75,7 @@ while (Date.now() < end) {
     } catch (e) {
       if (e?.hung || e?.code === -32001) {
         stats.hung++;
+        console.error(JSON.stringify({ hung_at: new Date().toISOString(), message: msg }));
       } else {
         stats.error++;
         const s = String(e);

@@ -103,10 +103,14 @@ async def run() -> None:
                         errors[f"wrong: {text_of(result)[:60]}"] += 1
                 except TimeoutError:
                     stats["hung"] += 1
+                    print(json.dumps({"hung_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "message": msg}),
+                          file=sys.stderr, flush=True)
                 except Exception as e:  # noqa: BLE001 - a soak counts every failure
                     label, lost = classify(e)
                     if "timed out" in str(e).lower():
                         stats["hung"] += 1
+                        print(json.dumps({"hung_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "message": msg}),
+                              file=sys.stderr, flush=True)
                     else:
                         stats["error"] += 1
                     errors[label] += 1
