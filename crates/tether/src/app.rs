@@ -60,10 +60,16 @@ impl Gateway {
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");
         let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
-        match store.count_open(since).await {
-            Ok(n) => info!(live_sessions = n, "recovered sessions from the store"),
-            Err(e) => warn!(error = %e, "counting stored sessions failed"),
-        }
+        let stored = match store.count_open(since).await {
+            Ok(n) => {
+                info!(live_sessions = n, "recovered sessions from the store");
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+            Err(e) => {
+                warn!(error = %e, "counting stored sessions failed");
+                0
+            }
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(config.session.upstream.connect_timeout)
             .pool_max_idle_per_host(64)
@@ -74,6 +80,8 @@ impl Gateway {
         let store = TimedStore::wrap(store, stats.clone());
         let manager =
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
+        // Sessions from before the restart count toward --max-sessions until they close.
+        manager.expect_resumes(stored);
         let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
         // Before anything serves: a token file or JWKS file that fails here stops the start.

@@ -189,9 +189,12 @@ impl GatewayError {
                 Some(json!({ "reason": "upstream_restarted", "class": "transport_error", "detail": d })),
                 Fault::Upstream,
             ),
-            E::UpstreamTimeout(_) => {
-                w(StatusCode::OK, code::UPSTREAM_TIMEOUT, reason("upstream_timeout"), Fault::Upstream)
-            }
+            E::UpstreamTimeout(_) => w(
+                StatusCode::OK,
+                code::UPSTREAM_TIMEOUT,
+                Some(json!({ "reason": "upstream_timeout", "class": "session_timeout" })),
+                Fault::Upstream,
+            ),
             E::VersionChanged { was, now } => w(
                 StatusCode::OK,
                 code::UPSTREAM_UNAVAILABLE,

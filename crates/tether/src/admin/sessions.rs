@@ -86,6 +86,7 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
             "alive": s.upstream_alive(),
             "pid": s.upstream_pid(),
             "revives": s.revive_count(),
+            "lastRevive": s.last_revive().map(|(at_ms, cause)| json!({ "atMs": at_ms, "cause": cause })),
         })
     });
     let streams = live.as_ref().map(|s| {

@@ -48,7 +48,8 @@ pub struct BridgeArgs {
     /// How long the first connection is retried before the client gets an error
     #[arg(long, default_value = "30s", value_name = "DURATION", env = "TETHER_BRIDGE_CONNECT_TIMEOUT")]
     pub connect_timeout: String,
-    /// How many times a request waits for the remote to come back (default: unlimited, until --timeout)
+    /// How many times a request that finds the remote away tries again, after --retry-delay,
+    /// doubling (default: unlimited, until --timeout; 0: no retry)
     #[arg(long, value_name = "N", env = "TETHER_BRIDGE_RETRY_ATTEMPTS")]
     pub retry_attempts: Option<u32>,
     /// The first reconnection delay; it doubles, with jitter
@@ -108,7 +109,7 @@ impl BridgeArgs {
             transport: self.transport,
             protocol: self.protocol,
             connect_timeout: dur("connect-timeout", &self.connect_timeout)?,
-            retry_attempts: self.retry_attempts.filter(|n| *n > 0),
+            retry_attempts: self.retry_attempts,
             retry_delay: dur("retry-delay", &self.retry_delay)?,
             timeout: dur("timeout", &self.timeout)?,
         })

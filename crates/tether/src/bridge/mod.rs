@@ -199,7 +199,8 @@ impl Bridge {
                 Err(e) => e,
             };
             let retryable = matches!(err, GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamRefused { .. });
-            let attempts_left = self.config.retry_attempts.is_none_or(|n| attempt < n);
+            // Like a request: the first attempt and `--retry-attempts` retries.
+            let attempts_left = self.config.retry_attempts.is_none_or(|n| attempt <= n);
             if !retryable || !attempts_left || Instant::now() + delay > deadline {
                 warn!(error = %err, class = "transport_error", attempt, "could not reach the remote MCP server");
                 self.reply(err.to_message(id.as_deref())).await;

@@ -36,6 +36,16 @@ impl Default for RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// The wait before retry `n` (1-based) of a request that found its upstream away:
+    /// `backoff_base`, doubling, with jitter (`jitter` in [0, 1) spreads it over 75–125 %),
+    /// capped at `backoff_max`.
+    pub fn retry_delay(&self, n: u32, jitter: f64) -> Duration {
+        let exp = self.backoff_base.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+        exp.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(self.backoff_max)
+    }
+}
+
 /// What the breaker says about the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -204,5 +214,15 @@ mod tests {
             tokio::time::advance(Duration::from_secs(6)).await;
         }
         assert!(!b.is_open(Instant::now()));
+    }
+
+    #[test]
+    fn a_request_retry_delay_doubles_from_the_base_within_its_jitter() {
+        let p = RestartPolicy { backoff_base: Duration::from_millis(200), ..policy() };
+        assert_eq!(p.retry_delay(1, 0.5), Duration::from_millis(200));
+        assert_eq!(p.retry_delay(2, 0.5), Duration::from_millis(400));
+        assert_eq!(p.retry_delay(3, 0.0), Duration::from_millis(600), "75 % of 800 ms");
+        assert_eq!(p.retry_delay(4, 1.0), Duration::from_millis(2000), "125 % of 1.6 s");
+        assert_eq!(p.retry_delay(40, 0.5), Duration::from_secs(2), "capped");
     }
 }

@@ -80,17 +80,25 @@ impl Session {
         let mut waits = 0u32;
         let deadline = p.started + self.deps.config.request_timeout;
         loop {
-            let up = match self.upstream(stale).await {
+            let up = match self.upstream_paced(stale, false).await {
                 Ok(up) => up,
                 // An upstream that served this session before and is away now (a server being
-                // restarted) is waited for, with backoff, until the request's deadline.
-                Err(GatewayError::UpstreamUnavailable(d))
-                    if self.has_bound()
-                        && Instant::now() < deadline
-                        && self.deps.config.reconnect_attempts.is_none_or(|n| waits < n) =>
-                {
+                // restarted) is waited for, with backoff from the first retry delay, at most
+                // `reconnect_attempts` times, and never past the request's deadline: a request
+                // whose next attempt would come after it ends by its timeout.
+                Err(GatewayError::UpstreamUnavailable(d)) if self.has_bound() => {
                     waits += 1;
-                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "upstream away; waiting for it");
+                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "a request found the upstream away");
+                    if self.deps.config.reconnect_attempts.is_some_and(|n| waits > n) {
+                        return Err(GatewayError::UpstreamUnavailable(d));
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let delay = self.deps.config.restart.retry_delay(waits, rand::random());
+                    if delay >= left {
+                        tokio::time::sleep(left).await;
+                        return Err(GatewayError::UpstreamTimeout(self.deps.config.request_timeout.as_secs()));
+                    }
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -106,6 +114,11 @@ impl Session {
             let Some(back) = lock(&self.routes).pending.remove(&gid) else { return Ok(()) };
             p = back;
             stale = Some(up.generation());
+            match &err {
+                SendError::SessionLost => self.note_gone("upstream_session_lost"),
+                SendError::Unreachable(_) | SendError::Interrupted(_) => self.note_gone("upstream_disconnected"),
+                SendError::Refused { .. } => {}
+            }
             match err {
                 SendError::Unreachable(_) | SendError::SessionLost if undelivered < 2 => undelivered += 1,
                 SendError::Unreachable(d) => return Err(GatewayError::UpstreamUnavailable(d)),
@@ -232,6 +245,9 @@ impl Session {
         let mut r = lock(&self.routes);
         if r.standalone.as_ref().is_some_and(|s| s.stream == stream) {
             r.standalone = None;
+            drop(r);
+            // The stream was activity until now: the TTL counts from its close.
+            self.stream_activity(0);
         }
     }
 
@@ -335,6 +351,7 @@ impl Session {
         let up = self.binding.lock().await.take();
         lock(&self.current).take();
         if let Some(up) = up {
+            self.note_gone("upstream_reaped");
             up.close().await;
         }
     }

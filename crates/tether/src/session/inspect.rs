@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::record::now_ms;
 use super::{Session, lock};
+use crate::upstream::QuitReason;
 
 /// The state of a session's upstream binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,49 @@ pub struct LastError {
     pub message: String,
 }
 
+/// Why a session's binding went away, as logged with `session revived` (`cause`).
+#[derive(Debug, Default)]
+pub(super) struct ReviveCause {
+    /// Set when the binding goes; taken by the revive that replaces it.
+    gone: Option<&'static str>,
+    /// The last revive: when (Unix ms) and why.
+    last: Option<(u64, &'static str)>,
+}
+
+/// The cause label of a binding that ended on its own, by what ended it.
+pub(super) fn loss_cause(reason: &QuitReason) -> &'static str {
+    match reason {
+        QuitReason::Exited(_) => "upstream_crashed",
+        QuitReason::SessionLost(_) => "upstream_session_lost",
+        QuitReason::Disconnected(_) => "upstream_disconnected",
+        QuitReason::Closed => "upstream_closed",
+    }
+}
+
 impl Session {
+    /// Remembers why the binding went away, unless an earlier cause is still unresolved (a
+    /// revive that failed keeps the cause of the loss it was repairing).
+    pub(super) fn note_gone(&self, cause: &'static str) {
+        lock(&self.revive_cause).gone.get_or_insert(cause);
+    }
+
+    /// The cause of the revive about to happen: what took the binding away, else `fallback`.
+    pub(super) fn gone_cause(&self, fallback: &'static str) -> &'static str {
+        lock(&self.revive_cause).gone.unwrap_or(fallback)
+    }
+
+    /// A revive succeeded: the cause is resolved.
+    pub(super) fn note_revived(&self, cause: &'static str) {
+        let mut c = lock(&self.revive_cause);
+        c.gone = None;
+        c.last = Some((now_ms(), cause));
+    }
+
+    /// When (Unix ms) the upstream side was last revived, and why.
+    pub fn last_revive(&self) -> Option<(u64, &'static str)> {
+        lock(&self.revive_cause).last
+    }
+
     /// The state of the upstream binding.
     pub fn upstream_state(&self) -> UpstreamState {
         if lock(&self.breaker).is_open(tokio::time::Instant::now()) {

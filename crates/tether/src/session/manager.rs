@@ -2,7 +2,7 @@
 //! not live here), creation, closing, the TTL reaper and the write-behind of activity.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct Manager {
     deps: Arc<Deps>,
     draining: AtomicBool,
     stopping: AtomicBool,
+    /// Open, unexpired sessions in the store that are not live here (from before a restart):
+    /// they count toward `max_sessions`, since their clients may come back at any time.
+    dormant: AtomicUsize,
 }
 
 impl Manager {
@@ -30,6 +33,7 @@ impl Manager {
             deps: Arc::new(deps),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            dormant: AtomicUsize::new(0),
         })
     }
 
@@ -54,7 +58,7 @@ impl Manager {
             return Err(GatewayError::ShuttingDown);
         }
         let max = self.deps.config.max_sessions;
-        if self.live_count() >= max {
+        if self.live_count() + self.dormant.load(Ordering::Acquire) >= max {
             return Err(GatewayError::TooManySessions(max));
         }
         let record = SessionRecord { principal, ..SessionRecord::new(transport) };
@@ -74,7 +78,7 @@ impl Manager {
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<Session>, GatewayError> {
         let live = self.read().get(id).cloned();
         if let Some(s) = live {
-            if self.expired(s.last_active()) {
+            if self.session_expired(&s) {
                 self.close(id, CloseReason::Expired).await;
                 return Err(GatewayError::SessionNotFound);
             }
@@ -96,8 +100,21 @@ impl Manager {
             }
             return Err(GatewayError::SessionNotFound);
         }
-        let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
-        let session = self.write().entry(id.to_owned()).or_insert(session).clone();
+        let max = self.deps.config.max_sessions;
+        let session = {
+            let mut live = self.write();
+            if let Some(s) = live.get(id) {
+                return Ok(s.clone());
+            }
+            // Only when the cap was lowered across a restart can the resumed outnumber it.
+            if live.len() >= max {
+                return Err(GatewayError::TooManySessions(max));
+            }
+            let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
+            live.insert(id.to_owned(), session.clone());
+            session
+        };
+        self.settle_dormant(1);
         self.deps.stats.sessions_resumed.inc();
         info!(session_id = %id, "session resumed from the store");
         Ok(session)
@@ -125,6 +142,7 @@ impl Manager {
     /// from before a restart).
     async fn close_stored(&self, record: &SessionRecord, reason: CloseReason) -> Result<(), StoreError> {
         self.deps.store.close(&record.id, now_ms(), reason).await?;
+        self.settle_dormant(1);
         if let Err(e) = self.deps.store.forget(&record.id).await {
             warn!(session_id = %record.id, error = %e, "dropping the session's stored events failed");
         }
@@ -200,12 +218,48 @@ impl Manager {
     }
 
     fn expired_live(&self) -> Vec<String> {
-        self.read().values().filter(|s| self.expired(s.last_active())).map(|s| s.id().to_owned()).collect()
+        self.read().values().filter(|s| self.session_expired(s)).map(|s| s.id().to_owned()).collect()
+    }
+
+    /// A session whose client holds a standalone stream open is active: its TTL counts from
+    /// the stream's close.
+    fn session_expired(&self, s: &Session) -> bool {
+        !s.has_standalone() && self.expired(s.last_active())
     }
 
     /// The session with this id if it is live here, without loading or expiring anything.
     pub fn live_session(&self, id: &str) -> Option<Arc<Session>> {
         self.read().get(id).cloned()
+    }
+
+    /// Counts the open, unexpired sessions in the store that are not live here (at start: all
+    /// of them) toward `max_sessions`. The reaper recounts them as they expire.
+    pub fn expect_resumes(&self, open_in_store: usize) {
+        let dormant = self.recount_dormant(open_in_store);
+        let max = self.deps.config.max_sessions;
+        if dormant >= max {
+            warn!(
+                stored = dormant,
+                max_sessions = max,
+                "the store holds as many open sessions as --max-sessions: new sessions are refused until some close or expire"
+            );
+        }
+    }
+
+    fn recount_dormant(&self, open_in_store: usize) -> usize {
+        let dormant = open_in_store.saturating_sub(self.live_count());
+        self.dormant.store(dormant, Ordering::Release);
+        dormant
+    }
+
+    /// `n` stored sessions were resumed or closed: they no longer wait in the store.
+    fn settle_dormant(&self, n: usize) {
+        let _ = self.dormant.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| Some(d.saturating_sub(n)));
+    }
+
+    /// Stored sessions counted toward `max_sessions` without being live here.
+    pub fn dormant_count(&self) -> usize {
+        self.dormant.load(Ordering::Acquire)
     }
 
     /// How many sessions are live in this process.
@@ -269,6 +323,16 @@ impl Manager {
         for id in self.expired_live() {
             self.close(&id, CloseReason::Expired).await;
         }
+        if self.dormant.load(Ordering::Acquire) > 0 {
+            // Stored sessions that expire without coming back stop counting.
+            let since = now_ms().saturating_sub(self.deps.config.ttl.as_millis() as u64);
+            match self.deps.store.count_open(since).await {
+                Ok(n) => {
+                    self.recount_dormant(usize::try_from(n).unwrap_or(usize::MAX));
+                }
+                Err(e) => warn!(error = %e, "counting stored sessions failed"),
+            }
+        }
     }
 
     /// Releases upstream bindings unused for `upstream_idle`; their sessions stay, and the next
@@ -286,7 +350,13 @@ impl Manager {
 
     /// Writes the activity gathered since the last call.
     pub async fn flush_activity(&self) {
+        // The stored record of a session held by an open stream is kept fresh (every half TTL),
+        // so that it is not taken for expired after a restart.
+        let refresh_ms = (self.deps.config.ttl.as_millis() / 2) as u64;
         for s in self.live() {
+            if s.has_standalone() {
+                s.stream_activity(refresh_ms);
+            }
             if let Some(a) = s.take_activity()
                 && let Err(e) = self.deps.store.touch(s.id(), a).await
             {

@@ -396,6 +396,8 @@ pub struct Session {
     last_error: Mutex<Option<inspect::LastError>>,
     /// The client's credential for upstream requests (`--forward-auth`); memory only.
     forwarded: crate::upstream::credentials::ForwardedAuth,
+    /// Why the binding is gone (the cause the next revive is logged with) and the last revive.
+    revive_cause: Mutex<inspect::ReviveCause>,
 }
 
 impl Session {
@@ -423,6 +425,7 @@ impl Session {
             manager,
             last_error: Mutex::new(None),
             forwarded: Default::default(),
+            revive_cause: Mutex::new(inspect::ReviveCause::default()),
         })
     }
 
@@ -540,6 +543,20 @@ impl Session {
         a.last_active = now;
         a.requests += 1;
         a.tool_calls += u64::from(tool_call);
+    }
+
+    /// Counts an open (or just closed) standalone stream as activity, when the last activity
+    /// is at least `older_than_ms` old.
+    pub fn stream_activity(&self, older_than_ms: u64) {
+        let now = now_ms();
+        {
+            let mut r = lock(&self.record);
+            if now.saturating_sub(r.last_active) < older_than_ms {
+                return;
+            }
+            r.last_active = now;
+        }
+        lock(&self.activity).last_active = now;
     }
 
     /// Takes the activity not yet written to the store.

@@ -31,40 +31,69 @@ impl Session {
     /// The live upstream binding, connecting or reviving it when missing or dead. `stale`
     /// names a generation the caller saw fail: it is replaced even if it still looks alive.
     pub(super) async fn upstream(self: &Arc<Self>, stale: Option<u64>) -> Result<Upstream, GatewayError> {
+        self.upstream_paced(stale, true).await
+    }
+
+    /// [`Session::upstream`]; `paced: false` skips the backoff wait for an HTTP upstream (a
+    /// request that paces its own retries, so that a server that is back is used at once).
+    /// A stdio child always waits it out: restarting a crashing command is what it paces.
+    pub(super) async fn upstream_paced(
+        self: &Arc<Self>,
+        stale: Option<u64>,
+        paced: bool,
+    ) -> Result<Upstream, GatewayError> {
         if stale.is_none()
             && let Some(u) = self.current()
             && u.is_alive()
         {
             return Ok(u);
         }
-        let mut slot = self.binding.lock().await;
-        if let Some(u) = slot.as_ref()
-            && u.is_alive()
-            && Some(u.generation()) != stale
-        {
-            return Ok(u.clone());
-        }
-        if self.is_closed() {
-            return Err(GatewayError::SessionNotFound);
-        }
-        if self.manager.upgrade().is_none_or(|m| m.is_stopping()) {
-            return Err(GatewayError::ShuttingDown);
-        }
-        let policy = self.deps.config.restart;
-        let verdict = lock(&self.breaker).verdict(&policy, tokio::time::Instant::now(), rand::random());
-        match verdict {
-            Verdict::Open(left) => {
-                return Err(GatewayError::CrashLoop { retry_after_s: left.as_secs().max(1) });
+        let mut slot = loop {
+            let slot = self.binding.lock().await;
+            if let Some(u) = slot.as_ref()
+                && u.is_alive()
+                && Some(u.generation()) != stale
+            {
+                return Ok(u.clone());
             }
-            Verdict::Attempt(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-            Verdict::Attempt(_) => {}
-        }
+            if self.is_closed() {
+                return Err(GatewayError::SessionNotFound);
+            }
+            if self.manager.upgrade().is_none_or(|m| m.is_stopping()) {
+                return Err(GatewayError::ShuttingDown);
+            }
+            let policy = self.deps.config.restart;
+            let verdict = lock(&self.breaker).verdict(&policy, tokio::time::Instant::now(), rand::random());
+            match verdict {
+                Verdict::Open(left) => {
+                    return Err(GatewayError::CrashLoop { retry_after_s: left.as_secs().max(1) });
+                }
+                // The backoff is waited out without the binding lock, so that an unpaced
+                // request is not held behind a background revive's wait; then look again.
+                Verdict::Attempt(delay)
+                    if !delay.is_zero() && (paced || matches!(self.deps.spec, UpstreamSpec::Stdio { .. })) =>
+                {
+                    drop(slot);
+                    tokio::time::sleep(delay).await;
+                }
+                Verdict::Attempt(_) => break slot,
+            }
+        };
+        // What took the binding away (a crash, a lost upstream session, an idle reap, a
+        // gateway restart) decides the label; a revive that failed keeps the first cause.
         let cause = match slot.take() {
             Some(old) => {
                 old.close().await;
-                "upstream_lost"
+                // A dead binding whose end was not reported yet.
+                let fallback = if matches!(self.deps.spec, UpstreamSpec::Stdio { .. }) {
+                    "upstream_crashed"
+                } else {
+                    "upstream_lost"
+                };
+                self.gone_cause(fallback)
             }
-            None if self.generations.load(Ordering::Relaxed) > 0 => "upstream_reaped",
+            None if self.generations.load(Ordering::Relaxed) > 0 => self.gone_cause("upstream_lost"),
+            None if lock(&self.record).upstream_init.is_some() => self.gone_cause("gateway_restart"),
             None => "first_use",
         };
         let started = Instant::now();
@@ -102,6 +131,7 @@ impl Session {
             }
             self.deps.stats.revives.inc();
             self.revives.fetch_add(1, Ordering::Relaxed);
+            self.note_revived(cause);
             info!(
                 session_id = %self.id,
                 upstream = self.deps.spec.kind(),

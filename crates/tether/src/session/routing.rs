@@ -273,6 +273,7 @@ impl Session {
         let was_serving = self.current().is_some_and(|u| u.generation() == generation);
         if unexpected && was_serving {
             self.binding_died();
+            self.note_gone(super::inspect::loss_cause(&reason));
         }
         if unexpected {
             info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");

@@ -37,9 +37,11 @@ use tether_protocol::{Kind, Message, error_code};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
-use wire::strip_notification_meta;
 
+mod listen;
 mod wire;
+
+use listen::{Dedup, Filter, listen};
 
 pub use wire::{
     ClientProfile, HeaderParam, MODERN_VERSION, encode_header_value, header_params, initialize_result,
@@ -60,38 +62,6 @@ const STATE_ONLY_PAUSE: Duration = Duration::from_millis(250);
 const RELIST_PAGES: usize = 10;
 /// The JSON-RPC code of a header/body mismatch in 2026-07-28.
 const HEADER_MISMATCH: i64 = -32020;
-
-/// What the listen stream asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Filter {
-    tools: bool,
-    prompts: bool,
-    resources: bool,
-    uris: BTreeSet<String>,
-}
-
-impl Filter {
-    fn is_empty(&self) -> bool {
-        !self.tools && !self.prompts && !self.resources && self.uris.is_empty()
-    }
-
-    fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        if self.tools {
-            m.insert("toolsListChanged".into(), Value::Bool(true));
-        }
-        if self.prompts {
-            m.insert("promptsListChanged".into(), Value::Bool(true));
-        }
-        if self.resources {
-            m.insert("resourcesListChanged".into(), Value::Bool(true));
-        }
-        if !self.uris.is_empty() {
-            m.insert("resourceSubscriptions".into(), self.uris.iter().cloned().collect());
-        }
-        Value::Object(m)
-    }
-}
 
 #[derive(Default)]
 struct State {
@@ -118,6 +88,10 @@ struct Shared {
     span: tracing::Span,
     state: Mutex<State>,
     filter: watch::Sender<Filter>,
+    /// The filter a listen stream serves (acknowledged), or that the remote serves none of.
+    served: watch::Sender<Option<Filter>>,
+    /// Recent listen notifications, so that a hand-over between two streams delivers once.
+    dedup: Mutex<Dedup>,
     wire_ids: AtomicU64,
 }
 
@@ -150,6 +124,8 @@ impl Handle {
                 span,
                 state: Mutex::new(State::default()),
                 filter: watch::Sender::new(Filter::default()),
+                served: watch::Sender::new(None),
+                dedup: Mutex::new(Dedup::default()),
                 wire_ids: AtomicU64::new(1),
             }),
             listen: Mutex::new(None),
@@ -265,7 +241,17 @@ impl Handle {
                 }
                 shared.refresh_filter();
                 self.open_standalone();
-                shared.answer(gid, json!({})).await;
+                // Answered once a listen stream serves the new set: an update the client
+                // causes right after its subscribe must reach it.
+                let shared = shared.clone();
+                let span = shared.span.clone();
+                tokio::spawn(
+                    async move {
+                        shared.wait_served().await;
+                        shared.answer(gid, json!({})).await;
+                    }
+                    .instrument(span),
+                );
                 return Ok(());
             }
             _ => {}
@@ -665,130 +651,7 @@ impl Shared {
     }
 }
 
-/// Keeps one `subscriptions/listen` stream open for the current filter while the connection
-/// lives; re-opens it when the filter changes or the stream drops. After a drop, the client is
-/// told that what it watches may have changed (events are level triggers and are not replayed).
-async fn listen(shared: Arc<Shared>) {
-    let mut filter_rx = shared.filter.subscribe();
-    let mut delay = Duration::from_millis(500);
-    let mut lost = false;
-    while shared.alive.load(Ordering::Acquire) {
-        let filter = filter_rx.borrow_and_update().clone();
-        if filter.is_empty() {
-            if filter_rx.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let method = "subscriptions/listen";
-        let (params, mut headers) = shared.build(method, &json!({ "notifications": filter.to_json() }));
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream, application/json"));
-        let wire_id = format!("tether-listen-{}", shared.wire_ids.fetch_add(1, Ordering::Relaxed));
-        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": method, "params": params});
-        let opened = shared.http.post(&shared.url).headers(headers).body(body.to_string()).send().await;
-        let resp = match opened {
-            Ok(r) if r.status().is_success() && content_type(r.headers()).starts_with("text/event-stream") => r,
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body = r.bytes().await.unwrap_or_default();
-                let body: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-                warn!(status, body = %body, "the remote refused subscriptions/listen");
-                if status == 404 || status == 405 {
-                    // Not served: wait for another filter rather than retrying this one.
-                    if filter_rx.changed().await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                lost = true;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-                continue;
-            }
-            Err(e) => {
-                debug!(error = %describe(&e), "subscriptions/listen could not be opened; retrying");
-                lost = true;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        let was_lost = std::mem::take(&mut lost);
-        let mut acked = false;
-        let mut events = SseMessages::new(resp, shared.max);
-        let read = async {
-            // A final result (or error) ends the stream gracefully; requests are not allowed.
-            while let Some(m) = events.next().await {
-                if m.kind() != Kind::Notification {
-                    if matches!(m.kind(), Kind::Response | Kind::Error) {
-                        return;
-                    }
-                    continue;
-                }
-                if m.is("notifications/subscriptions/acknowledged") {
-                    acked = true;
-                    if was_lost {
-                        shared.announce_possible_changes(&filter).await;
-                    }
-                    continue;
-                }
-                shared.deliver(Origin::Standalone, strip_notification_meta(m)).await;
-            }
-        };
-        let ended = tokio::select! {
-            _ = read => true,
-            changed = filter_rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                false
-            }
-        };
-        if acked {
-            delay = Duration::from_millis(500);
-        }
-        if ended {
-            debug!("the subscriptions/listen stream ended; re-opening it");
-            lost = true;
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
-    }
-}
-
-impl Shared {
-    /// After the listen stream was lost and re-opened: what the client watches may have
-    /// changed meanwhile.
-    async fn announce_possible_changes(&self, filter: &Filter) {
-        for uri in &filter.uris {
-            let n = Message::notification("notifications/resources/updated", Some(&raw_value(&json!({ "uri": uri }))));
-            self.deliver(Origin::Standalone, n).await;
-        }
-        for (on, kind) in [(filter.tools, "tools"), (filter.prompts, "prompts"), (filter.resources, "resources")] {
-            if on {
-                self.deliver(
-                    Origin::Standalone,
-                    Message::notification(&format!("notifications/{kind}/list_changed"), None),
-                )
-                .await;
-            }
-        }
-    }
-}
-
 fn error_code_of(m: &Message) -> Option<i64> {
     let e: Value = serde_json::from_str(m.error_object()?.get()).ok()?;
     e.get("code").and_then(Value::as_i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_listen_filter_names_only_what_is_wanted() {
-        let f = Filter { tools: true, prompts: false, resources: false, uris: ["a://1".to_owned()].into() };
-        assert_eq!(f.to_json(), json!({"toolsListChanged": true, "resourceSubscriptions": ["a://1"]}));
-        assert!(Filter::default().is_empty());
-    }
 }
