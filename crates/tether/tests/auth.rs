@@ -477,7 +477,10 @@ async fn a_session_stays_bound_across_a_gateway_restart() {
     let dir = temp_dir("auth-restart");
     let path = token_file(&dir, "alice:tok-alice-1\nbob:tok-bob-1\n");
     let mut c = config(UpstreamSpec::Stdio { command: echo_command() });
-    c.store = tether::config::StoreSpec::Sqlite(dir.join("sessions.db"));
+    c.store = tether::config::StoreSpec::Sqlite {
+        path: dir.join("sessions.db"),
+        commit_window: tether::store::DEFAULT_COMMIT_WINDOW,
+    };
     c.auth = AuthConfig { token_file: Some(path), ..AuthConfig::default() };
     let gw = start(c.clone()).await;
     let mut alice = client_as(&gw, Front::Streamable, "tok-alice-1");

@@ -66,7 +66,8 @@ async fn max_sessions_holds_across_a_restart() {
     let dir = temp_dir("max-sessions");
     let cfg = || {
         let mut c = stdio_config();
-        c.store = StoreSpec::Sqlite(dir.join("sessions.db"));
+        c.store =
+            StoreSpec::Sqlite { path: dir.join("sessions.db"), commit_window: tether::store::DEFAULT_COMMIT_WINDOW };
         c.session.max_sessions = 3;
         c
     };
@@ -108,7 +109,8 @@ async fn stored_sessions_that_expire_stop_counting() {
     let dir = temp_dir("max-sessions-expire");
     let cfg = || {
         let mut c = stdio_config();
-        c.store = StoreSpec::Sqlite(dir.join("sessions.db"));
+        c.store =
+            StoreSpec::Sqlite { path: dir.join("sessions.db"), commit_window: tether::store::DEFAULT_COMMIT_WINDOW };
         c.session.max_sessions = 1;
         c.session.ttl = Duration::from_millis(1500);
         c
@@ -241,7 +243,8 @@ async fn revive_causes_name_what_happened() {
     let dir = temp_dir("cause-restart");
     let cfg = || {
         let mut c = stdio_config();
-        c.store = StoreSpec::Sqlite(dir.join("sessions.db"));
+        c.store =
+            StoreSpec::Sqlite { path: dir.join("sessions.db"), commit_window: tether::store::DEFAULT_COMMIT_WINDOW };
         c
     };
     let gw = start(cfg()).await;
