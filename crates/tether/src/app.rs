@@ -90,6 +90,7 @@ impl Gateway {
             shutdown: streams_end.clone(),
             hard_stop: hard_stop.clone(),
         };
+        let front = config.front.clone();
         let router = downstream::router(state);
         info!(
             listen = %addr,
@@ -102,22 +103,11 @@ impl Gateway {
         let done = tokio::spawn(async move {
             let signal = stop2.clone();
             let manager3 = manager2.clone();
-            // Small SSE events must not wait for Nagle and the peer's delayed ACK (~40 ms).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let serve = downstream::listener::serve(listener, router, &front, async move {
                 signal.cancelled().await;
                 manager3.drain();
                 streams_end.cancel();
             });
-            let serve = async move {
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "server error");
-                }
-            };
             tokio::pin!(serve);
             tokio::select! {
                 _ = &mut serve => {}

@@ -31,6 +31,12 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The client ended the connection before the whole body arrived.
+    #[error("the request body ended before its declared length: {0}")]
+    BodyIncomplete(String),
+    /// The client did not send the whole body in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// `Content-Type` is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -130,6 +136,8 @@ impl GatewayError {
             E::PayloadTooLarge { .. } => {
                 w(StatusCode::PAYLOAD_TOO_LARGE, code::INVALID_REQUEST, None, Fault::Downstream)
             }
+            E::BodyIncomplete(_) => w(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, None, Fault::Downstream),
+            E::BodyTimeout(_) => w(StatusCode::REQUEST_TIMEOUT, code::INVALID_REQUEST, None, Fault::Downstream),
             E::UnsupportedMediaType => {
                 w(StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_REQUEST, None, Fault::Downstream)
             }

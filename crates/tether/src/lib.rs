@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod config;
 pub mod downstream;
 pub mod error;
+pub mod fdlimit;
 pub mod session;
 pub mod stats;
 pub mod store;

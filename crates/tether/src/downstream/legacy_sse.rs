@@ -84,7 +84,7 @@ pub async fn post(
         guard::content_type(&headers)?;
         let sid =
             query.get("session_id").or_else(|| query.get("sessionId")).ok_or(GatewayError::MissingSessionQuery)?;
-        let bytes = guard::body(body, &headers, app.front.max_body).await?;
+        let bytes = guard::body(body, &headers, app.front.max_body, app.front.body_timeout).await?;
         let msg = Message::parse(&bytes)?;
         probe.classify(&msg);
         let session = app.manager.get(sid).await?;

@@ -4,6 +4,7 @@
 
 mod guard;
 mod legacy_sse;
+pub mod listener;
 mod metered;
 mod stream;
 mod streamable;
