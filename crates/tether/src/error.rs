@@ -90,6 +90,14 @@ pub enum GatewayError {
     /// The upstream went away while the request was in flight; it may or may not have run.
     #[error("the upstream server restarted while this request was in flight; it may or may not have run")]
     UpstreamRestarted(String),
+    /// The upstream's answer was over the message limit and was discarded.
+    #[error("the upstream server's answer ({size} bytes) exceeds the {limit}-byte message limit")]
+    UpstreamMessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+        /// The answer's size.
+        size: usize,
+    },
     /// The upstream did not answer in time.
     #[error("the upstream server did not answer within {0} s")]
     UpstreamTimeout(u64),
@@ -191,6 +199,14 @@ impl GatewayError {
                 Some(json!({ "reason": "upstream_restarted", "class": "transport_error", "detail": d })),
                 Fault::Upstream,
             ),
+            E::UpstreamMessageTooLarge { limit, size } => w(
+                StatusCode::BAD_GATEWAY,
+                code::INTERNAL_ERROR,
+                Some(
+                    json!({ "reason": "upstream_message_too_large", "class": "transport_error", "limit": limit, "size": size }),
+                ),
+                Fault::Upstream,
+            ),
             E::UpstreamTimeout(_) => {
                 w(StatusCode::OK, code::UPSTREAM_TIMEOUT, reason("upstream_timeout"), Fault::Upstream)
             }
@@ -221,5 +237,16 @@ impl GatewayError {
     pub fn to_message(&self, id: Option<&serde_json::value::RawValue>) -> Message {
         let wire = self.wire();
         Message::error(id, wire.code, &self.to_string(), wire.data)
+    }
+}
+
+impl From<crate::upstream::ConnectError> for GatewayError {
+    fn from(e: crate::upstream::ConnectError) -> Self {
+        match e {
+            crate::upstream::ConnectError::BackingOff { retry_after_s, .. } => {
+                GatewayError::CrashLoop { retry_after_s }
+            }
+            other => GatewayError::UpstreamUnavailable(other.to_string()),
+        }
     }
 }

@@ -4,10 +4,12 @@
 //! everything the server sends, and its death, as [`UpstreamEvent`]s on a channel the session
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
+mod lines;
 pub mod modern;
 pub mod sse;
 pub mod stdio;
 pub mod streamable;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +127,14 @@ pub enum ConnectError {
         /// The OS error.
         reason: String,
     },
+    /// The stdio command keeps exiting before it answers: it is not started for a while.
+    #[error("`{command}` keeps exiting before it answers; not starting it again for {retry_after_s} s")]
+    BackingOff {
+        /// The program.
+        command: String,
+        /// Seconds until it is tried again.
+        retry_after_s: u64,
+    },
     /// The HTTP/SSE upstream could not be reached or answered wrongly.
     #[error("cannot connect to {url}: {reason}")]
     Connect {
@@ -147,6 +157,9 @@ pub struct UpstreamOptions {
     /// Speak MCP 2026-07-28 to a Streamable HTTP upstream (a modern-only server), translating
     /// the session's handshake-era traffic ([`modern`]).
     pub modern: bool,
+    /// The stdio command's health across sessions, shared by every connection made with these
+    /// options (one per gateway).
+    pub supervisor: Arc<supervisor::Supervisor>,
 }
 
 impl Default for UpstreamOptions {
@@ -156,6 +169,7 @@ impl Default for UpstreamOptions {
             close_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             modern: false,
+            supervisor: Arc::default(),
         }
     }
 }
