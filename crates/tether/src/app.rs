@@ -42,6 +42,7 @@ pub struct Gateway {
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
     admin: Option<AdminServer>,
+    _store_lock: Option<crate::store::lock::StoreLock>,
 }
 
 impl Gateway {
@@ -55,6 +56,11 @@ impl Gateway {
     pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
         let listener = listeners.mcp;
         let addr = listener.local_addr()?;
+        // Claimed before the store is opened, and held until the gateway is gone.
+        let store_lock = match &config.store {
+            crate::store::StoreSpec::Sqlite(path) => Some(crate::store::lock::StoreLock::acquire(path, addr)?),
+            crate::store::StoreSpec::Memory => None,
+        };
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");
         let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
@@ -122,7 +128,15 @@ impl Gateway {
             manager2.shutdown().await;
             info!("tether stopped");
         });
-        Ok(Gateway { addr, admin_addr: admin.as_ref().map(AdminServer::addr), manager, stop, done, admin })
+        Ok(Gateway {
+            addr,
+            admin_addr: admin.as_ref().map(AdminServer::addr),
+            manager,
+            stop,
+            done,
+            admin,
+            _store_lock: store_lock,
+        })
     }
 
     /// Runs the shutdown sequence and waits for it. The admin answers (not ready) until the

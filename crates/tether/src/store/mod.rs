@@ -1,6 +1,7 @@
 //! Session store backends: memory (ephemeral) and SQLite (the default, embedded, durable).
 //! Each implements both [`SessionStore`] and [`EventStore`] and passes the contract suite.
 
+pub mod lock;
 pub mod memory;
 pub mod sqlite;
 
