@@ -39,7 +39,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
 use wire::strip_notification_meta;
 
-mod wire;
+pub(crate) mod wire;
 
 pub use wire::{
     ClientProfile, HeaderParam, MODERN_VERSION, encode_header_value, header_params, initialize_result,
