@@ -4,7 +4,7 @@
 //! everything the server sends, and its death, as [`UpstreamEvent`]s on a channel the session
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
-mod lines;
+pub(crate) mod lines;
 pub mod modern;
 pub mod sse;
 pub mod stdio;
