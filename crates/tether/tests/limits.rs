@@ -105,3 +105,59 @@ async fn past_the_connection_cap_new_connections_wait_for_a_free_slot() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&buf[..n]));
     gw.shutdown().await;
 }
+
+/// Starts `tether serve` under `sh -c "ulimit …; exec tether …"` and returns its pid and what it
+/// logged until it served.
+async fn serve_with_ulimit(ulimit: &str, extra: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let script = format!(
+        "{ulimit} && exec \"$0\" serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --store memory {extra} -- \"$1\""
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_tether"), env!("CARGO_BIN_EXE_tether-echo")])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut log = Vec::new();
+    within(async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&log).contains("serving MCP") {
+            let n = stderr.read(&mut buf).await.expect("read");
+            assert!(n > 0, "tether exited: {}", String::from_utf8_lossy(&log));
+            log.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    (child, String::from_utf8_lossy(&log).into_owned())
+}
+
+fn open_files_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a nofile line");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .map(|w| if w == "unlimited" { u64::MAX } else { w.parse().unwrap_or(0) })
+        .collect();
+    (v[0], v[1])
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_short_one_is_warned_about() {
+    let (mut child, log) = serve_with_ulimit("ulimit -Sn 256", "").await;
+    let (soft, hard) = open_files_limit(child.id().expect("running"));
+    // (An unlimited hard limit is capped at Linux's default fs.nr_open.)
+    assert!(soft == hard || (hard == u64::MAX && soft == 1 << 20), "soft {soft}, hard {hard}: {log}");
+    assert!(log.contains("raised the open-file limit"), "{log}");
+    child.kill().await.expect("kill");
+
+    // A hard limit of 300 cannot hold 100 stdio sessions (5 each, plus 64).
+    let (mut child, log) = serve_with_ulimit("ulimit -n 300", "--max-sessions 100").await;
+    assert!(log.contains("the open-file limit cannot hold --max-sessions"), "{log}");
+    assert!(log.contains("needed=564"), "{log}");
+    child.kill().await.expect("kill");
+}
