@@ -4,6 +4,10 @@
 //! It does not own transports, sessions or any policy.
 
 pub mod error_code;
+#[cfg(test)]
+mod fuzz_targets;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod message;
 pub mod sse;
 pub mod version;

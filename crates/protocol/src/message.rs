@@ -117,6 +117,16 @@ impl<'de> Deserialize<'de> for Top {
     }
 }
 
+/// The members tether interprets or routes by, each at most once, and the error naming it.
+const ENVELOPE: [(&str, &str); 6] = [
+    ("jsonrpc", "duplicate member \"jsonrpc\""),
+    ("id", "duplicate member \"id\""),
+    ("method", "duplicate member \"method\""),
+    ("params", "duplicate member \"params\""),
+    ("result", "duplicate member \"result\""),
+    ("error", "duplicate member \"error\""),
+];
+
 fn raw(json: String) -> Box<RawValue> {
     // Only called with text produced by serde_json itself, which is always valid JSON.
     RawValue::from_string(json).unwrap_or_else(|_| null())
@@ -139,6 +149,14 @@ impl Message {
     }
 
     fn from_members(members: Vec<(String, Box<RawValue>)>) -> Result<Message, ParseError> {
+        // serde_json keeps every repeated key, and the lookups below see only the first: a
+        // repeated envelope member would let tether route one message while the upstream, whose
+        // parser keeps the last, runs another (`{"method":"ping","method":"tools/call"}`).
+        for (name, message) in ENVELOPE {
+            if members.iter().filter(|(n, _)| n == name).nth(1).is_some() {
+                return Err(ParseError::Invalid(message));
+            }
+        }
         let get = |k: &str| members.iter().find(|(n, _)| n == k).map(|(_, v)| &**v);
         match get("jsonrpc") {
             Some(v) if v.get() == "\"2.0\"" => {}
@@ -355,6 +373,25 @@ mod tests {
         assert_eq!(e(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#), Some(error_code::INVALID_REQUEST));
         assert_eq!(e(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), Some(error_code::INVALID_REQUEST));
         assert_eq!(e(r#"{"jsonrpc":"2.0","id":1}"#), Some(error_code::INVALID_REQUEST));
+    }
+
+    #[test]
+    fn a_repeated_envelope_member_is_invalid() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"rm"}}"#,
+            r#"{"id":41,"jsonrpc":"2.0","method":"ping","id":42}"#,
+            r#"{"jsonrpc":"2.0","jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"params":{"a":1}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"a"},"error":{"code":2,"message":"b"}}"#,
+        ] {
+            let e = Message::parse(body.as_bytes()).expect_err(body);
+            assert!(matches!(e, ParseError::Invalid(m) if m.starts_with("duplicate member")), "{body}: {e}");
+            assert_eq!(e.code(), error_code::INVALID_REQUEST, "{body}");
+        }
+        // Repeated names inside the payload are the payload's business.
+        let nested = r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":1,"a":2},"x":1,"x":2}"#;
+        assert!(Message::parse(nested.as_bytes()).is_ok());
     }
 
     #[test]

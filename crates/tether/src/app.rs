@@ -44,6 +44,7 @@ pub struct Gateway {
     admin: Option<AdminServer>,
     /// The generated admin token's file, claimed while this gateway runs.
     _token_file: Option<crate::admin::token::TokenFile>,
+    _store_lock: Option<crate::store::lock::StoreLock>,
 }
 
 impl Gateway {
@@ -57,6 +58,11 @@ impl Gateway {
     pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
         let listener = listeners.mcp;
         let addr = listener.local_addr()?;
+        // Claimed before the store is opened, and held until the gateway is gone.
+        let store_lock = match &config.store {
+            crate::store::StoreSpec::Sqlite { path, .. } => Some(crate::store::lock::StoreLock::acquire(path, addr)?),
+            crate::store::StoreSpec::Memory => None,
+        };
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");
         let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
@@ -110,6 +116,7 @@ impl Gateway {
             hard_stop: hard_stop.clone(),
             auth,
         };
+        let front = config.front.clone();
         let router = downstream::router(state);
         info!(
             listen = %addr,
@@ -122,22 +129,11 @@ impl Gateway {
         let done = tokio::spawn(async move {
             let signal = stop2.clone();
             let manager3 = manager2.clone();
-            // Small SSE events must not wait for Nagle and the peer's delayed ACK (~40 ms).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let serve = downstream::listener::serve(listener, router, &front, async move {
                 signal.cancelled().await;
                 manager3.drain();
                 streams_end.cancel();
             });
-            let serve = async move {
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "server error");
-                }
-            };
             tokio::pin!(serve);
             tokio::select! {
                 _ = &mut serve => {}
@@ -164,6 +160,7 @@ impl Gateway {
             done,
             admin,
             _token_file: token_file,
+            _store_lock: store_lock,
         })
     }
 

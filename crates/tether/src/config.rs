@@ -87,6 +87,16 @@ pub struct ServeArgs {
     /// Largest request body in bytes [default: 4194304]
     #[arg(long, env = "TETHER_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<usize>,
+    /// How long a client may take to send a whole request body (then 408) [default: 30s]
+    #[arg(long, env = "TETHER_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+    /// How long a connection may take to send a request head, counted from when tether waits
+    /// for it: also how long an idle keep-alive connection stays open [default: 30s]
+    #[arg(long, env = "TETHER_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// Most client connections served at once; more wait in the listen backlog [default: 20000]
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Most live sessions [default: 10000]
     #[arg(long, env = "TETHER_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<usize>,
@@ -176,6 +186,9 @@ pub struct FileConfig {
     restart_window: Option<String>,
     restart_cooldown: Option<String>,
     max_body: Option<usize>,
+    body_timeout: Option<String>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
     max_sessions: Option<usize>,
     log_level: Option<String>,
     log_format: Option<String>,
@@ -326,7 +339,11 @@ impl Config {
         let upstream_idle = duration("upstream_idle", &args.upstream_idle, &file.upstream_idle, "10m")?;
         let restart_window = duration("restart_window", &args.restart_window, &file.restart_window, "60s")?;
         let restart_cooldown = duration("restart_cooldown", &args.restart_cooldown, &file.restart_cooldown, "30s")?;
+        let body_timeout = duration("body_timeout", &args.body_timeout, &file.body_timeout, "30s")?;
+        let header_timeout = duration("header_timeout", &args.header_timeout, &file.header_timeout, "30s")?;
         for (key, d, flag) in [
+            ("body_timeout", body_timeout, &args.body_timeout),
+            ("header_timeout", header_timeout, &args.header_timeout),
             ("session_ttl", ttl, &args.session_ttl),
             ("request_timeout", request_timeout, &args.request_timeout),
             ("keepalive", keepalive, &args.keepalive),
@@ -382,6 +399,14 @@ impl Config {
         };
         let max_body = args.max_body.or(file.max_body).unwrap_or(4 << 20);
         let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(10_000);
+        let max_connections = args.max_connections.or(file.max_connections).unwrap_or(20_000);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                source_name: src(args.max_connections.is_some()),
+                reason: "must be at least 1".into(),
+            });
+        }
 
         let allow_origin = if args.allow_origin.is_empty() {
             file.allow_origin.clone().unwrap_or_default()
@@ -398,6 +423,9 @@ impl Config {
             allowed_origins: allow_origin,
             allowed_hosts: allow_host,
             max_body,
+            body_timeout,
+            header_timeout,
+            max_connections,
         };
 
         let (set, log_format) = pick!(log_format);
@@ -483,6 +511,9 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert!(c.front.check_host);
         assert_eq!(c.front.max_body, 4 << 20);
+        assert_eq!(c.front.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.front.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.front.max_connections, 20_000);
         assert_eq!(c.session.ttl, Duration::from_secs(86400));
         assert_eq!(c.session.keepalive, Duration::from_secs(15));
         assert_eq!(c.upstream, UpstreamSpec::Stdio { command: vec!["server".into()] });

@@ -31,6 +31,12 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The client ended the connection before the whole body arrived.
+    #[error("the request body ended before its declared length: {0}")]
+    BodyIncomplete(String),
+    /// The client did not send the whole body in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// `Content-Type` is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -87,6 +93,14 @@ pub enum GatewayError {
     /// The upstream went away while the request was in flight; it may or may not have run.
     #[error("the upstream server restarted while this request was in flight; it may or may not have run")]
     UpstreamRestarted(String),
+    /// The upstream's answer was over the message limit and was discarded.
+    #[error("the upstream server's answer ({size} bytes) exceeds the {limit}-byte message limit")]
+    UpstreamMessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+        /// The answer's size.
+        size: usize,
+    },
     /// The upstream did not answer in time.
     #[error("the upstream server did not answer within {0} s")]
     UpstreamTimeout(u64),
@@ -133,6 +147,8 @@ impl GatewayError {
             E::PayloadTooLarge { .. } => {
                 w(StatusCode::PAYLOAD_TOO_LARGE, code::INVALID_REQUEST, None, Fault::Downstream)
             }
+            E::BodyIncomplete(_) => w(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, None, Fault::Downstream),
+            E::BodyTimeout(_) => w(StatusCode::REQUEST_TIMEOUT, code::INVALID_REQUEST, None, Fault::Downstream),
             E::UnsupportedMediaType => {
                 w(StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_REQUEST, None, Fault::Downstream)
             }
@@ -189,6 +205,14 @@ impl GatewayError {
                 Some(json!({ "reason": "upstream_restarted", "class": "transport_error", "detail": d })),
                 Fault::Upstream,
             ),
+            E::UpstreamMessageTooLarge { limit, size } => w(
+                StatusCode::BAD_GATEWAY,
+                code::INTERNAL_ERROR,
+                Some(
+                    json!({ "reason": "upstream_message_too_large", "class": "transport_error", "limit": limit, "size": size }),
+                ),
+                Fault::Upstream,
+            ),
             E::UpstreamTimeout(_) => w(
                 StatusCode::OK,
                 code::UPSTREAM_TIMEOUT,
@@ -222,5 +246,16 @@ impl GatewayError {
     pub fn to_message(&self, id: Option<&serde_json::value::RawValue>) -> Message {
         let wire = self.wire();
         Message::error(id, wire.code, &self.to_string(), wire.data)
+    }
+}
+
+impl From<crate::upstream::ConnectError> for GatewayError {
+    fn from(e: crate::upstream::ConnectError) -> Self {
+        match e {
+            crate::upstream::ConnectError::BackingOff { retry_after_s, .. } => {
+                GatewayError::CrashLoop { retry_after_s }
+            }
+            other => GatewayError::UpstreamUnavailable(other.to_string()),
+        }
     }
 }

@@ -14,6 +14,9 @@ pub mod bridge;
 pub mod config;
 pub mod downstream;
 pub mod error;
+pub mod fdlimit;
+#[cfg(test)]
+mod fuzz_targets;
 pub mod session;
 pub mod stats;
 pub mod store;

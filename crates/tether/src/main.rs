@@ -75,6 +75,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let log = tether::telemetry::init(&config.log_level, config.log_format);
+    tether::fdlimit::raise_nofile(config.session.max_sessions);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

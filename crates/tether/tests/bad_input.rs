@@ -321,3 +321,74 @@ async fn a_malformed_legacy_post_is_400_and_the_session_lives_on() {
     assert_eq!(ok.answer["result"]["content"][0]["text"], "still here");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_repeated_envelope_member_is_400_invalid_request_on_both_fronts() {
+    let gw = echo_gateway().await;
+    let bodies = [
+        // Once classified as a ping by tether while the upstream (last key wins) ran the tool.
+        r#"{"jsonrpc":"2.0","id":7,"method":"ping","method":"tools/call","params":{"name":"echo","arguments":{"message":"ran"}}}"#,
+        // Once waited for the request timeout: the answer's id matched neither.
+        r#"{"id":41,"jsonrpc":"2.0","method":"ping","id":42}"#,
+        r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{},"params":{"cursor":"x"}}"#,
+    ];
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("sid");
+    let headers =
+        [JSON_POST[0], JSON_POST[1], ("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    for body in bodies {
+        let (status, v) = raw_post(&gw, &headers, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(code(&v), -32600, "{body}");
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains("duplicate member"), "{v}");
+    }
+    let mut legacy = Client::new(&gw, Front::LegacySse);
+    legacy.connect().await;
+    let lsid = legacy.session.clone().expect("sid");
+    for body in bodies {
+        let r = within(
+            reqwest::Client::new()
+                .post(format!("http://{}/messages/?session_id={lsid}", gw.addr))
+                .header("content-type", "application/json")
+                .body(body)
+                .send(),
+        )
+        .await
+        .expect("POST");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: Value = serde_json::from_str(&within(r.text()).await.expect("body")).expect("json");
+        assert_eq!(code(&v), -32600, "{body}");
+    }
+    // Both sessions are still served.
+    let ok = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "still here"}})).await;
+    assert_eq!(ok.answer["result"]["content"][0]["text"], "still here");
+    let ok = legacy.request("ping", json!({})).await;
+    assert_eq!(ok.answer["result"], json!({}));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cut_off_body_is_400_not_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = echo_gateway().await;
+    let mut sock = within(tokio::net::TcpStream::connect(gw.addr)).await.expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: 200\r\n\r\n{}",
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping""#
+    );
+    within(sock.write_all(head.as_bytes())).await.expect("write");
+    // 40 bytes of a declared 200, then the client stops sending.
+    within(sock.shutdown()).await.expect("half-close");
+    let mut answer = Vec::new();
+    within(sock.read_to_end(&mut answer)).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    let status: u16 = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    assert_eq!(status, 400, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(body).expect("a JSON-RPC error body");
+    assert_eq!(code(&v), -32600, "{v}");
+    gw.shutdown().await;
+}

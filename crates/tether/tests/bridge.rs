@@ -162,3 +162,40 @@ async fn after_the_connect_timeout_the_client_gets_a_clear_error_and_keeps_its_p
     assert_eq!(r["error"]["data"]["class"], "transport_error", "the remote is still away: {r}");
     assert!(!p.bridge.is_finished());
 }
+
+#[tokio::test]
+async fn a_repeated_envelope_member_on_stdin_gets_invalid_request() {
+    let remote = start(config(UpstreamSpec::Stdio { command: echo_command() })).await;
+    let mut p = Pipe::start(bridge_config(format!("http://{}/mcp", remote.addr), TransportChoice::Auto));
+    p.initialize().await;
+    p.to_bridge.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":41,\"method\":\"ping\",\"id\":42}\n").await.expect("write");
+    let line = within(p.from_bridge.next_line()).await.expect("read").expect("open");
+    let v: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert_eq!(v["id"], Value::Null, "{v}");
+    assert_eq!(text_of(&p.request("tools/call", json!({"name": "echo", "arguments": {"message": "a"}})).await), "a");
+    remote.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_line_over_the_limit_or_not_utf8_on_stdin_gets_an_error_and_the_bridge_reads_on() {
+    let remote = start(config(UpstreamSpec::Stdio { command: echo_command() })).await;
+    let mut p = Pipe::start(bridge_config(format!("http://{}/mcp", remote.addr), TransportChoice::Auto));
+    p.initialize().await;
+    // 17 MiB without a newline, written while the bridge reads (the pipe holds 1 MiB).
+    let writer = async {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..17 {
+            p.to_bridge.write_all(&chunk).await.expect("write");
+        }
+        p.to_bridge.write_all(b"\n\xff\xfe\n").await.expect("write");
+    };
+    within(writer).await;
+    for code in [-32600, -32700] {
+        let line = within(p.from_bridge.next_line()).await.expect("read").expect("open");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    assert_eq!(text_of(&p.request("tools/call", json!({"name": "echo", "arguments": {"message": "on"}})).await), "on");
+    remote.shutdown().await;
+}

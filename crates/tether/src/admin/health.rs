@@ -70,9 +70,11 @@ pub async fn deep(State(state): State<AdminState>) -> Response {
     let lived = ended + live.len() as u64;
     let avg = if lived == 0 { 0.0 } else { (stats.ended_session_ms.get() + live_ms) as f64 / lived as f64 / 1000.0 };
     let store = store_status(&state).await;
+    let sup = &m.deps().config.upstream.supervisor;
+    let backoff = sup.backing_off();
     let status = if m.is_draining() {
         "draining"
-    } else if store.is_err() || counts.broken > 0 {
+    } else if store.is_err() || counts.broken > 0 || backoff.is_some() {
         "degraded"
     } else {
         "ok"
@@ -100,7 +102,13 @@ pub async fn deep(State(state): State<AdminState>) -> Response {
             "idle": counts.idle,
             "revives": stats.revives.get(),
             "reviveFailures": stats.revive_failures.get(),
-            "crashLoops": stats.crash_loops.get(),
+            "crashLoops": stats.crash_loops.get() + sup.backoffs_total.load(std::sync::atomic::Ordering::Relaxed),
+            "command": {
+                "backingOff": backoff.is_some(),
+                "retryInSeconds": backoff.map(|d| d.as_secs_f64()),
+                "quickExitsInRow": sup.quick_exits_in_row(),
+                "quickExits": sup.quick_exits_total.load(std::sync::atomic::Ordering::Relaxed),
+            },
         },
         "store": match &store {
             Ok(()) => json!({ "backend": m.deps().store.name(), "status": "ok" }),
@@ -149,6 +157,13 @@ async fn store_status(state: &AdminState) -> Result<(), String> {
 }
 
 async fn upstream_status(state: &AdminState) -> Result<(), String> {
+    // Not cached: it is a read of shared state, and readiness must flip as soon as it changes.
+    if let Some(left) = state.manager().deps().config.upstream.supervisor.backing_off() {
+        return Err(format!(
+            "the upstream command keeps exiting before it answers; next start in {} s",
+            left.as_secs().max(1)
+        ));
+    }
     let cached = {
         let g = state.0.readiness.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         g.as_ref().filter(|(at, _)| at.elapsed() < UPSTREAM_CHECK_TTL).map(|(_, r)| r.clone())

@@ -100,7 +100,57 @@ impl Collector for TetherCollector {
             "Upstream restarts (revives) that failed.",
             s.revive_failures.get(),
         )?;
-        counter(e, "tether_upstream_crash_loops", "Times a crash-loop breaker opened.", s.crash_loops.get())?;
+        let sup = &m.deps().config.upstream.supervisor;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        counter(
+            e,
+            "tether_upstream_crash_loops",
+            "Times a crash-loop breaker opened, or the stdio command was backed off across sessions.",
+            s.crash_loops.get() + load(&sup.backoffs_total),
+        )?;
+        gauge(
+            e,
+            "tether_upstream_command_backoff",
+            "1 while the stdio command is not started because it keeps exiting before it answers.",
+            None,
+            u8::from(sup.backing_off().is_some()),
+        )?;
+        counter(
+            e,
+            "tether_upstream_quick_exits",
+            "Stdio children that exited before writing a message.",
+            load(&sup.quick_exits_total),
+        )?;
+        counter(
+            e,
+            "tether_upstream_spawns_refused",
+            "Stdio spawns refused during a command backoff.",
+            load(&sup.spawns_refused_total),
+        )?;
+        counter(
+            e,
+            "tether_upstream_oversized_lines",
+            "Stdout lines over the message limit, discarded.",
+            load(&sup.oversized_lines_total),
+        )?;
+        counter(
+            e,
+            "tether_upstream_junk_lines",
+            "Stdout lines that were not JSON-RPC messages, skipped.",
+            load(&sup.junk_lines_total),
+        )?;
+        counter(
+            e,
+            "tether_upstream_stderr_truncated",
+            "Stderr lines cut to the 4 KiB log line limit.",
+            load(&sup.stderr_truncated_total),
+        )?;
+        counter(
+            e,
+            "tether_upstream_log_lines_suppressed",
+            "Stderr and junk stdout lines not logged (rate limit).",
+            load(&sup.log_lines_suppressed_total),
+        )?;
         counter(e, "tether_upstream_reaped", "Upstream connections released when idle.", s.upstream_reaped.get())?;
 
         let mut f = e.encode_descriptor(

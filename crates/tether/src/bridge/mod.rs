@@ -24,7 +24,7 @@ use tether_protocol::{Kind, Message, error_code};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 pub use args::{BridgeArgs, BridgeConfig, ProtocolChoice, TransportChoice};
@@ -34,6 +34,7 @@ use crate::session::record::Transport;
 use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
 use crate::stats::Stats;
 use crate::store::MemoryStore;
+use crate::upstream::lines::{BoundedLines, Frame};
 use crate::upstream::{UpstreamSpec, modern};
 
 /// The largest line accepted from the local client.
@@ -71,23 +72,24 @@ pub async fn run(
     let bridge = Arc::new(Bridge { config, http, out, live: Mutex::new(None), modern });
     info!(url = %bridge.config.url, transport = ?bridge.config.transport, protocol = ?bridge.config.protocol, "tether bridge ready on stdio");
 
-    let mut lines = FramedRead::new(stdin, LinesCodec::new_with_max_length(MAX_LINE));
+    // Not `LinesCodec`: after one line over the limit its stream ends, and the bridge with it.
+    let mut lines = FramedRead::new(stdin, BoundedLines::new(MAX_LINE, 0));
     while let Some(line) = lines.next().await {
         let line = match line {
-            Ok(l) => l,
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
+            Ok(Frame::Line(l)) => l,
+            Ok(Frame::Long { .. }) => {
                 bridge.reply(GatewayError::PayloadTooLarge { limit: MAX_LINE }.to_message(None)).await;
                 continue;
             }
-            Err(LinesCodecError::Io(e)) => {
+            Err(e) => {
                 warn!(error = %e, "reading stdin failed");
                 break;
             }
         };
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        match Message::parse(line.trim().as_bytes()) {
+        match Message::parse(line.trim_ascii()) {
             // Notifications and answers go out in order (a request after `initialized` must not
             // overtake it); each request runs on its own, so a slow one never holds up the next.
             Ok(msg) if msg.kind() == Kind::Request => {

@@ -41,6 +41,9 @@ impl Config {
             restart_window: Some(duration(s.restart.window)),
             restart_cooldown: Some(duration(s.restart.cooldown)),
             max_body: Some(self.front.max_body),
+            body_timeout: Some(duration(self.front.body_timeout)),
+            header_timeout: Some(duration(self.front.header_timeout)),
+            max_connections: Some(self.front.max_connections),
             max_sessions: Some(s.max_sessions),
             log_level: Some(self.log_level.clone()),
             log_format: Some(match self.log_format {

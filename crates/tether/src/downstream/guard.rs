@@ -1,8 +1,11 @@
 //! Checks on what arrives before it reaches a session: `Origin` and `Host` (DNS rebinding),
 //! `Content-Type`, `Accept`, `MCP-Protocol-Version`, and the body size.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
+use futures_util::StreamExt;
 use tether_protocol::version::{self, Era};
 
 use crate::error::GatewayError;
@@ -18,6 +21,28 @@ pub struct FrontConfig {
     pub check_host: bool,
     /// The largest request body.
     pub max_body: usize,
+    /// How long a client may take to send a whole request body.
+    pub body_timeout: Duration,
+    /// How long a connection may take to send a request head, counted from when the server
+    /// starts waiting for it: a fresh connection's first request, and a keep-alive connection's
+    /// next one (so it is the keep-alive idle limit too).
+    pub header_timeout: Duration,
+    /// The most client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        FrontConfig {
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            check_host: true,
+            max_body: 4 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+        }
+    }
 }
 
 const LOOPBACK_NAMES: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
@@ -130,13 +155,27 @@ pub fn session_id(h: &HeaderMap) -> Option<&str> {
     h.get("mcp-session-id").and_then(|v| v.to_str().ok())
 }
 
-/// Reads the body, refusing more than `limit` bytes.
-pub async fn body(body: Body, h: &HeaderMap, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+/// Reads the body, refusing more than `limit` bytes and a client slower than `timeout`.
+pub async fn body(body: Body, h: &HeaderMap, limit: usize, timeout: Duration) -> Result<bytes::Bytes, GatewayError> {
     let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| GatewayError::PayloadTooLarge { limit })
+    // Read frame by frame rather than with `to_bytes`, whose one error cannot tell a body over
+    // the limit (413) from one the client cut off (400).
+    let read = async {
+        let mut data = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut frames = body.into_data_stream();
+        while let Some(chunk) = frames.next().await {
+            let chunk = chunk.map_err(|e| GatewayError::BodyIncomplete(e.to_string()))?;
+            if data.len() + chunk.len() > limit {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| GatewayError::BodyTimeout(timeout.as_secs()))?
 }
 
 #[cfg(test)]
@@ -150,6 +189,7 @@ mod tests {
             allowed_hosts: vec![],
             check_host: true,
             max_body: 1024,
+            ..FrontConfig::default()
         }
     }
 

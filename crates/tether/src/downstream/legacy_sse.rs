@@ -73,7 +73,7 @@ pub async fn post(State(app): State<AppState>, sref: SessionRef, headers: Header
     let run = async {
         guard::content_type(&headers)?;
         sref.id(Transport::LegacySse).ok_or(GatewayError::MissingSessionQuery)?;
-        let bytes = guard::body(body, &headers, app.front.max_body).await?;
+        let bytes = guard::body(body, &headers, app.front.max_body, app.front.body_timeout).await?;
         let msg = Message::parse(&bytes)?;
         probe.classify(&msg);
         let session = sref.resolve(&app, Transport::LegacySse).await?;

@@ -5,6 +5,7 @@
 mod front_door;
 mod guard;
 mod legacy_sse;
+pub mod listener;
 mod metered;
 mod stream;
 mod streamable;

@@ -55,7 +55,7 @@ async fn post_inner(
     let no_id = |e: GatewayError| (e, None);
     guard::content_type(headers).map_err(no_id)?;
     let accept = guard::accept_for_post(headers).map_err(no_id)?;
-    let bytes = guard::body(body, headers, app.front.max_body).await.map_err(no_id)?;
+    let bytes = guard::body(body, headers, app.front.max_body, app.front.body_timeout).await.map_err(no_id)?;
     let msg = Message::parse(&bytes).map_err(|e| no_id(e.into()))?;
     probe.classify(&msg);
     let id = msg.id().map(ToOwned::to_owned);

@@ -111,7 +111,7 @@ impl Session {
             Err(e) => {
                 self.note_error(format_args!("starting the upstream failed: {e}"));
                 self.start_failed();
-                return Err(GatewayError::UpstreamUnavailable(e.to_string()));
+                return Err(GatewayError::from(e));
             }
         };
         tokio::spawn(self.clone().route_events(generation, rx));

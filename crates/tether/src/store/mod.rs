@@ -2,6 +2,7 @@
 //! Each implements both [`SessionStore`] and [`EventStore`] and passes the contract suite.
 
 mod group_commit;
+pub mod lock;
 pub mod memory;
 pub mod sqlite;
 

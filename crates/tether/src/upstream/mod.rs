@@ -5,10 +5,12 @@
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
 pub mod credentials;
+pub(crate) mod lines;
 pub mod modern;
 pub mod sse;
 pub mod stdio;
 pub mod streamable;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +128,14 @@ pub enum ConnectError {
         /// The OS error.
         reason: String,
     },
+    /// The stdio command keeps exiting before it answers: it is not started for a while.
+    #[error("`{command}` keeps exiting before it answers; not starting it again for {retry_after_s} s")]
+    BackingOff {
+        /// The program.
+        command: String,
+        /// Seconds until it is tried again.
+        retry_after_s: u64,
+    },
     /// The HTTP/SSE upstream could not be reached or answered wrongly.
     #[error("cannot connect to {url}: {reason}")]
     Connect {
@@ -154,6 +164,9 @@ pub struct UpstreamOptions {
     pub forward_auth: bool,
     /// Extra environment of stdio children (`--env`).
     pub env: Vec<(String, String)>,
+    /// The stdio command's health across sessions, shared by every connection made with these
+    /// options (one per gateway).
+    pub supervisor: Arc<supervisor::Supervisor>,
 }
 
 impl Default for UpstreamOptions {
@@ -166,6 +179,7 @@ impl Default for UpstreamOptions {
             headers: reqwest::header::HeaderMap::new(),
             forward_auth: false,
             env: Vec::new(),
+            supervisor: Arc::default(),
         }
     }
 }

@@ -39,7 +39,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
 
 mod listen;
-mod wire;
+pub(crate) mod wire;
 
 use listen::{Dedup, Filter, listen};
 

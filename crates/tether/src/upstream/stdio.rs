@@ -4,9 +4,11 @@
 //! second handle on its read end, read only once the child is gone: what is still in the pipe
 //! then is exactly what the child never read, so those requests are provably undelivered and
 //! can be sent again safely. A writer task owns stdin, a reader task turns
-//! stdout lines into messages (a line that is not JSON is logged and skipped), stderr lines go
-//! to the log under the session's span, and a reaper task owns the process: it reports the exit
-//! and, on close, runs "close stdin → wait → kill the group".
+//! stdout lines into messages (a line that is not JSON is logged and skipped; a line over the
+//! message limit is discarded, and the request it answered gets an error), stderr lines go
+//! to the log under the session's span (each cut to 4 KiB, both rate-limited), and a reaper
+//! task owns the process: it reports the exit and, on close, runs "close stdin → wait → kill
+//! the group". Every child's fate is reported to the command's [`Supervisor`].
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,13 +20,15 @@ use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use tether_protocol::Message;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, info, warn};
 
+use super::lines::{BoundedLines, Frame, response_id};
+use super::supervisor::{ChildOutcome, LogLimiter, LogVerdict, Supervisor};
 use super::{ConnectContext, ConnectError, Origin, QuitReason, SendError, UpstreamEvent};
 
 /// The handle to one supervised child.
@@ -42,6 +46,10 @@ impl Handle {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| ConnectError::Spawn { command: String::new(), reason: "empty command".into() })?;
+        let supervisor = ctx.options.supervisor.clone();
+        if let Err(left) = supervisor.admit() {
+            return Err(ConnectError::BackingOff { command: program.clone(), retry_after_s: left.as_secs().max(1) });
+        }
         let spawn_err = |e: std::io::Error| ConnectError::Spawn { command: program.clone(), reason: e.to_string() };
         let (stdin_read, stdin_write) = std::io::pipe().map_err(spawn_err)?;
         let unread = stdin_read.try_clone().map_err(spawn_err)?;
@@ -58,6 +66,7 @@ impl Handle {
         let pid = child.id().unwrap_or(0);
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid);
         let alive = Arc::new(AtomicBool::new(true));
+        let answered = Arc::new(AtomicBool::new(false));
 
         let (stdin_tx, stdin_rx) = mpsc::channel::<Line>(64);
         let stop_writer = Arc::new(Notify::new());
@@ -67,11 +76,17 @@ impl Handle {
         ));
         let reader = child.stdout.take().map(|stdout| {
             let events = ctx.events.clone();
-            let max = ctx.options.max_message;
-            tokio::spawn(read_stdout(stdout, events, max).instrument(span.clone()))
+            let reader = StdoutReader {
+                events,
+                max: ctx.options.max_message,
+                supervisor: supervisor.clone(),
+                answered: answered.clone(),
+                log: LogLimiter::default(),
+            };
+            tokio::spawn(reader.run(stdout).instrument(span.clone()))
         });
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(log_stderr(stderr).instrument(span.clone()));
+            tokio::spawn(log_stderr(stderr, supervisor.clone()).instrument(span.clone()));
         }
         let (close_tx, close_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
@@ -82,6 +97,8 @@ impl Handle {
             writer,
             stop_writer,
             unread: Some(OwnedFd::from(unread)),
+            answered,
+            supervisor,
         };
         tokio::spawn(reaper.run(child, reader, close_rx, ctx.events, exited_tx).instrument(span));
         Ok(Handle {
@@ -177,45 +194,136 @@ async fn write_stdin(
 /// The initial read buffer of a child's stdout and stderr.
 const READ_BUFFER: usize = 1024;
 
-async fn read_stdout(stdout: tokio::process::ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
-    // Small to start with (the buffer grows for long lines): an idle child's 8 KiB default
-    // buffers add up over thousands of sessions, and what they free when the child is reaped
-    // stays as holes in the heap.
-    let mut lines = FramedRead::with_capacity(stdout, LinesCodec::new_with_max_length(max), READ_BUFFER);
-    while let Some(line) = lines.next().await {
-        let line = match line {
-            Ok(l) => l,
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
-                warn!(max, "upstream stdout line too long, skipped");
-                continue;
-            }
-            Err(LinesCodecError::Io(e)) => {
-                debug!(error = %e, "upstream stdout read failed");
-                return;
-            }
-        };
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        match Message::parse(trimmed.as_bytes()) {
-            Ok(msg) => {
-                if events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_err() {
+/// The longest stderr line logged; the rest of a longer one is counted, not kept.
+const STDERR_LINE_MAX: usize = 4096;
+
+/// Of a stdout line over the message limit, the bytes kept to find the request it answered.
+const LONG_LINE_HEAD: usize = 4096;
+
+/// Turns a child's stdout into messages.
+struct StdoutReader {
+    events: mpsc::Sender<UpstreamEvent>,
+    max: usize,
+    supervisor: Arc<Supervisor>,
+    answered: Arc<AtomicBool>,
+    log: LogLimiter,
+}
+
+impl StdoutReader {
+    async fn run(mut self, stdout: tokio::process::ChildStdout) {
+        // Small to start with (the buffer grows for long lines): an idle child's 8 KiB default
+        // buffers add up over thousands of sessions, and what they free when the child is
+        // reaped stays as holes in the heap.
+        let codec = BoundedLines::new(self.max, LONG_LINE_HEAD);
+        let mut lines = FramedRead::with_capacity(stdout, codec, READ_BUFFER);
+        while let Some(frame) = lines.next().await {
+            let sent = match frame {
+                Ok(Frame::Line(line)) => self.line(&line).await,
+                Ok(Frame::Long { head, tail, len }) => self.oversized(&head, &tail, len).await,
+                Err(e) => {
+                    debug!(error = %e, "upstream stdout read failed");
                     return;
                 }
+            };
+            if !sent {
+                return;
+            }
+        }
+        self.report_suppressed();
+    }
+
+    /// Handles one line; false when the session is gone.
+    async fn line(&mut self, line: &[u8]) -> bool {
+        let trimmed = line.trim_ascii();
+        if trimmed.is_empty() {
+            return true;
+        }
+        match Message::parse(trimmed) {
+            Ok(msg) => {
+                if !self.answered.swap(true, Ordering::AcqRel) {
+                    self.supervisor.record(ChildOutcome::Answered);
+                }
+                self.events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_ok()
             }
             Err(e) => {
-                let preview: String = trimmed.chars().take(200).collect();
-                warn!(error = %e, line = %preview, "upstream wrote a line that is not a JSON-RPC message; skipped");
+                self.supervisor.junk_lines_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.may_log() {
+                    let preview = String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)]);
+                    warn!(error = %e, line = %preview, suppressed, "upstream wrote a line that is not a JSON-RPC message; skipped");
+                }
+                true
             }
+        }
+    }
+
+    /// A line over the message limit was discarded: the request it answered, when its id shows
+    /// at either end, gets an error now instead of waiting for its timeout.
+    async fn oversized(&mut self, head: &[u8], tail: &[u8], len: usize) -> bool {
+        self.supervisor.oversized_lines_total.fetch_add(1, Ordering::Relaxed);
+        let id = response_id(head, tail);
+        if let Some(suppressed) = self.may_log() {
+            warn!(bytes = len, max = self.max, request = ?id, suppressed, "upstream stdout line over the message limit; discarded");
+        }
+        let Some(id) = id else { return true };
+        let err = crate::error::GatewayError::UpstreamMessageTooLarge { limit: self.max, size: len };
+        let msg = err.to_message(Some(&tether_protocol::message::numeric_id(id)));
+        self.events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_ok()
+    }
+
+    /// `Some(lines suppressed before this one)` when this line may be logged.
+    fn may_log(&mut self) -> Option<u64> {
+        match self.log.check() {
+            LogVerdict::Log(n) => Some(n),
+            LogVerdict::Suppress => {
+                self.supervisor.log_lines_suppressed_total.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn report_suppressed(&mut self) {
+        let n = self.log.take_suppressed();
+        if n > 0 {
+            warn!(suppressed = n, "upstream stdout lines not logged (rate limit)");
         }
     }
 }
 
-async fn log_stderr(stderr: tokio::process::ChildStderr) {
-    let mut lines = BufReader::with_capacity(READ_BUFFER, stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "tether::upstream::stderr", line = %line, "upstream stderr");
+async fn log_stderr(stderr: tokio::process::ChildStderr, supervisor: Arc<Supervisor>) {
+    let codec = BoundedLines::new(STDERR_LINE_MAX, STDERR_LINE_MAX);
+    let mut lines = FramedRead::with_capacity(stderr, codec, READ_BUFFER);
+    let mut limit = LogLimiter::default();
+    while let Some(Ok(frame)) = lines.next().await {
+        let (text, truncated) = match &frame {
+            Frame::Line(l) => (&l[..], 0),
+            Frame::Long { head, len, .. } => {
+                supervisor.stderr_truncated_total.fetch_add(1, Ordering::Relaxed);
+                (&head[..], len - head.len())
+            }
+        };
+        match limit.check() {
+            LogVerdict::Log(suppressed) => {
+                let line = String::from_utf8_lossy(text);
+                let line = line.trim_end();
+                match (truncated, suppressed) {
+                    (0, 0) => info!(target: "tether::upstream::stderr", line = %line, "upstream stderr"),
+                    _ => info!(
+                        target: "tether::upstream::stderr",
+                        line = %line,
+                        truncated_bytes = truncated,
+                        suppressed,
+                        "upstream stderr"
+                    ),
+                }
+            }
+            LogVerdict::Suppress => {
+                supervisor.log_lines_suppressed_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let n = limit.take_suppressed();
+    if n > 0 {
+        info!(target: "tether::upstream::stderr", suppressed = n, "upstream stderr lines not logged (rate limit)");
     }
 }
 
@@ -226,6 +334,8 @@ struct Reaper {
     writer: Option<tokio::task::JoinHandle<Vec<u64>>>,
     stop_writer: Arc<Notify>,
     unread: Option<OwnedFd>,
+    answered: Arc<AtomicBool>,
+    supervisor: Arc<Supervisor>,
 }
 
 impl Reaper {
@@ -272,6 +382,9 @@ impl Reaper {
         self.alive.store(false, Ordering::Release);
         if let QuitReason::Exited(ref s) = reason {
             info!(status = %s, "upstream child exited");
+            if !self.answered.load(Ordering::Acquire) {
+                self.supervisor.record(ChildOutcome::QuickExit);
+            }
         }
         let _ = events.send(UpstreamEvent::Closed(reason, undelivered)).await;
         let _ = exited_tx.send(());

@@ -37,7 +37,7 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         store: StoreSpec::Memory,
         upstream,
-        front: FrontConfig { allowed_origins: vec![], allowed_hosts: vec![], check_host: true, max_body: 4 << 20 },
+        front: FrontConfig::default(),
         session: SessionConfig { request_timeout: Duration::from_secs(10), ..SessionConfig::default() },
         log_level: "warn".into(),
         log_format: LogFormat::Plain,
