@@ -14,11 +14,9 @@ use tether_protocol::message::{numeric_id, raw_value};
 use tracing::warn;
 
 use super::StreamKind;
+use super::recovery::{self, Facts, Failure, Fate, Loss, Safety};
 use super::store::Replay;
-use super::{
-    Pending, Reply, SAFE_RETRIES, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param,
-    state_change_of,
-};
+use super::{Pending, Reply, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param, state_change_of};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
@@ -66,9 +64,10 @@ impl Session {
         self.dispatch(gid, pending, None).await.map(|()| gid)
     }
 
-    /// Sends a waiting request on a live binding. A message the upstream provably never
-    /// received is sent again after a revive; one that may have reached it is retried once
-    /// when repeating it is safe, and otherwise ends with "upstream restarted".
+    /// Sends a waiting request on a live binding. When the send fails, the recovery policy
+    /// decides: a message the upstream provably never received is sent again after a revive;
+    /// one that may have reached it is retried (a bounded number of times) when repeating it
+    /// is safe, and otherwise ends with "upstream restarted".
     pub(super) async fn dispatch(
         self: &Arc<Self>,
         gid: u64,
@@ -106,21 +105,51 @@ impl Session {
             let Some(back) = lock(&self.routes).pending.remove(&gid) else { return Ok(()) };
             p = back;
             stale = Some(up.generation());
-            match err {
-                SendError::Unreachable(_) | SendError::SessionLost if undelivered < 2 => undelivered += 1,
-                SendError::Unreachable(d) => return Err(GatewayError::UpstreamUnavailable(d)),
-                SendError::SessionLost => {
-                    return Err(GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into()));
-                }
-                SendError::Interrupted(d) => {
-                    if !p.retry_safe || p.attempts >= SAFE_RETRIES {
-                        self.deps.stats.requests_interrupted.inc();
-                        return Err(GatewayError::UpstreamRestarted(d));
-                    }
+            let (loss, detail) = match err {
+                SendError::Unreachable(d) => (Loss::Unreachable { tries: undelivered }, d),
+                SendError::SessionLost => (Loss::SendSessionLost { tries: undelivered }, String::new()),
+                SendError::Interrupted(d) => (Loss::Interrupted, d),
+                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
+            };
+            match recovery::decide(self.facts(&p), loss) {
+                Fate::Resend => undelivered += 1,
+                Fate::Retry => {
                     p.attempts += 1;
                     self.deps.stats.requests_retried.inc();
                 }
-                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
+                Fate::Fail(failure) => return Err(self.failure(failure, detail)),
+                // Not outcomes of a send.
+                Fate::Reopen | Fate::LearnTools | Fate::Deliver => {
+                    return Err(self.failure(Failure::Restarted, detail));
+                }
+            }
+        }
+    }
+
+    /// What the recovery policy needs to know about a request.
+    pub(super) fn facts(&self, p: &Pending) -> Facts {
+        let safety = if p.method == "initialize" {
+            Safety::Initialize
+        } else if p.retry_safe {
+            Safety::Safe
+        } else if p.method == "tools/call" && !lock(&self.list_digests).contains_key("tools") {
+            Safety::UnknownTool
+        } else {
+            Safety::Unsafe
+        };
+        Facts { safety, attempts: p.attempts, closed: self.is_closed() }
+    }
+
+    /// The error a request ends with, counted.
+    pub(super) fn failure(&self, failure: Failure, detail: String) -> GatewayError {
+        match failure {
+            Failure::Unavailable => GatewayError::UpstreamUnavailable(detail),
+            Failure::KeepsLosingSession => {
+                GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into())
+            }
+            Failure::Restarted => {
+                self.deps.stats.requests_interrupted.inc();
+                GatewayError::UpstreamRestarted(detail)
             }
         }
     }

@@ -16,6 +16,8 @@ pub mod store;
 
 mod breaker;
 mod client;
+pub mod recovery;
+pub mod replay;
 mod revive;
 mod routing;
 
@@ -354,12 +356,6 @@ pub fn parse_event_id(id: &str) -> Option<(&str, u64)> {
     let (key, seq) = id.trim().rsplit_once('-')?;
     Some((key, seq.parse().ok()?))
 }
-
-/// How many times a request that is safe to repeat is sent again after it may have reached an
-/// upstream that then went away. More than one: an upstream that is being restarted can take
-/// the first resend down with it (a dying process still accepts connections for a moment); a
-/// bound all the same, so that a request that crashes its server every time ends.
-const SAFE_RETRIES: u8 = 3;
 
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);

@@ -2,12 +2,10 @@
 //! session, paced by the restart policy), telling the client what changed across a revive, and
 //! tether's own requests on the upstream leg.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value};
@@ -16,12 +14,10 @@ use tracing::{info, warn};
 
 use super::breaker::Verdict;
 use super::record::CloseReason;
+use super::replay::{self, LIST_KINDS, ListCheck, Step, digest};
 use super::{Pending, Reply, Session, lock, next_gid, protocol_version_of};
 use crate::error::GatewayError;
 use crate::upstream::{ConnectContext, Origin, Upstream, UpstreamSpec};
-
-/// The list kinds whose changes a client is told about.
-pub(super) const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
 
 impl Session {
     pub(super) fn current(&self) -> Option<Upstream> {
@@ -153,37 +149,44 @@ impl Session {
         }
     }
 
-    /// Rebuilds the upstream side of an initialized session on a fresh connection.
+    /// Rebuilds the upstream side of an initialized session on a fresh connection, following
+    /// the replay plan.
     async fn replay_state(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
-        let (params, was, state) = {
+        let (steps, was) = {
             let r = lock(&self.record);
-            (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())
+            (replay::plan(r.client_init.as_deref(), &r.state), r.protocol_version.clone())
         };
-        let Some(params) = params else { return Ok(()) };
-        let answer = self.internal_request(up, "initialize", Some(&params)).await?;
-        let result = answer
-            .result()
-            .ok_or_else(|| GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into()))?;
-        let now = protocol_version_of(result);
-        if let (Some(was), Some(now)) = (&was, &now)
-            && was != now
-        {
-            return Err(GatewayError::VersionChanged { was: was.clone(), now: now.clone() });
+        if steps.is_empty() {
+            return Ok(());
         }
-        if let Some(v) = now.as_deref().or(was.as_deref()) {
-            up.set_protocol_version(v);
-        }
-        lock(&self.record).upstream_init = Some(result.to_owned());
-        up.send(&Message::notification("notifications/initialized", None), None)
-            .await
-            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
-        if let Some(level) = &state.log_level {
-            let p = raw_value(&serde_json::json!({ "level": level }));
-            self.internal_request(up, "logging/setLevel", Some(&p)).await?;
-        }
-        for uri in &state.subscriptions {
-            let p = raw_value(&serde_json::json!({ "uri": uri }));
-            self.internal_request(up, "resources/subscribe", Some(&p)).await?;
+        for step in steps {
+            match step {
+                Step::Initialize(params) => {
+                    let answer = self.internal_request(up, "initialize", Some(&params)).await?;
+                    let result = answer.result().ok_or_else(|| {
+                        GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into())
+                    })?;
+                    let now = protocol_version_of(result);
+                    let version = replay::version_after(was.as_deref(), now.as_deref())
+                        .map_err(|(was, now)| GatewayError::VersionChanged { was, now })?;
+                    if let Some(v) = &version {
+                        up.set_protocol_version(v);
+                    }
+                    lock(&self.record).upstream_init = Some(result.to_owned());
+                }
+                Step::Initialized => up
+                    .send(&Message::notification("notifications/initialized", None), None)
+                    .await
+                    .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?,
+                Step::SetLevel(level) => {
+                    let p = raw_value(&serde_json::json!({ "level": level }));
+                    self.internal_request(up, "logging/setLevel", Some(&p)).await?;
+                }
+                Step::Subscribe(uri) => {
+                    let p = raw_value(&serde_json::json!({ "uri": uri }));
+                    self.internal_request(up, "resources/subscribe", Some(&p)).await?;
+                }
+            }
         }
         if lock(&self.routes).standalone.is_some() {
             up.open_standalone();
@@ -195,16 +198,12 @@ impl Session {
     /// and the server declares `listChanged` for it, the client gets the `list_changed`.
     async fn announce_changes(self: &Arc<Self>, up: &Upstream, before: Option<&RawValue>) {
         let after = lock(&self.record).upstream_init.clone();
-        let caps_changed = capabilities_digest(before) != capabilities_digest(after.as_deref());
         for kind in LIST_KINDS {
-            if !declares_list_changed(after.as_deref(), kind) {
-                continue;
-            }
             let seen = lock(&self.list_digests).get(kind).copied();
-            let changed = match seen {
-                _ if caps_changed => true,
-                None => false,
-                Some(old) => match self.internal_request(up, &format!("{kind}/list"), None).await {
+            let changed = match replay::list_check(before, after.as_deref(), kind, seen) {
+                ListCheck::Skip => false,
+                ListCheck::Announce => true,
+                ListCheck::Compare(old) => match self.internal_request(up, &format!("{kind}/list"), None).await {
                     Ok(m) => m.result().is_some_and(|r| digest(r.get()) != old),
                     Err(_) => false,
                 },
@@ -265,27 +264,4 @@ impl Pending {
             attempts: 0,
         }
     }
-}
-
-/// A stable digest of some JSON text.
-pub(super) fn digest(text: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-fn capabilities_digest(init: Option<&RawValue>) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        capabilities: Option<&'a RawValue>,
-    }
-    let r: R<'_> = serde_json::from_str(init?.get()).ok()?;
-    r.capabilities.map(|c| digest(c.get()))
-}
-
-fn declares_list_changed(init: Option<&RawValue>, kind: &str) -> bool {
-    let Some(init) = init else { return false };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(init.get()) else { return false };
-    v["capabilities"][kind]["listChanged"].as_bool() == Some(true)
 }

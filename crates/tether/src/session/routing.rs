@@ -14,11 +14,10 @@ use tether_protocol::{Kind, Message};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::recovery::{self, Failure, Fate, Loss};
 use super::{
-    Pending, Reply, SAFE_RETRIES, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of,
-    rewrite_param,
+    Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of, rewrite_param,
 };
-use crate::error::GatewayError;
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
 impl Session {
@@ -85,7 +84,7 @@ impl Session {
         self.deliver(target, msg).await;
     }
 
-    async fn route_answer(self: &Arc<Self>, mut msg: Message) {
+    async fn route_answer(self: &Arc<Self>, msg: Message) {
         let Some(gid) = msg.numeric_id() else {
             debug!(session_id = %self.id, "upstream answer with an id tether did not issue; dropped");
             return;
@@ -101,32 +100,45 @@ impl Session {
             }
             Reply::Client(ref sink) => sink.clone(),
         };
-        if msg.kind() == Kind::Error
-            && is_session_error(msg.error_object())
-            && p.attempts == 0
-            && let Some(up) = self.current()
-        {
-            // The upstream did not process it: it forgot our session. Revive and send again.
+        let loss = match msg.kind() {
+            Kind::Error if is_session_error(msg.error_object()) => Some(Loss::SessionErrorAnswer),
+            Kind::Error if is_restart_error(msg.error_object()) => Some(Loss::RemoteRestarted),
+            _ => None,
+        };
+        if let Some(loss) = loss {
             let mut p = p;
-            p.attempts += 1;
-            let generation = p.generation;
-            info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
-            up.mark_lost();
-            self.spawn_dispatch(gid, p, sink, Some(generation));
-            return;
-        }
-        if msg.kind() == Kind::Error && is_restart_error(msg.error_object()) && p.method != "initialize" {
-            // The upstream (another tether, say) restarted with the request in flight: the same
-            // policy as when tether's own upstream dies.
-            info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = p.retry_safe && p.attempts < SAFE_RETRIES, "upstream restarted with the request in flight");
-            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
-                let mut p = p;
-                p.attempts += 1;
-                self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, None);
-                return;
+            match (recovery::decide(self.facts(&p), loss), self.current()) {
+                (Fate::Reopen, Some(up)) => {
+                    // The upstream did not process it: it forgot our session. Revive and send again.
+                    p.attempts += 1;
+                    let generation = p.generation;
+                    info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
+                    up.mark_lost();
+                    self.spawn_dispatch(gid, p, sink, Some(generation));
+                    return;
+                }
+                (Fate::Retry, _) => {
+                    // The upstream (another tether, say) restarted with the request in flight:
+                    // the same policy as when tether's own upstream dies.
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
+                    p.attempts += 1;
+                    self.deps.stats.requests_retried.inc();
+                    self.spawn_dispatch(gid, p, sink, None);
+                    return;
+                }
+                _ if loss == Loss::RemoteRestarted => {
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
+                }
+                _ => {}
             }
+            return self.answer_client(p, sink, msg).await;
         }
+        self.answer_client(p, sink, msg).await
+    }
+
+    /// Gives the client the upstream's answer to its request, with the client's id, after
+    /// recording what a successful one changes.
+    async fn answer_client(&self, p: Pending, sink: Sink, mut msg: Message) {
         if msg.kind() == Kind::Response {
             self.apply_success(&p, &msg).await;
             self.learn_from_list(&p.method, &msg);
@@ -141,9 +153,9 @@ impl Session {
     /// list for telling the client about changes across a revive.
     fn learn_from_list(&self, method: &str, msg: &Message) {
         let Some(kind) = method.strip_suffix("/list") else { return };
-        let Some(kind) = super::revive::LIST_KINDS.iter().find(|k| **k == kind) else { return };
+        let Some(kind) = super::replay::LIST_KINDS.iter().find(|k| **k == kind) else { return };
         let Some(result) = msg.result() else { return };
-        lock(&self.list_digests).insert(kind, super::revive::digest(result.get()));
+        lock(&self.list_digests).insert(kind, super::replay::digest(result.get()));
         if *kind == "tools" {
             let safe = safe_tools_of(result);
             lock(&self.safe_tools).extend(safe);
@@ -282,37 +294,27 @@ impl Session {
         for (gid, mut p) in orphans {
             let Reply::Client(sink) = &p.reply else { continue };
             let sink = sink.clone();
-            if undelivered.contains(&gid) && p.method != "initialize" && !self.is_closed() {
-                // It never reached the upstream: send it again, whatever it is. (An initialize
-                // whose first upstream died at once is answered with why, below.)
-                retried = true;
-                self.spawn_dispatch(gid, p, sink, Some(generation));
-                continue;
-            }
-            if p.method == "initialize" {
-                let err = GatewayError::UpstreamUnavailable(reason.to_string());
-                let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-                self.emit(&sink, data, true, Some(503)).await;
-                continue;
-            }
-            let tools_unknown = !lock(&self.list_digests).contains_key("tools");
-            if !p.retry_safe && p.method == "tools/call" && tools_unknown && p.attempts == 0 && !self.is_closed() {
+            let loss = if undelivered.contains(&gid) { Loss::NotDelivered } else { Loss::InFlight };
+            match recovery::decide(self.facts(&p), loss) {
+                Fate::Resend => self.spawn_dispatch(gid, p, sink, Some(generation)),
+                Fate::Retry => {
+                    p.attempts += 1;
+                    self.deps.stats.requests_retried.inc();
+                    self.spawn_dispatch(gid, p, sink, Some(generation));
+                }
                 // The tool's annotations are not known yet: learn them from the revived upstream.
-                retried = true;
-                self.spawn_decide_after_revive(gid, p, sink, generation);
-                continue;
+                Fate::LearnTools => self.spawn_decide_after_revive(gid, p, sink, generation),
+                Fate::Fail(failure) => {
+                    let err = self.failure(failure, reason.to_string());
+                    let status = matches!(failure, Failure::Unavailable).then_some(503);
+                    let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
+                    self.emit(&sink, data, true, status).await;
+                    continue;
+                }
+                // Not outcomes of a binding's death.
+                Fate::Reopen | Fate::Deliver => continue,
             }
-            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
-                p.attempts += 1;
-                retried = true;
-                self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, Some(generation));
-                continue;
-            }
-            self.deps.stats.requests_interrupted.inc();
-            let err = GatewayError::UpstreamRestarted(reason.to_string());
-            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            self.emit(&sink, data, true, None).await;
+            retried = true;
         }
         if unexpected && !retried && self.has_standalone() && !self.is_closed() {
             let me = self.clone();
@@ -337,7 +339,8 @@ impl Session {
                         me.learn_from_list("tools/list", &list);
                     }
                     let params = p.upstream_msg.as_ref().and_then(|m| m.params().map(ToOwned::to_owned));
-                    if me.is_retry_safe(&p.method, params.as_deref()) {
+                    p.retry_safe = me.is_retry_safe(&p.method, params.as_deref());
+                    if recovery::decide(me.facts(&p), Loss::InFlight) == Fate::Retry {
                         p.attempts += 1;
                         me.deps.stats.requests_retried.inc();
                         let client_id = p.client_id.clone();
@@ -350,8 +353,7 @@ impl Session {
                 }
                 Err(e) => reason = e.to_string(),
             }
-            me.deps.stats.requests_interrupted.inc();
-            let err = GatewayError::UpstreamRestarted(reason);
+            let err = me.failure(Failure::Restarted, reason);
             let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
             me.emit(&sink, data, true, None).await;
         });
