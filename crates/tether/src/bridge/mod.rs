@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tether_protocol::method;
 use tether_protocol::{Kind, Message, error_code};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
@@ -126,14 +127,14 @@ impl Bridge {
     async fn handle(self: &Arc<Self>, msg: Message) {
         let live = self.live.lock().await.as_ref().map(|l| (l.session.clone(), l.sink.clone()));
         match (msg.kind(), live) {
-            (Kind::Request, _) if msg.is("initialize") => self.initialize(msg).await,
+            (Kind::Request, _) if msg.is(method::INITIALIZE) => self.initialize(msg).await,
             (Kind::Request, Some((session, sink))) => {
                 let id = msg.id().map(ToOwned::to_owned);
                 if let Err(e) = session.request(msg, sink).await {
                     self.reply(e.to_message(id.as_deref())).await;
                 }
             }
-            (Kind::Request, None) if msg.is("ping") => {
+            (Kind::Request, None) if msg.is(method::PING) => {
                 let empty = serde_json::value::RawValue::from_string("{}".into()).ok();
                 if let (Some(id), Some(empty)) = (msg.id(), empty) {
                     self.reply(Message::response(id, &empty)).await;

@@ -20,18 +20,21 @@ pub mod recovery;
 pub mod replay;
 mod revive;
 mod routing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
+pub use tether_protocol::event_id::{StreamKey, event_id, parse_event_id};
 use tether_protocol::message::raw_value;
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, event_id, method, params};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::stats::{RequestProbe, Stats};
@@ -160,7 +163,7 @@ impl Sink {
 
     /// This sink, answering the request with the client's id `id` (request streams).
     pub fn for_request(mut self, id: Option<&RawValue>) -> Sink {
-        self.request = id.map(|i| Arc::from(hex(i.get().as_bytes())));
+        self.request = id.map(|i| Arc::from(event_id::request_hex(i)));
         self
     }
 
@@ -194,12 +197,8 @@ impl Sink {
 
     /// The key its events are stored under.
     pub fn key(&self) -> String {
-        let mut key = stream_key(self.stream, self.kind == StreamKind::Standalone);
-        if let (StreamKind::Request, Some(r)) = (self.kind, &self.request) {
-            key.push('.');
-            key.push_str(r);
-        }
-        key
+        let request = if self.kind == StreamKind::Request { self.request.as_deref() } else { None };
+        event_id::stream_key(instance(), self.stream, self.kind == StreamKind::Standalone, request)
     }
 
     async fn deliver(&self, out: Outbound) -> bool {
@@ -298,63 +297,12 @@ pub fn instance() -> &'static str {
 /// The key under which a stream's events are stored: `<instance>.<n>` for a request stream,
 /// `<instance>.g<n>` for a standalone one.
 pub fn stream_key(stream: u64, standalone: bool) -> String {
-    format!("{}.{}{stream}", instance(), if standalone { "g" } else { "" })
+    event_id::stream_key(instance(), stream, standalone, None)
 }
 
-/// What a stream key says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamKey {
-    /// A standalone (GET) stream, rather than a request stream.
-    pub standalone: bool,
-    /// Its stream number, when it belongs to this process.
-    pub local: Option<u64>,
-    /// For a request stream: the client's request id, hex-encoded JSON.
-    pub request_hex: Option<Arc<str>>,
-}
-
-impl StreamKey {
-    /// The client's id of the request a request stream answered.
-    pub fn request_id(&self) -> Option<Box<RawValue>> {
-        let bytes = unhex(self.request_hex.as_deref()?)?;
-        RawValue::from_string(String::from_utf8(bytes).ok()?).ok()
-    }
-}
-
-/// Reads a stream key: `<instance>.<n>[.<request id hex>]` or `<instance>.g<n>`.
+/// Reads a stream key of this process or another one.
 pub fn parse_stream_key(key: &str) -> StreamKey {
-    let mut parts = key.split('.');
-    let (Some(inst), Some(n)) = (parts.next(), parts.next()) else { return StreamKey::default() };
-    let (standalone, n) = match n.strip_prefix('g') {
-        Some(rest) => (true, rest),
-        None => (false, n),
-    };
-    StreamKey {
-        standalone,
-        local: if inst == instance() { n.parse().ok() } else { None },
-        request_hex: parts.next().filter(|h| !standalone && !h.is_empty()).map(Arc::from),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// An SSE event id: `<stream key>-<seq>`.
-pub fn event_id(key: &str, seq: u64) -> String {
-    format!("{key}-{seq}")
-}
-
-/// Splits an event id into its stream key and seq.
-pub fn parse_event_id(id: &str) -> Option<(&str, u64)> {
-    let (key, seq) = id.trim().rsplit_once('-')?;
-    Some((key, seq.parse().ok()?))
+    event_id::parse_stream_key(key, instance())
 }
 
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
@@ -554,47 +502,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn protocol_version_of(result: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct R {
-        #[serde(rename = "protocolVersion")]
-        protocol_version: Option<String>,
-    }
-    serde_json::from_str::<R>(result.get()).ok()?.protocol_version
-}
-
-fn progress_token_of_request(params: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P<'a> {
-        #[serde(rename = "_meta", borrow)]
-        meta: Option<M<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct M<'a> {
-        #[serde(rename = "progressToken", borrow)]
-        token: Option<&'a RawValue>,
-    }
-    if !params.get().contains("progressToken") {
-        return None;
-    }
-    let p: P<'_> = serde_json::from_str(params.get()).ok()?;
-    Some(p.meta?.token?.get().to_owned())
-}
-
 fn state_change_of(method: &str, params: &RawValue) -> Option<StateChange> {
-    #[derive(Deserialize)]
-    struct P {
-        level: Option<String>,
-        uri: Option<String>,
+    match method {
+        method::LOGGING_SET_LEVEL => params::log_level(params).map(StateChange::SetLevel),
+        method::RESOURCES_SUBSCRIBE => params::uri(params).map(StateChange::Subscribe),
+        method::RESOURCES_UNSUBSCRIBE => params::uri(params).map(StateChange::Unsubscribe),
+        _ => None,
     }
-    let make: fn(String) -> StateChange = match method {
-        "logging/setLevel" => StateChange::SetLevel,
-        "resources/subscribe" => StateChange::Subscribe,
-        "resources/unsubscribe" => StateChange::Unsubscribe,
-        _ => return None,
-    };
-    let p: P = serde_json::from_str(params.get()).ok()?;
-    p.level.or(p.uri).map(make)
 }
 
 fn rewrite_param(msg: &mut Message, key: &str, value: &RawValue) {

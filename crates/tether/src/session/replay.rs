@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::record::SessionState;
 
 /// The list kinds whose changes a client is told about.
-pub const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
+pub use tether_protocol::method::LIST_KINDS;
 
 /// One step of rebuilding a session's upstream side, in order.
 #[derive(Debug, Clone)]

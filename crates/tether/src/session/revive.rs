@@ -4,20 +4,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
-use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::{Message, method, params};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::breaker::Verdict;
 use super::record::CloseReason;
 use super::replay::{self, LIST_KINDS, ListCheck, Step, digest};
-use super::{Pending, Reply, Session, lock, next_gid, protocol_version_of};
+use super::{Pending, Reply, Session, lock, next_gid};
 use crate::error::GatewayError;
-use crate::upstream::{ConnectContext, Origin, Upstream, UpstreamSpec};
+use crate::upstream::{ConnectContext, Origin, Upstream};
 
 impl Session {
     pub(super) fn current(&self) -> Option<Upstream> {
@@ -119,9 +120,7 @@ impl Session {
         let opened = {
             let mut b = lock(&self.breaker);
             let was = b.is_open(tokio::time::Instant::now());
-            // A stdio child that keeps dying is a crash loop; an HTTP server that is away (being
-            // restarted, say) is waited for with backoff instead.
-            let trip = matches!(self.deps.spec, UpstreamSpec::Stdio { .. });
+            let trip = self.deps.spec.crash_loops();
             b.failure(&self.deps.config.restart, tokio::time::Instant::now(), trip);
             !was && b.is_open(tokio::time::Instant::now())
         };
@@ -162,11 +161,11 @@ impl Session {
         for step in steps {
             match step {
                 Step::Initialize(params) => {
-                    let answer = self.internal_request(up, "initialize", Some(&params)).await?;
+                    let answer = self.internal_request(up, method::INITIALIZE, Some(&params)).await?;
                     let result = answer.result().ok_or_else(|| {
                         GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into())
                     })?;
-                    let now = protocol_version_of(result);
+                    let now = params::protocol_version(result);
                     let version = replay::version_after(was.as_deref(), now.as_deref())
                         .map_err(|(was, now)| GatewayError::VersionChanged { was, now })?;
                     if let Some(v) = &version {
@@ -175,16 +174,16 @@ impl Session {
                     lock(&self.record).upstream_init = Some(result.to_owned());
                 }
                 Step::Initialized => up
-                    .send(&Message::notification("notifications/initialized", None), None)
+                    .send(&Message::notification(method::NOTIFICATION_INITIALIZED, None), None)
                     .await
                     .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?,
                 Step::SetLevel(level) => {
                     let p = raw_value(&serde_json::json!({ "level": level }));
-                    self.internal_request(up, "logging/setLevel", Some(&p)).await?;
+                    self.internal_request(up, method::LOGGING_SET_LEVEL, Some(&p)).await?;
                 }
                 Step::Subscribe(uri) => {
                     let p = raw_value(&serde_json::json!({ "uri": uri }));
-                    self.internal_request(up, "resources/subscribe", Some(&p)).await?;
+                    self.internal_request(up, method::RESOURCES_SUBSCRIBE, Some(&p)).await?;
                 }
             }
         }
@@ -203,14 +202,14 @@ impl Session {
             let changed = match replay::list_check(before, after.as_deref(), kind, seen) {
                 ListCheck::Skip => false,
                 ListCheck::Announce => true,
-                ListCheck::Compare(old) => match self.internal_request(up, &format!("{kind}/list"), None).await {
+                ListCheck::Compare(old) => match self.internal_request(up, &method::list_of(kind), None).await {
                     Ok(m) => m.result().is_some_and(|r| digest(r.get()) != old),
                     Err(_) => false,
                 },
             };
             if changed {
                 info!(session_id = %self.id, kind, "upstream list changed across the revive; telling the client");
-                let note = Message::notification(&format!("notifications/{kind}/list_changed"), None);
+                let note = Message::notification(&method::list_changed(kind), None);
                 let target = self.target(Origin::Standalone, None);
                 self.deliver(target, note).await;
             }

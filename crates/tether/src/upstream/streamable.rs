@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use tether_protocol::method;
 use tether_protocol::sse::Decoder;
 use tether_protocol::{Kind, Message};
 use tokio::sync::mpsc;
@@ -105,7 +106,7 @@ impl Handle {
             }
         };
         let status = resp.status();
-        if msg.is("initialize")
+        if msg.is(method::INITIALIZE)
             && let Some(sid) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())
             && let Ok(mut s) = shared.session.lock()
         {
