@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 pub use args::{BridgeArgs, BridgeConfig, ProtocolChoice, TransportChoice};
 
 use crate::error::GatewayError;
+use crate::session::backoff::Backoff;
 use crate::session::record::Transport;
 use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
 use crate::stats::Stats;
@@ -167,7 +168,7 @@ impl Bridge {
     /// modern era.
     async fn initialize(self: &Arc<Self>, msg: Message) {
         let deadline = Instant::now() + self.config.connect_timeout;
-        let mut delay = self.config.retry_delay;
+        let backoff = Backoff { base: self.config.retry_delay, max: Duration::from_secs(30) };
         let id = msg.id().map(ToOwned::to_owned);
         let mut attempt = 0u32;
         loop {
@@ -201,14 +202,14 @@ impl Bridge {
             };
             let retryable = matches!(err, GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamRefused { .. });
             let attempts_left = self.config.retry_attempts.is_none_or(|n| attempt < n);
+            let delay = backoff.ceiling(attempt - 1);
             if !retryable || !attempts_left || Instant::now() + delay > deadline {
                 warn!(error = %err, class = "transport_error", attempt, "could not reach the remote MCP server");
                 self.reply(err.to_message(id.as_deref())).await;
                 return;
             }
             warn!(error = %err, class = "transport_error", attempt, retry_in_ms = delay.as_millis() as u64, "the remote MCP server is not reachable yet; retrying");
-            tokio::time::sleep(jittered(delay)).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(backoff.delay(attempt - 1, rand::random())).await;
         }
     }
 
@@ -327,8 +328,4 @@ async fn forward(mut rx: mpsc::Receiver<crate::session::Outbound>, out: mpsc::Se
             return;
         }
     }
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.75 + 0.5 * rand::random::<f64>())
 }

@@ -230,8 +230,7 @@ impl Session {
         warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
         self.deps.stats.requests_timed_out.inc();
         if let Reply::Client(sink) = &p.reply {
-            let err = GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id));
-            self.emit(sink, Bytes::from(err.to_bytes()), true, None).await;
+            self.end_with(sink, &p.client_id, &GatewayError::UpstreamTimeout(secs)).await;
         }
     }
 
@@ -341,8 +340,7 @@ impl Session {
         };
         for p in pending {
             if let Reply::Client(sink) = p.reply {
-                let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
-                self.emit(&sink, err.to_bytes().into(), true, Some(404)).await;
+                self.end_with(&sink, &p.client_id, &GatewayError::SessionNotFound).await;
             }
         }
         let up = self.binding.lock().await.take();

@@ -9,6 +9,7 @@
 //! It owns no HTTP and no processes: the downstream layer hands it messages and [`Sink`]s, the
 //! upstream layer hands it [`UpstreamEvent`]s.
 
+pub mod backoff;
 pub mod inspect;
 pub mod manager;
 pub mod record;
@@ -25,7 +26,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,8 +36,10 @@ use tether_protocol::message::raw_value;
 use tether_protocol::{Kind, Message, event_id, method, params};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::error::GatewayError;
 use crate::stats::{RequestProbe, Stats};
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSpec};
 use record::{SessionRecord, SessionState, Transport, now_ms};
@@ -335,14 +338,15 @@ pub struct Session {
     list_digests: Mutex<HashMap<&'static str, u64>>,
     /// When a message last went upstream (tokio time, so that paused-time tests drive it).
     upstream_used: Mutex<tokio::time::Instant>,
-    manager: Weak<Manager>,
+    /// Cancelled when the gateway stops: no upstream is started any more.
+    stopping: CancellationToken,
     /// The last upstream failure, for the admin API.
     last_error: Mutex<Option<inspect::LastError>>,
 }
 
 impl Session {
     /// A live session for a record (new, or loaded from the store).
-    pub fn new(record: SessionRecord, deps: Arc<Deps>, manager: Weak<Manager>) -> Arc<Session> {
+    pub fn new(record: SessionRecord, deps: Arc<Deps>, stopping: CancellationToken) -> Arc<Session> {
         Arc::new(Session {
             id: record.id.clone(),
             transport: record.transport,
@@ -362,7 +366,7 @@ impl Session {
             safe_tools: Mutex::new(HashSet::new()),
             list_digests: Mutex::new(HashMap::new()),
             upstream_used: Mutex::new(tokio::time::Instant::now()),
-            manager,
+            stopping,
             last_error: Mutex::new(None),
         })
     }
@@ -438,6 +442,13 @@ impl Session {
             }
         }
         sink.deliver(Outbound { id, seq, data, fin, status }).await
+    }
+
+    /// Ends a client request with an error. Its wire form and its HTTP status (for a plain
+    /// JSON answer) come from the one error map, [`GatewayError::wire`].
+    async fn end_with(&self, sink: &Sink, client_id: &RawValue, err: &GatewayError) -> bool {
+        let data = Bytes::from(err.to_message(Some(client_id)).to_bytes());
+        self.emit(sink, data, true, Some(err.wire().status.as_u16())).await
     }
 
     /// Notes an answered request stream; returns the one that falls out of retention.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::breaker::Verdict;
-use super::record::CloseReason;
+use super::record::{CloseReason, now_ms};
 use super::replay::{self, LIST_KINDS, ListCheck, Step, digest};
 use super::{Pending, Reply, Session, lock, next_gid};
 use crate::error::GatewayError;
@@ -44,7 +44,7 @@ impl Session {
         if self.is_closed() {
             return Err(GatewayError::SessionNotFound);
         }
-        if self.manager.upgrade().is_none_or(|m| m.is_stopping()) {
+        if self.stopping.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
         let policy = self.deps.config.restart;
@@ -136,16 +136,21 @@ impl Session {
         self.start_failed();
     }
 
-    /// Ends the session from inside (a revive that cannot continue it). The manager does the
-    /// closing, outside any lock held here.
-    fn close_from_within(&self, reason: CloseReason) {
+    /// Ends the session from inside (a revive that cannot continue it): the live side shuts
+    /// down and the record is closed, outside the binding lock held here. The manager forgets
+    /// the session when it next meets it closed: it holds handles, the session no pointer back.
+    fn close_from_within(self: &Arc<Self>, reason: CloseReason) {
         self.closed.store(true, Ordering::Release);
-        if let Some(m) = self.manager.upgrade() {
-            let id = self.id.clone();
-            tokio::spawn(async move {
-                m.close(&id, reason).await;
-            });
-        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.shutdown().await;
+            if let Err(e) = me.deps.store.close(&me.id, now_ms(), reason).await {
+                warn!(session_id = %me.id, error = %e, "closing the session record failed");
+            }
+            if let Err(e) = me.deps.store.forget(&me.id).await {
+                warn!(session_id = %me.id, error = %e, "dropping the session's stored events failed");
+            }
+        });
     }
 
     /// Rebuilds the upstream side of an initialized session on a fresh connection, following

@@ -303,9 +303,7 @@ impl Session {
                 Fate::LearnTools => self.spawn_decide_after_revive(gid, p, sink, generation),
                 Fate::Fail(failure) => {
                     let err = self.failure(failure, reason.to_string());
-                    let status = matches!(failure, Failure::Unavailable).then_some(503);
-                    let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-                    self.emit(&sink, data, true, status).await;
+                    self.end_with(&sink, &p.client_id, &err).await;
                     continue;
                 }
                 // Not outcomes of a binding's death.
@@ -342,8 +340,7 @@ impl Session {
                         me.deps.stats.requests_retried.inc();
                         let client_id = p.client_id.clone();
                         if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
-                            let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                            me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
+                            me.end_with(&sink, &client_id, &e).await;
                         }
                         return;
                     }
@@ -351,8 +348,7 @@ impl Session {
                 Err(e) => reason = e.to_string(),
             }
             let err = me.failure(Failure::Restarted, reason);
-            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            me.emit(&sink, data, true, None).await;
+            me.end_with(&sink, &p.client_id, &err).await;
         });
     }
 
@@ -363,8 +359,7 @@ impl Session {
         let client_id = p.client_id.clone();
         tokio::spawn(async move {
             if let Err(e) = me.dispatch(gid, p, stale).await {
-                let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
+                me.end_with(&sink, &client_id, &e).await;
             }
         });
     }

@@ -60,8 +60,7 @@ async fn answer(rx: &mut mpsc::Receiver<Outbound>) -> (Vec<Value>, Value) {
     }
 }
 
-/// An initialized session. (The caller keeps the manager: a session whose manager is gone
-/// refuses to revive, as during shutdown.)
+/// An initialized session.
 async fn initialized(m: &Arc<Manager>) -> Arc<Session> {
     let s = m.create(Transport::StreamableHttp).await.expect("a session");
     let params =
@@ -232,4 +231,35 @@ async fn a_crash_loop_opens_the_breaker_until_the_cooldown_ends() {
     tokio::time::advance(Duration::from_secs(31)).await;
     let (_, d) = call(&s, 5, "tools/list", json!({})).await;
     assert!(d["result"]["tools"].is_array(), "half-open, and the upstream starts again: {d}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_version_change_on_revive_closes_the_session_from_within() {
+    let script = Script::default().on(crash_on("write", 1, Act::CrashAfterRead)).on(|m, _, conn| {
+        (m == "initialize" && conn > 1)
+            .then(|| Act::Answer(Duration::ZERO, json!({ "protocolVersion": "2025-06-18", "capabilities": {} })))
+    });
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    let id = s.id().to_owned();
+    call(&s, 1, "tools/list", json!({})).await;
+    call(&s, 2, "tools/call", tool("write")).await;
+    let (_, a) = call(&s, 3, "tools/list", json!({})).await;
+    assert_eq!(a["error"]["data"]["reason"], "protocol_version_changed", "{a}");
+    assert!(s.is_closed());
+    assert_eq!(m.live_count(), 0, "no longer counted as live");
+    assert!(matches!(m.get(&id).await, Err(GatewayError::SessionNotFound)));
+    let stored = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = m.deps().store.get(&id).await.expect("store").expect("record");
+            if r.closed_at.is_some() {
+                return r;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the record is closed");
+    assert_eq!(stored.close_reason, Some(super::record::CloseReason::UpstreamFailed));
+    assert_eq!(m.deps().stats.sessions_closed.get(), 1, "its end is counted once");
 }
