@@ -8,6 +8,7 @@ pub mod event_id;
 pub mod message;
 pub mod method;
 pub mod params;
+pub mod session_error;
 pub mod sse;
 pub mod version;
 

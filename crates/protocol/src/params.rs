@@ -1,12 +1,9 @@
 //! The few params and results the gateway reads, read without parsing the rest: the
 //! negotiated version, progress tokens, the id a `notifications/cancelled` names, the log level
-//! or URI of a state change, a tool call's name, the tools annotated safe to repeat, and which
-//! errors mean "session unknown" or "upstream restarted".
+//! or URI of a state change, a tool call's name, and the tools annotated safe to repeat.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-
-use crate::error_code;
 
 /// `protocolVersion` of an `initialize` result (or params).
 pub fn protocol_version(result: &RawValue) -> Option<String> {
@@ -114,28 +111,6 @@ pub fn safe_tools(result: &RawValue) -> Vec<String> {
         .collect()
 }
 
-/// Whether a JSON-RPC error object says the session is unknown (`-32001`, or a `-32600` /
-/// `-32000` whose message says "session").
-pub fn is_session_error(error: Option<&RawValue>) -> bool {
-    #[derive(Deserialize)]
-    struct E {
-        code: i64,
-        #[serde(default)]
-        message: String,
-    }
-    let Some(e) = error.and_then(|e| serde_json::from_str::<E>(e.get()).ok()) else { return false };
-    let says_session = e.message.to_ascii_lowercase().contains("session");
-    e.code == error_code::SESSION_NOT_FOUND
-        || ((e.code == error_code::INVALID_REQUEST || e.code == error_code::SERVER_ERROR) && says_session)
-}
-
-/// Whether a JSON-RPC error object says the upstream restarted with the request in flight (a
-/// gateway's `-32011`, `data.reason: "upstream_restarted"`).
-pub fn is_restart_error(error: Option<&RawValue>) -> bool {
-    let Some(e) = error.and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok()) else { return false };
-    e["code"] == error_code::UPSTREAM_RESTARTED && e["data"]["reason"] == "upstream_restarted"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,24 +126,6 @@ mod tests {
         );
         assert_eq!(safe_tools(&r), vec!["a", "b"]);
         assert!(safe_tools(&raw("{}")).is_empty());
-    }
-
-    #[test]
-    fn session_errors_are_recognised() {
-        assert!(is_session_error(Some(&raw(r#"{"code":-32001,"message":"Session not found"}"#))));
-        assert!(is_session_error(Some(&raw(r#"{"code":-32600,"message":"Invalid or expired session"}"#))));
-        assert!(!is_session_error(Some(&raw(r#"{"code":-32600,"message":"bad request"}"#))));
-        assert!(!is_session_error(Some(&raw(r#"{"code":-32602,"message":"session param missing"}"#))));
-        assert!(!is_session_error(None));
-    }
-
-    #[test]
-    fn restart_errors_need_the_reason() {
-        assert!(is_restart_error(Some(&raw(
-            r#"{"code":-32011,"message":"x","data":{"reason":"upstream_restarted"}}"#
-        ))));
-        assert!(!is_restart_error(Some(&raw(r#"{"code":-32011,"message":"x"}"#))));
-        assert!(!is_restart_error(Some(&raw(r#"{"code":-32000,"data":{"reason":"upstream_restarted"}}"#))));
     }
 
     #[test]

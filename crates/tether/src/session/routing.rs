@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tether_protocol::message::{numeric_id, string_id};
-use tether_protocol::{Kind, Message, method, params};
+use tether_protocol::{Kind, Message, method, params, session_error};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -98,8 +98,8 @@ impl Session {
             Reply::Client(ref sink) => sink.clone(),
         };
         let loss = match msg.kind() {
-            Kind::Error if params::is_session_error(msg.error_object()) => Some(Loss::SessionErrorAnswer),
-            Kind::Error if params::is_restart_error(msg.error_object()) => Some(Loss::RemoteRestarted),
+            Kind::Error if session_error::is_session_error(msg.error_object()) => Some(Loss::SessionErrorAnswer),
+            Kind::Error if session_error::is_restart_error(msg.error_object()) => Some(Loss::RemoteRestarted),
             _ => None,
         };
         if let Some(loss) = loss {
