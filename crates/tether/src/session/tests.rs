@@ -15,8 +15,8 @@ use super::{Deps, Manager, Outbound, Session, SessionConfig, Sink, StreamKind};
 use crate::error::GatewayError;
 use crate::stats::Stats;
 use crate::store::memory::MemoryStore;
-use crate::upstream::UpstreamSpec;
 use crate::upstream::fake::{Act, Script};
+use crate::upstream::{SendError, UpstreamSpec};
 
 fn manager(script: &Script, tune: impl FnOnce(&mut SessionConfig)) -> Arc<Manager> {
     let mut config = SessionConfig::default();
@@ -262,4 +262,69 @@ async fn a_version_change_on_revive_closes_the_session_from_within() {
     .expect("the record is closed");
     assert_eq!(stored.close_reason, Some(super::record::CloseReason::UpstreamFailed));
     assert_eq!(m.deps().stats.sessions_closed.get(), 1, "its end is counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forgotten_session_is_reopened_once_then_its_error_goes_through() {
+    let forgot = || Act::Error(error_code::SESSION_NOT_FOUND, "Session not found", None);
+    let script = Script::default()
+        .on(move |m, p, c| (m == "tools/call" && p["name"] == "write" && c == 1).then(forgot))
+        .on(move |m, p, _| (m == "tools/call" && p["name"] == "lost").then(forgot));
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    let (_, a) = call(&s, 1, "tools/call", tool("write")).await;
+    assert_eq!(a["result"]["echo"], "tools/call", "not run the first time, so sent again: {a}");
+    assert_eq!(script.connects(), 2);
+    let (_, b) = call(&s, 2, "tools/call", tool("lost")).await;
+    assert_eq!(b["error"]["code"], error_code::SESSION_NOT_FOUND, "once only: {b}");
+    assert_eq!(script.received("tools/call"), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_gateways_restart_error_is_retried_only_when_safe() {
+    let restarted =
+        || Act::Error(error_code::UPSTREAM_RESTARTED, "restarted", Some(json!({ "reason": "upstream_restarted" })));
+    let script = Script::default().on(move |m, _, _| (m == "tools/call").then(restarted)).on(move |m, _, _| {
+        static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        (m == "prompts/get" && !ONCE.swap(true, std::sync::atomic::Ordering::Relaxed)).then(restarted)
+    });
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    call(&s, 1, "tools/list", json!({})).await;
+    let (_, a) = call(&s, 2, "prompts/get", json!({ "name": "p" })).await;
+    assert_eq!(a["result"]["echo"], "prompts/get", "safe: retried: {a}");
+    let (_, b) = call(&s, 3, "tools/call", tool("write")).await;
+    assert_eq!(b["error"]["code"], error_code::UPSTREAM_RESTARTED, "unsafe: passed through: {b}");
+    assert_eq!(script.received("tools/call"), 1);
+    assert_eq!(script.connects(), 1, "the local upstream never went away");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_sends_follow_the_policy() {
+    let script = Script::default()
+        .on(|m, p, c| {
+            (m == "tools/call" && p["name"] == "write" && c == 1)
+                .then(|| Act::FailSend(SendError::Unreachable("down".into())))
+        })
+        .on(|m, p, _| {
+            (m == "tools/call" && p["name"] == "down").then(|| Act::FailSend(SendError::Unreachable("down".into())))
+        })
+        .on(|m, p, c| {
+            (m == "tools/call" && p["name"] == "read" && c == 2)
+                .then(|| Act::FailSend(SendError::Interrupted("reset".into())))
+        })
+        .on(|m, p, _| {
+            (m == "tools/call" && p["name"] == "cut").then(|| Act::FailSend(SendError::Interrupted("reset".into())))
+        });
+    let m = manager(&script, |c| c.reconnect_attempts = Some(0));
+    let s = initialized(&m).await;
+    call(&s, 1, "tools/list", json!({})).await;
+    let (_, a) = call(&s, 2, "tools/call", tool("write")).await;
+    assert_eq!(a["result"]["echo"], "tools/call", "undelivered: sent again on a new connection: {a}");
+    let (_, b) = call(&s, 3, "tools/call", tool("read")).await;
+    assert_eq!(b["result"]["echo"], "tools/call", "interrupted but safe: retried: {b}");
+    let (_, c) = call(&s, 4, "tools/call", tool("cut")).await;
+    assert_eq!(c["error"]["code"], error_code::UPSTREAM_RESTARTED, "interrupted and unsafe: {c}");
+    let (_, d) = call(&s, 5, "tools/call", tool("down")).await;
+    assert_eq!(d["error"]["data"]["reason"], "upstream_unavailable", "undelivered three times: {d}");
 }

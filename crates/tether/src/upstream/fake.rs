@@ -22,8 +22,10 @@ use super::{ConnectContext, ConnectError, Origin, QuitReason, SendError, Upstrea
 pub enum Act {
     /// Answer with this result after this delay.
     Answer(Duration, Value),
-    /// Answer with a JSON-RPC error (code, message).
-    Error(i64, String),
+    /// Answer with a JSON-RPC error: code, message, data.
+    Error(i64, &'static str, Option<Value>),
+    /// Refuse the message at the send: the session sees this [`SendError`].
+    FailSend(SendError),
     /// Die before reading the line: the request provably never reached the server.
     CrashBeforeRead,
     /// Read the line, then die: it may or may not have run.
@@ -164,7 +166,7 @@ impl Handle {
         let params: Value = msg.params().and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
         let act = self.script.act(&m, &params, self.conn);
         let Some(id) = msg.id().map(ToOwned::to_owned) else { return Ok(()) };
-        if !matches!(act, Act::CrashBeforeRead) {
+        if !matches!(act, Act::CrashBeforeRead | Act::FailSend(_)) {
             lock(&self.script.inner.log).push((self.conn, m));
         }
         match act {
@@ -181,8 +183,8 @@ impl Handle {
                     }
                 });
             }
-            Act::Error(code, text) => {
-                let answer = Message::error(Some(&id), code, &text, None);
+            Act::Error(code, text, data) => {
+                let answer = Message::error(Some(&id), code, text, data);
                 let _ = self.events.send(UpstreamEvent::Message(Origin::Unrelated, answer)).await;
             }
             Act::CrashBeforeRead => self.die(gid.into_iter().collect()).await,
@@ -196,6 +198,7 @@ impl Handle {
                 }
                 self.die(Vec::new()).await;
             }
+            Act::FailSend(e) => return Err(e),
             Act::Silence => {}
         }
         Ok(())
