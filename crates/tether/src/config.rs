@@ -208,14 +208,7 @@ pub struct FileConfig {
 
 pub use crate::store::StoreSpec;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// The validated configuration of `tether serve`.
 #[derive(Debug, Clone)]

@@ -7,10 +7,14 @@
 //! [`admin`] (health, metrics, the session API, on its own listener) ← [`app`] (wiring). See
 //! `docs/architecture.md` and `docs/operations.md`.
 
+// One clock (`clock.rs`, `clippy.toml`): no wall clock or std `Instant` read elsewhere here.
+#![warn(clippy::disallowed_methods)]
+
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bridge;
+pub mod clock;
 pub mod config;
 pub mod downstream;
 pub mod error;

@@ -9,7 +9,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-use crate::config::LogFormat;
+/// Log output format. (Defined here, not in `config`, so that telemetry depends on nothing
+/// else in the crate: config, admin and telemetry import in one direction.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Why a new log filter was not applied.
 #[derive(Debug, thiserror::Error)]

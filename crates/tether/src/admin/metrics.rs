@@ -4,7 +4,6 @@
 //! a label, so the number of series is fixed.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -26,7 +25,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// The registry served at `/metrics`.
 pub fn registry(manager: Arc<Manager>) -> Registry {
-    let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+    let started = crate::clock::now_secs_f64();
     let mut r = Registry::default();
     r.register_collector(Box::new(TetherCollector { manager, started }));
     r

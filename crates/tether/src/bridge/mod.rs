@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tether_protocol::method;
 use tether_protocol::{Kind, Message, error_code};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 pub use args::{BridgeArgs, BridgeConfig, ProtocolChoice, TransportChoice};
 
 use crate::error::GatewayError;
+use crate::session::backoff::Backoff;
 use crate::session::record::Transport;
 use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
 use crate::stats::Stats;
@@ -128,14 +130,14 @@ impl Bridge {
     async fn handle(self: &Arc<Self>, msg: Message) {
         let live = self.live.lock().await.as_ref().map(|l| (l.session.clone(), l.sink.clone()));
         match (msg.kind(), live) {
-            (Kind::Request, _) if msg.is("initialize") => self.initialize(msg).await,
+            (Kind::Request, _) if msg.is(method::INITIALIZE) => self.initialize(msg).await,
             (Kind::Request, Some((session, sink))) => {
                 let id = msg.id().map(ToOwned::to_owned);
                 if let Err(e) = session.request(msg, sink).await {
                     self.reply(e.to_message(id.as_deref())).await;
                 }
             }
-            (Kind::Request, None) if msg.is("ping") => {
+            (Kind::Request, None) if msg.is(method::PING) => {
                 let empty = serde_json::value::RawValue::from_string("{}".into()).ok();
                 if let (Some(id), Some(empty)) = (msg.id(), empty) {
                     self.reply(Message::response(id, &empty)).await;
@@ -168,7 +170,7 @@ impl Bridge {
     /// modern era.
     async fn initialize(self: &Arc<Self>, msg: Message) {
         let deadline = Instant::now() + self.config.connect_timeout;
-        let mut delay = self.config.retry_delay;
+        let backoff = Backoff { base: self.config.retry_delay, max: Duration::from_secs(30) };
         let id = msg.id().map(ToOwned::to_owned);
         let mut attempt = 0u32;
         loop {
@@ -203,14 +205,14 @@ impl Bridge {
             let retryable = matches!(err, GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamRefused { .. });
             // Like a request: the first attempt and `--retry-attempts` retries.
             let attempts_left = self.config.retry_attempts.is_none_or(|n| attempt <= n);
+            let delay = backoff.ceiling(attempt - 1);
             if !retryable || !attempts_left || Instant::now() + delay > deadline {
                 warn!(error = %err, class = "transport_error", attempt, "could not reach the remote MCP server");
                 self.reply(err.to_message(id.as_deref())).await;
                 return;
             }
             warn!(error = %err, class = "transport_error", attempt, retry_in_ms = delay.as_millis() as u64, "the remote MCP server is not reachable yet; retrying");
-            tokio::time::sleep(jittered(delay)).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(backoff.delay(attempt - 1, rand::random())).await;
         }
     }
 
@@ -329,8 +331,4 @@ async fn forward(mut rx: mpsc::Receiver<crate::session::Outbound>, out: mpsc::Se
             return;
         }
     }
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.75 + 0.5 * rand::random::<f64>())
 }

@@ -17,6 +17,8 @@ impl Config {
             UpstreamSpec::Streamable { url } => (Some(redact_url(url)), None, None),
             UpstreamSpec::Sse { url } => (None, Some(redact_url(url)), None),
             UpstreamSpec::Stdio { command } => (None, None, Some(command.clone())),
+            #[cfg(test)]
+            UpstreamSpec::Fake(_) => (None, None, None),
         };
         let s = &self.session;
         // Every key, so that a key added to the file format without a line here fails to build.

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::time::Duration;
+use tether_protocol::method;
 use tether_protocol::version::{self, MODERN_ENVELOPE_KEY};
 use tether_protocol::{Kind, Message, error_code};
 
@@ -65,12 +66,12 @@ async fn post_inner(
         if let Some(requested) = modern_request(&msg, headers) {
             return Err(with_id(GatewayError::ModernNotServed { requested }));
         }
-        if msg.kind() == Kind::Request && msg.is("initialize") {
+        if msg.kind() == Kind::Request && msg.is(method::INITIALIZE) {
             return initialize(app, sref, msg, accept, probe).await.map_err(with_id);
         }
         return Err(with_id(GatewayError::MissingSessionId));
     }
-    if msg.kind() == Kind::Request && msg.is("initialize") {
+    if msg.kind() == Kind::Request && msg.is(method::INITIALIZE) {
         // A client starting over while still holding an old id gets a new session.
         return initialize(app, sref, msg, accept, probe).await.map_err(with_id);
     }
@@ -99,7 +100,7 @@ fn modern_request(msg: &Message, headers: &HeaderMap) -> Option<String> {
         #[serde(rename = "_meta")]
         meta: Option<serde_json::Map<String, serde_json::Value>>,
     }
-    if msg.is("initialize") {
+    if msg.is(method::INITIALIZE) {
         return None;
     }
     if let Some(params) = msg.params()
@@ -122,7 +123,7 @@ async fn initialize(
     probe: &Arc<RequestProbe>,
 ) -> Result<Response, GatewayError> {
     let session = sref.create(app, Transport::StreamableHttp).await?;
-    let span = tracing::info_span!("request", session_id = %session.id(), method = "initialize");
+    let span = tracing::info_span!("request", session_id = %session.id(), method = method::INITIALIZE);
     let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
     let sink = sink.probed(probe.clone());
     let answer = async {

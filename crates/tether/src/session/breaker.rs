@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
+
 /// Restart policy settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
@@ -116,10 +118,8 @@ impl Breaker {
         if self.consecutive <= 1 {
             return Verdict::Attempt(Duration::ZERO);
         }
-        let exp = policy.backoff_base.saturating_mul(1u32 << (self.consecutive - 2).min(16));
-        let delay = exp.min(policy.backoff_max);
-        // Full jitter on the upper half: between delay/2 and delay.
-        let delay = delay.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        let backoff = Backoff { base: policy.backoff_base, max: policy.backoff_max };
+        let delay = backoff.delay(self.consecutive - 2, jitter);
         let since = self.last_failure.map_or(Duration::MAX, |t| now.duration_since(t));
         Verdict::Attempt(delay.saturating_sub(since))
     }

@@ -2,37 +2,33 @@
 //! timeouts, streams, and the end of the session.
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
-use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::{Message, method, params};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::StreamKind;
+use super::recovery::{self, Facts, Failure, Fate, Loss, Safety};
 use super::store::Replay;
-use super::{
-    Pending, Reply, SAFE_RETRIES, Session, Sink, lock, next_gid, progress_token_of_request, rewrite_param,
-    state_change_of,
-};
+use super::{Pending, Reply, Session, Sink, lock, next_gid, rewrite_param, state_change_of};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
 /// Methods that only read, or set state to a value: repeating them is harmless.
 const SAFE_METHODS: [&str; 9] = [
-    "ping",
-    "resources/read",
-    "prompts/get",
-    "completion/complete",
-    "logging/setLevel",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "tools/list",
-    "resources/templates/list",
+    method::PING,
+    method::RESOURCES_READ,
+    method::PROMPTS_GET,
+    method::COMPLETION_COMPLETE,
+    method::LOGGING_SET_LEVEL,
+    method::RESOURCES_SUBSCRIBE,
+    method::RESOURCES_UNSUBSCRIBE,
+    method::TOOLS_LIST,
+    method::RESOURCES_TEMPLATES_LIST,
 ];
 
 impl Session {
@@ -42,10 +38,10 @@ impl Session {
         let method = msg.method().unwrap_or_default().to_owned();
         let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
         let gid = next_gid();
-        self.note_activity(method == "tools/call");
-        let progress_token = msg.params().and_then(progress_token_of_request);
+        self.note_activity(method == method::TOOLS_CALL);
+        let progress_token = msg.params().and_then(params::request_progress_token);
         let state_change = msg.params().and_then(|p| state_change_of(&method, p));
-        let init_params = if method == "initialize" { msg.params().map(ToOwned::to_owned) } else { None };
+        let init_params = if method == method::INITIALIZE { msg.params().map(ToOwned::to_owned) } else { None };
         let retry_safe = self.is_retry_safe(&method, msg.params());
         let mut upstream_msg = msg;
         upstream_msg.set_id(numeric_id(gid));
@@ -66,9 +62,10 @@ impl Session {
         self.dispatch(gid, pending, None).await.map(|()| gid)
     }
 
-    /// Sends a waiting request on a live binding. A message the upstream provably never
-    /// received is sent again after a revive; one that may have reached it is retried once
-    /// when repeating it is safe, and otherwise ends with "upstream restarted".
+    /// Sends a waiting request on a live binding. When the send fails, the recovery policy
+    /// decides: a message the upstream provably never received is sent again after a revive;
+    /// one that may have reached it is retried (a bounded number of times) when repeating it
+    /// is safe, and otherwise ends with "upstream restarted".
     pub(super) async fn dispatch(
         self: &Arc<Self>,
         gid: u64,
@@ -119,21 +116,51 @@ impl Session {
                 SendError::Unreachable(_) | SendError::Interrupted(_) => self.note_gone("upstream_disconnected"),
                 SendError::Refused { .. } => {}
             }
-            match err {
-                SendError::Unreachable(_) | SendError::SessionLost if undelivered < 2 => undelivered += 1,
-                SendError::Unreachable(d) => return Err(GatewayError::UpstreamUnavailable(d)),
-                SendError::SessionLost => {
-                    return Err(GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into()));
-                }
-                SendError::Interrupted(d) => {
-                    if !p.retry_safe || p.attempts >= SAFE_RETRIES {
-                        self.deps.stats.requests_interrupted.inc();
-                        return Err(GatewayError::UpstreamRestarted(d));
-                    }
+            let (loss, detail) = match err {
+                SendError::Unreachable(d) => (Loss::Unreachable { tries: undelivered }, d),
+                SendError::SessionLost => (Loss::SendSessionLost { tries: undelivered }, String::new()),
+                SendError::Interrupted(d) => (Loss::Interrupted, d),
+                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
+            };
+            match recovery::decide(self.facts(&p), loss) {
+                Fate::Resend => undelivered += 1,
+                Fate::Retry => {
                     p.attempts += 1;
                     self.deps.stats.requests_retried.inc();
                 }
-                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
+                Fate::Fail(failure) => return Err(self.failure(failure, detail)),
+                // Not outcomes of a send.
+                Fate::Reopen | Fate::LearnTools | Fate::Deliver => {
+                    return Err(self.failure(Failure::Restarted, detail));
+                }
+            }
+        }
+    }
+
+    /// What the recovery policy needs to know about a request.
+    pub(super) fn facts(&self, p: &Pending) -> Facts {
+        let safety = if p.method == method::INITIALIZE {
+            Safety::Initialize
+        } else if p.retry_safe {
+            Safety::Safe
+        } else if p.method == method::TOOLS_CALL && !lock(&self.list_digests).contains_key("tools") {
+            Safety::UnknownTool
+        } else {
+            Safety::Unsafe
+        };
+        Facts { safety, attempts: p.attempts, closed: self.is_closed() }
+    }
+
+    /// The error a request ends with, counted.
+    pub(super) fn failure(&self, failure: Failure, detail: String) -> GatewayError {
+        match failure {
+            Failure::Unavailable => GatewayError::UpstreamUnavailable(detail),
+            Failure::KeepsLosingSession => {
+                GatewayError::UpstreamUnavailable("the upstream keeps losing the session".into())
+            }
+            Failure::Restarted => {
+                self.deps.stats.requests_interrupted.inc();
+                GatewayError::UpstreamRestarted(detail)
             }
         }
     }
@@ -142,27 +169,22 @@ impl Session {
     /// changes, and `tools/call` of tools annotated read-only or idempotent, or allowed by the
     /// operator.
     pub(super) fn is_retry_safe(&self, method: &str, params: Option<&RawValue>) -> bool {
-        #[derive(Deserialize)]
-        struct Call<'a> {
-            #[serde(borrow)]
-            name: std::borrow::Cow<'a, str>,
-        }
-        if SAFE_METHODS.contains(&method) || method.ends_with("/list") {
+        if SAFE_METHODS.contains(&method) || method::list_kind(method).is_some() {
             return true;
         }
-        if method != "tools/call" {
+        if method != method::TOOLS_CALL {
             return false;
         }
-        let Some(call) = params.and_then(|p| serde_json::from_str::<Call<'_>>(p.get()).ok()) else { return false };
-        self.deps.config.retry_tools.iter().any(|t| t == call.name.as_ref())
-            || lock(&self.safe_tools).contains(call.name.as_ref())
+        let Some(name) = params.and_then(params::call_name) else { return false };
+        self.deps.config.retry_tools.iter().any(|t| t == name.as_ref())
+            || lock(&self.safe_tools).contains(name.as_ref())
     }
 
     /// Forwards a client notification.
     pub async fn notify(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
         self.note_activity(false);
         let mut msg = msg;
-        if msg.is("notifications/cancelled") {
+        if msg.is(method::NOTIFICATION_CANCELLED) {
             let Some(gid) = self.cancel_by_client_id(&msg) else {
                 return Ok(());
             };
@@ -215,14 +237,13 @@ impl Session {
     async fn end_overdue(&self, p: Pending) {
         if let Some(up) = self.current().filter(Upstream::is_alive) {
             let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
-            let _ = up.send(&Message::notification("notifications/cancelled", Some(&params)), None).await;
+            let _ = up.send(&Message::notification(method::NOTIFICATION_CANCELLED, Some(&params)), None).await;
         }
         let secs = self.deps.config.request_timeout.as_secs();
         warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
         self.deps.stats.requests_timed_out.inc();
         if let Reply::Client(sink) = &p.reply {
-            let err = GatewayError::UpstreamTimeout(secs).to_message(Some(&p.client_id));
-            self.emit(sink, Bytes::from(err.to_bytes()), true, None).await;
+            self.end_with(sink, &p.client_id, &GatewayError::UpstreamTimeout(secs)).await;
         }
     }
 
@@ -335,8 +356,7 @@ impl Session {
         };
         for p in pending {
             if let Reply::Client(sink) = p.reply {
-                let err = GatewayError::SessionNotFound.to_message(Some(&p.client_id));
-                self.emit(&sink, err.to_bytes().into(), true, Some(404)).await;
+                self.end_with(&sink, &p.client_id, &GatewayError::SessionNotFound).await;
             }
         }
         let up = self.binding.lock().await.take();
@@ -367,18 +387,12 @@ impl Session {
     }
 
     fn cancel_by_client_id(&self, msg: &Message) -> Option<u64> {
-        #[derive(Deserialize)]
-        struct P<'a> {
-            #[serde(rename = "requestId", borrow)]
-            request_id: &'a RawValue,
-        }
-        let params = msg.params()?;
-        let p: P<'_> = serde_json::from_str(params.get()).ok()?;
+        let request_id = params::cancelled_request_id(msg.params()?)?;
         let mut r = lock(&self.routes);
         let gid = r
             .pending
             .iter()
-            .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == p.request_id.get())
+            .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == request_id.get())
             .map(|(g, _)| *g)?;
         // Dropping the pending entry ends the client's stream for it: a cancelled request
         // gets no answer.

@@ -19,7 +19,8 @@ pub struct Manager {
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     deps: Arc<Deps>,
     draining: AtomicBool,
-    stopping: AtomicBool,
+    /// Cancelled when the gateway stops; every session holds a clone.
+    stopping: CancellationToken,
     /// Open, unexpired sessions in the store that are not live here (from before a restart):
     /// they count toward `max_sessions`, since their clients may come back at any time.
     dormant: AtomicUsize,
@@ -32,7 +33,7 @@ impl Manager {
             sessions: RwLock::new(HashMap::new()),
             deps: Arc::new(deps),
             draining: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
             dormant: AtomicUsize::new(0),
         })
     }
@@ -66,7 +67,7 @@ impl Manager {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())
         })?;
-        let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
+        let session = Session::new(record, self.deps.clone(), self.stopping.clone());
         self.write().insert(session.id().to_owned(), session.clone());
         self.deps.stats.sessions_created.inc();
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
@@ -78,6 +79,10 @@ impl Manager {
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<Session>, GatewayError> {
         let live = self.read().get(id).cloned();
         if let Some(s) = live {
+            if s.is_closed() {
+                self.forget_closed(id);
+                return Err(GatewayError::SessionNotFound);
+            }
             if self.session_expired(&s) {
                 self.close(id, CloseReason::Expired).await;
                 return Err(GatewayError::SessionNotFound);
@@ -110,7 +115,7 @@ impl Manager {
             if live.len() >= max {
                 return Err(GatewayError::TooManySessions(max));
             }
-            let session = Session::new(record, self.deps.clone(), Arc::downgrade(self));
+            let session = Session::new(record, self.deps.clone(), self.stopping.clone());
             live.insert(id.to_owned(), session.clone());
             session
         };
@@ -136,6 +141,21 @@ impl Manager {
         }
         self.count_end(id, session.record().created_at, reason);
         true
+    }
+
+    /// Forgets a session that closed itself (its record is already closed), if it is still
+    /// here, and counts its end.
+    fn forget_closed(&self, id: &str) {
+        let removed = {
+            let mut sessions = self.write();
+            match sessions.get(id) {
+                Some(s) if s.is_closed() => sessions.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(s) = removed {
+            self.count_end(id, s.record().created_at, CloseReason::UpstreamFailed);
+        }
     }
 
     /// Closes a record that is open in the store but not live here (another replica's, or
@@ -229,7 +249,7 @@ impl Manager {
 
     /// The session with this id if it is live here, without loading or expiring anything.
     pub fn live_session(&self, id: &str) -> Option<Arc<Session>> {
-        self.read().get(id).cloned()
+        self.read().get(id).filter(|s| !s.is_closed()).cloned()
     }
 
     /// Counts the open, unexpired sessions in the store that are not live here (at start: all
@@ -264,12 +284,12 @@ impl Manager {
 
     /// How many sessions are live in this process.
     pub fn live_count(&self) -> usize {
-        self.read().len()
+        self.read().values().filter(|s| !s.is_closed()).count()
     }
 
     /// The live sessions.
     pub fn live(&self) -> Vec<Arc<Session>> {
-        self.read().values().cloned().collect()
+        self.read().values().filter(|s| !s.is_closed()).cloned().collect()
     }
 
     /// Refuses new sessions from now on.
@@ -284,7 +304,7 @@ impl Manager {
 
     /// Whether the gateway is stopping: no upstream is started any more.
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.is_cancelled()
     }
 
     fn expired(&self, last_active: u64) -> bool {
@@ -320,6 +340,10 @@ impl Manager {
     }
 
     async fn reap(&self) {
+        let closed: Vec<String> = self.read().iter().filter(|(_, s)| s.is_closed()).map(|(id, _)| id.clone()).collect();
+        for id in closed {
+            self.forget_closed(&id);
+        }
         for id in self.expired_live() {
             self.close(&id, CloseReason::Expired).await;
         }
@@ -372,7 +396,7 @@ impl Manager {
     /// next start.
     pub async fn shutdown(&self) {
         self.drain();
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.cancel();
         self.flush_activity().await;
         let sessions = self.live();
         let closes = sessions.iter().map(|s| s.release_upstream());

@@ -9,6 +9,7 @@
 //! It owns no HTTP and no processes: the downstream layer hands it messages and [`Sink`]s, the
 //! upstream layer hands it [`UpstreamEvent`]s.
 
+pub mod backoff;
 pub mod inspect;
 pub mod manager;
 pub mod record;
@@ -16,22 +17,29 @@ pub mod store;
 
 mod breaker;
 mod client;
+pub mod recovery;
+pub mod replay;
 mod revive;
 mod routing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
+pub use tether_protocol::event_id::{StreamKey, event_id, parse_event_id};
 use tether_protocol::message::raw_value;
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, event_id, method, params};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::error::GatewayError;
 use crate::stats::{RequestProbe, Stats};
 use crate::upstream::{Upstream, UpstreamOptions, UpstreamSpec};
 use record::{SessionRecord, SessionState, Transport, now_ms};
@@ -158,7 +166,7 @@ impl Sink {
 
     /// This sink, answering the request with the client's id `id` (request streams).
     pub fn for_request(mut self, id: Option<&RawValue>) -> Sink {
-        self.request = id.map(|i| Arc::from(hex(i.get().as_bytes())));
+        self.request = id.map(|i| Arc::from(event_id::request_hex(i)));
         self
     }
 
@@ -192,12 +200,8 @@ impl Sink {
 
     /// The key its events are stored under.
     pub fn key(&self) -> String {
-        let mut key = stream_key(self.stream, self.kind == StreamKind::Standalone);
-        if let (StreamKind::Request, Some(r)) = (self.kind, &self.request) {
-            key.push('.');
-            key.push_str(r);
-        }
-        key
+        let request = if self.kind == StreamKind::Request { self.request.as_deref() } else { None };
+        event_id::stream_key(instance(), self.stream, self.kind == StreamKind::Standalone, request)
     }
 
     async fn deliver(&self, out: Outbound) -> bool {
@@ -296,70 +300,13 @@ pub fn instance() -> &'static str {
 /// The key under which a stream's events are stored: `<instance>.<n>` for a request stream,
 /// `<instance>.g<n>` for a standalone one.
 pub fn stream_key(stream: u64, standalone: bool) -> String {
-    format!("{}.{}{stream}", instance(), if standalone { "g" } else { "" })
+    event_id::stream_key(instance(), stream, standalone, None)
 }
 
-/// What a stream key says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamKey {
-    /// A standalone (GET) stream, rather than a request stream.
-    pub standalone: bool,
-    /// Its stream number, when it belongs to this process.
-    pub local: Option<u64>,
-    /// For a request stream: the client's request id, hex-encoded JSON.
-    pub request_hex: Option<Arc<str>>,
-}
-
-impl StreamKey {
-    /// The client's id of the request a request stream answered.
-    pub fn request_id(&self) -> Option<Box<RawValue>> {
-        let bytes = unhex(self.request_hex.as_deref()?)?;
-        RawValue::from_string(String::from_utf8(bytes).ok()?).ok()
-    }
-}
-
-/// Reads a stream key: `<instance>.<n>[.<request id hex>]` or `<instance>.g<n>`.
+/// Reads a stream key of this process or another one.
 pub fn parse_stream_key(key: &str) -> StreamKey {
-    let mut parts = key.split('.');
-    let (Some(inst), Some(n)) = (parts.next(), parts.next()) else { return StreamKey::default() };
-    let (standalone, n) = match n.strip_prefix('g') {
-        Some(rest) => (true, rest),
-        None => (false, n),
-    };
-    StreamKey {
-        standalone,
-        local: if inst == instance() { n.parse().ok() } else { None },
-        request_hex: parts.next().filter(|h| !standalone && !h.is_empty()).map(Arc::from),
-    }
+    event_id::parse_stream_key(key, instance())
 }
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// An SSE event id: `<stream key>-<seq>`.
-pub fn event_id(key: &str, seq: u64) -> String {
-    format!("{key}-{seq}")
-}
-
-/// Splits an event id into its stream key and seq.
-pub fn parse_event_id(id: &str) -> Option<(&str, u64)> {
-    let (key, seq) = id.trim().rsplit_once('-')?;
-    Some((key, seq.parse().ok()?))
-}
-
-/// How many times a request that is safe to repeat is sent again after it may have reached an
-/// upstream that then went away. More than one: an upstream that is being restarted can take
-/// the first resend down with it (a dying process still accepts connections for a moment); a
-/// bound all the same, so that a request that crashes its server every time ends.
-const SAFE_RETRIES: u8 = 3;
 
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);
@@ -391,7 +338,8 @@ pub struct Session {
     list_digests: Mutex<HashMap<&'static str, u64>>,
     /// When a message last went upstream (tokio time, so that paused-time tests drive it).
     upstream_used: Mutex<tokio::time::Instant>,
-    manager: Weak<Manager>,
+    /// Cancelled when the gateway stops: no upstream is started any more.
+    stopping: CancellationToken,
     /// The last upstream failure, for the admin API.
     last_error: Mutex<Option<inspect::LastError>>,
     /// The client's credential for upstream requests (`--forward-auth`); memory only.
@@ -402,7 +350,7 @@ pub struct Session {
 
 impl Session {
     /// A live session for a record (new, or loaded from the store).
-    pub fn new(record: SessionRecord, deps: Arc<Deps>, manager: Weak<Manager>) -> Arc<Session> {
+    pub fn new(record: SessionRecord, deps: Arc<Deps>, stopping: CancellationToken) -> Arc<Session> {
         Arc::new(Session {
             id: record.id.clone(),
             transport: record.transport,
@@ -422,7 +370,7 @@ impl Session {
             safe_tools: Mutex::new(HashSet::new()),
             list_digests: Mutex::new(HashMap::new()),
             upstream_used: Mutex::new(tokio::time::Instant::now()),
-            manager,
+            stopping,
             last_error: Mutex::new(None),
             forwarded: Default::default(),
             revive_cause: Mutex::new(inspect::ReviveCause::default()),
@@ -512,6 +460,13 @@ impl Session {
         sink.deliver(Outbound { id, seq, data, fin, status }).await
     }
 
+    /// Ends a client request with an error. Its wire form and its HTTP status (for a plain
+    /// JSON answer) come from the one error map, [`GatewayError::wire`].
+    async fn end_with(&self, sink: &Sink, client_id: &RawValue, err: &GatewayError) -> bool {
+        let data = Bytes::from(err.to_message(Some(client_id)).to_bytes());
+        self.emit(sink, data, true, Some(err.wire().status.as_u16())).await
+    }
+
     /// Notes an answered request stream; returns the one that falls out of retention.
     fn finish_stream(&self, key: &str) -> Option<String> {
         let cap = self.deps.config.retention.finished_streams.max(1);
@@ -588,47 +543,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn protocol_version_of(result: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct R {
-        #[serde(rename = "protocolVersion")]
-        protocol_version: Option<String>,
-    }
-    serde_json::from_str::<R>(result.get()).ok()?.protocol_version
-}
-
-fn progress_token_of_request(params: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P<'a> {
-        #[serde(rename = "_meta", borrow)]
-        meta: Option<M<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct M<'a> {
-        #[serde(rename = "progressToken", borrow)]
-        token: Option<&'a RawValue>,
-    }
-    if !params.get().contains("progressToken") {
-        return None;
-    }
-    let p: P<'_> = serde_json::from_str(params.get()).ok()?;
-    Some(p.meta?.token?.get().to_owned())
-}
-
 fn state_change_of(method: &str, params: &RawValue) -> Option<StateChange> {
-    #[derive(Deserialize)]
-    struct P {
-        level: Option<String>,
-        uri: Option<String>,
+    match method {
+        method::LOGGING_SET_LEVEL => params::log_level(params).map(StateChange::SetLevel),
+        method::RESOURCES_SUBSCRIBE => params::uri(params).map(StateChange::Subscribe),
+        method::RESOURCES_UNSUBSCRIBE => params::uri(params).map(StateChange::Unsubscribe),
+        _ => None,
     }
-    let make: fn(String) -> StateChange = match method {
-        "logging/setLevel" => StateChange::SetLevel,
-        "resources/subscribe" => StateChange::Subscribe,
-        "resources/unsubscribe" => StateChange::Unsubscribe,
-        _ => return None,
-    };
-    let p: P = serde_json::from_str(params.get()).ok()?;
-    p.level.or(p.uri).map(make)
 }
 
 fn rewrite_param(msg: &mut Message, key: &str, value: &RawValue) {

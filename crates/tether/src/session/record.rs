@@ -2,7 +2,6 @@
 //! without the client's help.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -124,10 +123,8 @@ pub fn new_session_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (from the one clock).
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

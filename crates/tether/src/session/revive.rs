@@ -2,26 +2,23 @@
 //! session, paced by the restart policy), telling the client what changed across a revive, and
 //! tether's own requests on the upstream leg.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
-use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::{Message, method, params};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::breaker::Verdict;
-use super::record::CloseReason;
-use super::{Pending, Reply, Session, lock, next_gid, protocol_version_of};
+use super::record::{CloseReason, now_ms};
+use super::replay::{self, LIST_KINDS, ListCheck, Step, digest};
+use super::{Pending, Reply, Session, lock, next_gid};
 use crate::error::GatewayError;
-use crate::upstream::{ConnectContext, Origin, Upstream, UpstreamSpec};
-
-/// The list kinds whose changes a client is told about.
-pub(super) const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
+use crate::upstream::{ConnectContext, Origin, Upstream};
 
 impl Session {
     pub(super) fn current(&self) -> Option<Upstream> {
@@ -59,7 +56,7 @@ impl Session {
             if self.is_closed() {
                 return Err(GatewayError::SessionNotFound);
             }
-            if self.manager.upgrade().is_none_or(|m| m.is_stopping()) {
+            if self.stopping.is_cancelled() {
                 return Err(GatewayError::ShuttingDown);
             }
             let policy = self.deps.config.restart;
@@ -70,9 +67,7 @@ impl Session {
                 }
                 // The backoff is waited out without the binding lock, so that an unpaced
                 // request is not held behind a background revive's wait; then look again.
-                Verdict::Attempt(delay)
-                    if !delay.is_zero() && (paced || matches!(self.deps.spec, UpstreamSpec::Stdio { .. })) =>
-                {
+                Verdict::Attempt(delay) if !delay.is_zero() && (paced || self.deps.spec.crash_loops()) => {
                     drop(slot);
                     tokio::time::sleep(delay).await;
                 }
@@ -85,11 +80,7 @@ impl Session {
             Some(old) => {
                 old.close().await;
                 // A dead binding whose end was not reported yet.
-                let fallback = if matches!(self.deps.spec, UpstreamSpec::Stdio { .. }) {
-                    "upstream_crashed"
-                } else {
-                    "upstream_lost"
-                };
+                let fallback = if self.deps.spec.crash_loops() { "upstream_crashed" } else { "upstream_lost" };
                 self.gone_cause(fallback)
             }
             None if self.generations.load(Ordering::Relaxed) > 0 => self.gone_cause("upstream_lost"),
@@ -168,9 +159,7 @@ impl Session {
         let opened = {
             let mut b = lock(&self.breaker);
             let was = b.is_open(tokio::time::Instant::now());
-            // A stdio child that keeps dying is a crash loop; an HTTP server that is away (being
-            // restarted, say) is waited for with backoff instead.
-            let trip = matches!(self.deps.spec, UpstreamSpec::Stdio { .. });
+            let trip = self.deps.spec.crash_loops();
             b.failure(&self.deps.config.restart, tokio::time::Instant::now(), trip);
             !was && b.is_open(tokio::time::Instant::now())
         };
@@ -186,49 +175,61 @@ impl Session {
         self.start_failed();
     }
 
-    /// Ends the session from inside (a revive that cannot continue it). The manager does the
-    /// closing, outside any lock held here.
-    fn close_from_within(&self, reason: CloseReason) {
+    /// Ends the session from inside (a revive that cannot continue it): the live side shuts
+    /// down and the record is closed, outside the binding lock held here. The manager forgets
+    /// the session when it next meets it closed: it holds handles, the session no pointer back.
+    fn close_from_within(self: &Arc<Self>, reason: CloseReason) {
         self.closed.store(true, Ordering::Release);
-        if let Some(m) = self.manager.upgrade() {
-            let id = self.id.clone();
-            tokio::spawn(async move {
-                m.close(&id, reason).await;
-            });
-        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.shutdown().await;
+            if let Err(e) = me.deps.store.close(&me.id, now_ms(), reason).await {
+                warn!(session_id = %me.id, error = %e, "closing the session record failed");
+            }
+            if let Err(e) = me.deps.store.forget(&me.id).await {
+                warn!(session_id = %me.id, error = %e, "dropping the session's stored events failed");
+            }
+        });
     }
 
-    /// Rebuilds the upstream side of an initialized session on a fresh connection.
+    /// Rebuilds the upstream side of an initialized session on a fresh connection, following
+    /// the replay plan.
     async fn replay_state(self: &Arc<Self>, up: &Upstream) -> Result<(), GatewayError> {
-        let (params, was, state) = {
+        let (steps, was) = {
             let r = lock(&self.record);
-            (r.client_init.clone(), r.protocol_version.clone(), r.state.clone())
+            (replay::plan(r.client_init.as_deref(), &r.state), r.protocol_version.clone())
         };
-        let Some(params) = params else { return Ok(()) };
-        let answer = self.internal_request(up, "initialize", Some(&params)).await?;
-        let result = answer
-            .result()
-            .ok_or_else(|| GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into()))?;
-        let now = protocol_version_of(result);
-        if let (Some(was), Some(now)) = (&was, &now)
-            && was != now
-        {
-            return Err(GatewayError::VersionChanged { was: was.clone(), now: now.clone() });
+        if steps.is_empty() {
+            return Ok(());
         }
-        if let Some(v) = now.as_deref().or(was.as_deref()) {
-            up.set_protocol_version(v);
-        }
-        lock(&self.record).upstream_init = Some(result.to_owned());
-        up.send(&Message::notification("notifications/initialized", None), None)
-            .await
-            .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?;
-        if let Some(level) = &state.log_level {
-            let p = raw_value(&serde_json::json!({ "level": level }));
-            self.internal_request(up, "logging/setLevel", Some(&p)).await?;
-        }
-        for uri in &state.subscriptions {
-            let p = raw_value(&serde_json::json!({ "uri": uri }));
-            self.internal_request(up, "resources/subscribe", Some(&p)).await?;
+        for step in steps {
+            match step {
+                Step::Initialize(params) => {
+                    let answer = self.internal_request(up, method::INITIALIZE, Some(&params)).await?;
+                    let result = answer.result().ok_or_else(|| {
+                        GatewayError::UpstreamUnavailable("the upstream refused initialize on revive".into())
+                    })?;
+                    let now = params::protocol_version(result);
+                    let version = replay::version_after(was.as_deref(), now.as_deref())
+                        .map_err(|(was, now)| GatewayError::VersionChanged { was, now })?;
+                    if let Some(v) = &version {
+                        up.set_protocol_version(v);
+                    }
+                    lock(&self.record).upstream_init = Some(result.to_owned());
+                }
+                Step::Initialized => up
+                    .send(&Message::notification(method::NOTIFICATION_INITIALIZED, None), None)
+                    .await
+                    .map_err(|e| GatewayError::UpstreamUnavailable(e.to_string()))?,
+                Step::SetLevel(level) => {
+                    let p = raw_value(&serde_json::json!({ "level": level }));
+                    self.internal_request(up, method::LOGGING_SET_LEVEL, Some(&p)).await?;
+                }
+                Step::Subscribe(uri) => {
+                    let p = raw_value(&serde_json::json!({ "uri": uri }));
+                    self.internal_request(up, method::RESOURCES_SUBSCRIBE, Some(&p)).await?;
+                }
+            }
         }
         if lock(&self.routes).standalone.is_some() {
             up.open_standalone();
@@ -240,23 +241,19 @@ impl Session {
     /// and the server declares `listChanged` for it, the client gets the `list_changed`.
     async fn announce_changes(self: &Arc<Self>, up: &Upstream, before: Option<&RawValue>) {
         let after = lock(&self.record).upstream_init.clone();
-        let caps_changed = capabilities_digest(before) != capabilities_digest(after.as_deref());
         for kind in LIST_KINDS {
-            if !declares_list_changed(after.as_deref(), kind) {
-                continue;
-            }
             let seen = lock(&self.list_digests).get(kind).copied();
-            let changed = match seen {
-                _ if caps_changed => true,
-                None => false,
-                Some(old) => match self.internal_request(up, &format!("{kind}/list"), None).await {
+            let changed = match replay::list_check(before, after.as_deref(), kind, seen) {
+                ListCheck::Skip => false,
+                ListCheck::Announce => true,
+                ListCheck::Compare(old) => match self.internal_request(up, &method::list_of(kind), None).await {
                     Ok(m) => m.result().is_some_and(|r| digest(r.get()) != old),
                     Err(_) => false,
                 },
             };
             if changed {
                 info!(session_id = %self.id, kind, "upstream list changed across the revive; telling the client");
-                let note = Message::notification(&format!("notifications/{kind}/list_changed"), None);
+                let note = Message::notification(&method::list_changed(kind), None);
                 let target = self.target(Origin::Standalone, None);
                 self.deliver(target, note).await;
             }
@@ -310,27 +307,4 @@ impl Pending {
             attempts: 0,
         }
     }
-}
-
-/// A stable digest of some JSON text.
-pub(super) fn digest(text: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-fn capabilities_digest(init: Option<&RawValue>) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        capabilities: Option<&'a RawValue>,
-    }
-    let r: R<'_> = serde_json::from_str(init?.get()).ok()?;
-    r.capabilities.map(|c| digest(c.get()))
-}
-
-fn declares_list_changed(init: Option<&RawValue>, kind: &str) -> bool {
-    let Some(init) = init else { return false };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(init.get()) else { return false };
-    v["capabilities"][kind]["listChanged"].as_bool() == Some(true)
 }

@@ -7,18 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tether_protocol::message::{numeric_id, string_id};
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, method, params, session_error};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{
-    Pending, Reply, SAFE_RETRIES, ServerRequest, Session, Sink, StateChange, is_answer, lock, protocol_version_of,
-    rewrite_param,
-};
-use crate::error::GatewayError;
+use super::recovery::{self, Failure, Fate, Loss};
+use super::{Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, rewrite_param};
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
 impl Session {
@@ -49,7 +45,7 @@ impl Session {
             return self.route_answer(msg).await;
         }
         if msg.kind() == Kind::Request {
-            if msg.is("ping") {
+            if msg.is(method::PING) {
                 // The gateway holds the connection, so the gateway answers the upstream's pings.
                 return self.answer_ping(generation, &msg).await;
             }
@@ -65,11 +61,11 @@ impl Session {
         }
         // A notification.
         let mut by_token = None;
-        if msg.is("notifications/progress") {
-            by_token = msg.params().and_then(progress_token_of_notification);
-        } else if msg.is("notifications/cancelled") {
+        if msg.is(method::NOTIFICATION_PROGRESS) {
+            by_token = msg.params().and_then(params::notification_progress_token);
+        } else if msg.is(method::NOTIFICATION_CANCELLED) {
             // The upstream cancels one of its own requests: name it by the client-facing id.
-            if let Some(upstream_id) = msg.params().and_then(request_id_of) {
+            if let Some(upstream_id) = msg.params().and_then(params::cancelled_request_id).map(|i| i.get().to_owned()) {
                 let client_id = lock(&self.routes)
                     .server_requests
                     .iter()
@@ -85,7 +81,7 @@ impl Session {
         self.deliver(target, msg).await;
     }
 
-    async fn route_answer(self: &Arc<Self>, mut msg: Message) {
+    async fn route_answer(self: &Arc<Self>, msg: Message) {
         let Some(gid) = msg.numeric_id() else {
             debug!(session_id = %self.id, "upstream answer with an id tether did not issue; dropped");
             return;
@@ -101,32 +97,45 @@ impl Session {
             }
             Reply::Client(ref sink) => sink.clone(),
         };
-        if msg.kind() == Kind::Error
-            && is_session_error(msg.error_object())
-            && p.attempts == 0
-            && let Some(up) = self.current()
-        {
-            // The upstream did not process it: it forgot our session. Revive and send again.
+        let loss = match msg.kind() {
+            Kind::Error if session_error::is_session_error(msg.error_object()) => Some(Loss::SessionErrorAnswer),
+            Kind::Error if session_error::is_restart_error(msg.error_object()) => Some(Loss::RemoteRestarted),
+            _ => None,
+        };
+        if let Some(loss) = loss {
             let mut p = p;
-            p.attempts += 1;
-            let generation = p.generation;
-            info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
-            up.mark_lost();
-            self.spawn_dispatch(gid, p, sink, Some(generation));
-            return;
-        }
-        if msg.kind() == Kind::Error && is_restart_error(msg.error_object()) && p.method != "initialize" {
-            // The upstream (another tether, say) restarted with the request in flight: the same
-            // policy as when tether's own upstream dies.
-            info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = p.retry_safe && p.attempts < SAFE_RETRIES, "upstream restarted with the request in flight");
-            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
-                let mut p = p;
-                p.attempts += 1;
-                self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, None);
-                return;
+            match (recovery::decide(self.facts(&p), loss), self.current()) {
+                (Fate::Reopen, Some(up)) => {
+                    // The upstream did not process it: it forgot our session. Revive and send again.
+                    p.attempts += 1;
+                    let generation = p.generation;
+                    info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
+                    up.mark_lost();
+                    self.spawn_dispatch(gid, p, sink, Some(generation));
+                    return;
+                }
+                (Fate::Retry, _) => {
+                    // The upstream (another tether, say) restarted with the request in flight:
+                    // the same policy as when tether's own upstream dies.
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
+                    p.attempts += 1;
+                    self.deps.stats.requests_retried.inc();
+                    self.spawn_dispatch(gid, p, sink, None);
+                    return;
+                }
+                _ if loss == Loss::RemoteRestarted => {
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
+                }
+                _ => {}
             }
+            return self.answer_client(p, sink, msg).await;
         }
+        self.answer_client(p, sink, msg).await
+    }
+
+    /// Gives the client the upstream's answer to its request, with the client's id, after
+    /// recording what a successful one changes.
+    async fn answer_client(&self, p: Pending, sink: Sink, mut msg: Message) {
         if msg.kind() == Kind::Response {
             self.apply_success(&p, &msg).await;
             self.learn_from_list(&p.method, &msg);
@@ -139,13 +148,13 @@ impl Session {
 
     /// Remembers what list answers say: which tools are safe to retry, and a digest of each
     /// list for telling the client about changes across a revive.
-    fn learn_from_list(&self, method: &str, msg: &Message) {
-        let Some(kind) = method.strip_suffix("/list") else { return };
-        let Some(kind) = super::revive::LIST_KINDS.iter().find(|k| **k == kind) else { return };
+    fn learn_from_list(&self, list_method: &str, msg: &Message) {
+        let Some(kind) = method::list_kind(list_method) else { return };
+        let Some(kind) = super::replay::LIST_KINDS.iter().find(|k| **k == kind) else { return };
         let Some(result) = msg.result() else { return };
-        lock(&self.list_digests).insert(kind, super::revive::digest(result.get()));
+        lock(&self.list_digests).insert(kind, super::replay::digest(result.get()));
         if *kind == "tools" {
-            let safe = safe_tools_of(result);
+            let safe = params::safe_tools(result);
             lock(&self.safe_tools).extend(safe);
         }
     }
@@ -153,9 +162,9 @@ impl Session {
     /// Records what a successful answer changes in the session: the handshake, the log level,
     /// subscriptions.
     async fn apply_success(&self, p: &Pending, msg: &Message) {
-        if p.method == "initialize" {
+        if p.method == method::INITIALIZE {
             let result = msg.result().map(ToOwned::to_owned);
-            let version = msg.result().and_then(protocol_version_of);
+            let version = msg.result().and_then(params::protocol_version);
             {
                 let mut r = lock(&self.record);
                 r.client_init.clone_from(&p.init_params);
@@ -283,37 +292,25 @@ impl Session {
         for (gid, mut p) in orphans {
             let Reply::Client(sink) = &p.reply else { continue };
             let sink = sink.clone();
-            if undelivered.contains(&gid) && p.method != "initialize" && !self.is_closed() {
-                // It never reached the upstream: send it again, whatever it is. (An initialize
-                // whose first upstream died at once is answered with why, below.)
-                retried = true;
-                self.spawn_dispatch(gid, p, sink, Some(generation));
-                continue;
-            }
-            if p.method == "initialize" {
-                let err = GatewayError::UpstreamUnavailable(reason.to_string());
-                let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-                self.emit(&sink, data, true, Some(503)).await;
-                continue;
-            }
-            let tools_unknown = !lock(&self.list_digests).contains_key("tools");
-            if !p.retry_safe && p.method == "tools/call" && tools_unknown && p.attempts == 0 && !self.is_closed() {
+            let loss = if undelivered.contains(&gid) { Loss::NotDelivered } else { Loss::InFlight };
+            match recovery::decide(self.facts(&p), loss) {
+                Fate::Resend => self.spawn_dispatch(gid, p, sink, Some(generation)),
+                Fate::Retry => {
+                    p.attempts += 1;
+                    self.deps.stats.requests_retried.inc();
+                    self.spawn_dispatch(gid, p, sink, Some(generation));
+                }
                 // The tool's annotations are not known yet: learn them from the revived upstream.
-                retried = true;
-                self.spawn_decide_after_revive(gid, p, sink, generation);
-                continue;
+                Fate::LearnTools => self.spawn_decide_after_revive(gid, p, sink, generation),
+                Fate::Fail(failure) => {
+                    let err = self.failure(failure, reason.to_string());
+                    self.end_with(&sink, &p.client_id, &err).await;
+                    continue;
+                }
+                // Not outcomes of a binding's death.
+                Fate::Reopen | Fate::Deliver => continue,
             }
-            if p.retry_safe && p.attempts < SAFE_RETRIES && !self.is_closed() {
-                p.attempts += 1;
-                retried = true;
-                self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, Some(generation));
-                continue;
-            }
-            self.deps.stats.requests_interrupted.inc();
-            let err = GatewayError::UpstreamRestarted(reason.to_string());
-            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            self.emit(&sink, data, true, None).await;
+            retried = true;
         }
         if unexpected && !retried && self.has_standalone() && !self.is_closed() {
             let me = self.clone();
@@ -334,27 +331,25 @@ impl Session {
             let mut reason = String::from("the upstream restarted");
             match me.upstream(Some(stale)).await {
                 Ok(up) => {
-                    if let Ok(list) = me.internal_request(&up, "tools/list", None).await {
-                        me.learn_from_list("tools/list", &list);
+                    if let Ok(list) = me.internal_request(&up, method::TOOLS_LIST, None).await {
+                        me.learn_from_list(method::TOOLS_LIST, &list);
                     }
                     let params = p.upstream_msg.as_ref().and_then(|m| m.params().map(ToOwned::to_owned));
-                    if me.is_retry_safe(&p.method, params.as_deref()) {
+                    p.retry_safe = me.is_retry_safe(&p.method, params.as_deref());
+                    if recovery::decide(me.facts(&p), Loss::InFlight) == Fate::Retry {
                         p.attempts += 1;
                         me.deps.stats.requests_retried.inc();
                         let client_id = p.client_id.clone();
                         if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
-                            let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                            me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
+                            me.end_with(&sink, &client_id, &e).await;
                         }
                         return;
                     }
                 }
                 Err(e) => reason = e.to_string(),
             }
-            me.deps.stats.requests_interrupted.inc();
-            let err = GatewayError::UpstreamRestarted(reason);
-            let data = Bytes::from(err.to_message(Some(&p.client_id)).to_bytes());
-            me.emit(&sink, data, true, None).await;
+            let err = me.failure(Failure::Restarted, reason);
+            me.end_with(&sink, &p.client_id, &err).await;
         });
     }
 
@@ -365,102 +360,8 @@ impl Session {
         let client_id = p.client_id.clone();
         tokio::spawn(async move {
             if let Err(e) = me.dispatch(gid, p, stale).await {
-                let data = Bytes::from(e.to_message(Some(&client_id)).to_bytes());
-                me.emit(&sink, data, true, Some(e.wire().status.as_u16())).await;
+                me.end_with(&sink, &client_id, &e).await;
             }
         });
-    }
-}
-
-fn progress_token_of_notification(params: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P<'a> {
-        #[serde(rename = "progressToken", borrow)]
-        token: &'a RawValue,
-    }
-    serde_json::from_str::<P<'_>>(params.get()).ok().map(|p| p.token.get().to_owned())
-}
-
-fn request_id_of(params: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P<'a> {
-        #[serde(rename = "requestId", borrow)]
-        id: &'a RawValue,
-    }
-    serde_json::from_str::<P<'_>>(params.get()).ok().map(|p| p.id.get().to_owned())
-}
-
-/// Tools annotated `readOnlyHint` or `idempotentHint` in a `tools/list` result.
-fn safe_tools_of(result: &RawValue) -> Vec<String> {
-    #[derive(Deserialize)]
-    struct List {
-        #[serde(default)]
-        tools: Vec<Tool>,
-    }
-    #[derive(Deserialize)]
-    struct Tool {
-        name: String,
-        #[serde(default)]
-        annotations: Option<Annotations>,
-    }
-    #[derive(Deserialize)]
-    struct Annotations {
-        #[serde(rename = "readOnlyHint", default)]
-        read_only: Option<bool>,
-        #[serde(rename = "idempotentHint", default)]
-        idempotent: Option<bool>,
-    }
-    let Ok(list) = serde_json::from_str::<List>(result.get()) else { return Vec::new() };
-    list.tools
-        .into_iter()
-        .filter(|t| t.annotations.as_ref().is_some_and(|a| a.read_only == Some(true) || a.idempotent == Some(true)))
-        .map(|t| t.name)
-        .collect()
-}
-
-/// Whether a JSON-RPC error says the upstream restarted with the request in flight
-/// (tether's own `-32011`, `reason: "upstream_restarted"`).
-fn is_restart_error(error: Option<&RawValue>) -> bool {
-    let Some(e) = error.and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok()) else { return false };
-    e["code"] == tether_protocol::error_code::UPSTREAM_RESTARTED && e["data"]["reason"] == "upstream_restarted"
-}
-
-/// Whether a JSON-RPC error says the session is unknown (−32001, or a −32600/−32000 that says so).
-fn is_session_error(error: Option<&RawValue>) -> bool {
-    #[derive(Deserialize)]
-    struct E {
-        code: i64,
-        #[serde(default)]
-        message: String,
-    }
-    let Some(e) = error.and_then(|e| serde_json::from_str::<E>(e.get()).ok()) else { return false };
-    let says_session = e.message.to_ascii_lowercase().contains("session");
-    e.code == -32001 || ((e.code == -32600 || e.code == -32000) && says_session)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).expect("json")
-    }
-
-    #[test]
-    fn annotated_tools_are_safe_to_retry() {
-        let r = raw(
-            r#"{"tools":[{"name":"a","annotations":{"readOnlyHint":true}},{"name":"b","annotations":{"idempotentHint":true,"destructiveHint":false}},{"name":"c","annotations":{"readOnlyHint":false}},{"name":"d"}],"nextCursor":"x"}"#,
-        );
-        assert_eq!(safe_tools_of(&r), vec!["a", "b"]);
-        assert!(safe_tools_of(&raw("{}")).is_empty());
-    }
-
-    #[test]
-    fn session_errors_are_recognised() {
-        assert!(is_session_error(Some(&raw(r#"{"code":-32001,"message":"Session not found"}"#))));
-        assert!(is_session_error(Some(&raw(r#"{"code":-32600,"message":"Invalid or expired session"}"#))));
-        assert!(!is_session_error(Some(&raw(r#"{"code":-32600,"message":"bad request"}"#))));
-        assert!(!is_session_error(Some(&raw(r#"{"code":-32602,"message":"session param missing"}"#))));
-        assert!(!is_session_error(None));
     }
 }

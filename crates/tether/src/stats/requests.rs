@@ -7,9 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Deserialize;
+use tether_protocol::method;
 use tether_protocol::{Kind, Message, error_code};
 
 use super::{Counter, Histogram, REQUEST_BUCKETS, Stats};
@@ -64,13 +67,13 @@ impl MethodClass {
         }
         let method = msg.method().unwrap_or_default();
         match method.split('/').next().unwrap_or_default() {
-            "initialize" if method == "initialize" => MethodClass::Initialize,
+            _ if method == method::INITIALIZE => MethodClass::Initialize,
+            _ if method == method::PING => MethodClass::Ping,
             "tools" => MethodClass::Tools,
             "resources" => MethodClass::Resources,
             "prompts" => MethodClass::Prompts,
             "completion" => MethodClass::Completion,
             "logging" => MethodClass::Logging,
-            "ping" if method == "ping" => MethodClass::Ping,
             _ => MethodClass::Other,
         }
     }

@@ -16,6 +16,10 @@
 //!   inserts the deferred events first, so a read (a `Last-Event-ID` replay) sees every event
 //!   sent before it, and a record written after an event is never durable without it.
 
+// The committer is a plain OS thread outside the runtime, and its window is real time: std
+// time is the right clock here, not the session layer's tokio time.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 

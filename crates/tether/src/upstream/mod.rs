@@ -5,6 +5,8 @@
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
 pub mod credentials;
+#[cfg(test)]
+pub mod fake;
 pub(crate) mod lines;
 pub mod modern;
 pub mod sse;
@@ -36,6 +38,9 @@ pub enum UpstreamSpec {
         /// The SSE endpoint URL.
         url: String,
     },
+    /// An in-process scripted upstream (session tests).
+    #[cfg(test)]
+    Fake(fake::Script),
 }
 
 impl UpstreamSpec {
@@ -45,6 +50,22 @@ impl UpstreamSpec {
             UpstreamSpec::Stdio { .. } => "stdio",
             UpstreamSpec::Streamable { .. } => "streamable-http",
             UpstreamSpec::Sse { .. } => "sse",
+            #[cfg(test)]
+            UpstreamSpec::Fake(_) => "fake",
+        }
+    }
+}
+
+impl UpstreamSpec {
+    /// Whether failures to start count toward the crash-loop breaker: a stdio child that
+    /// keeps dying is a crash loop; an HTTP server that is away (being restarted, say) is
+    /// waited for with backoff instead.
+    pub fn crash_loops(&self) -> bool {
+        match self {
+            UpstreamSpec::Stdio { .. } => true,
+            UpstreamSpec::Streamable { .. } | UpstreamSpec::Sse { .. } => false,
+            #[cfg(test)]
+            UpstreamSpec::Fake(_) => true,
         }
     }
 }
@@ -203,6 +224,8 @@ enum Kind {
     Streamable(streamable::Handle),
     Sse(sse::Handle),
     Modern(modern::Handle),
+    #[cfg(test)]
+    Fake(fake::Handle),
 }
 
 /// A live connection to the upstream, cheap to clone.
@@ -220,6 +243,8 @@ impl Upstream {
             UpstreamSpec::Streamable { url } if ctx.options.modern => Kind::Modern(modern::Handle::new(url, ctx)),
             UpstreamSpec::Streamable { url } => Kind::Streamable(streamable::Handle::new(url, ctx)),
             UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
+            #[cfg(test)]
+            UpstreamSpec::Fake(script) => Kind::Fake(fake::Handle::connect(script, ctx)?),
         };
         Ok(Upstream { kind: Arc::new(kind), generation })
     }
@@ -236,6 +261,8 @@ impl Upstream {
             Kind::Streamable(h) => h.send(msg, gid).await,
             Kind::Sse(h) => h.send(msg, gid).await,
             Kind::Modern(h) => h.send(msg, gid).await,
+            #[cfg(test)]
+            Kind::Fake(h) => h.send(msg, gid).await,
         }
     }
 
@@ -252,6 +279,8 @@ impl Upstream {
             Kind::Streamable(h) => h.open_standalone(),
             Kind::Modern(h) => h.open_standalone(),
             Kind::Stdio(_) | Kind::Sse(_) => {}
+            #[cfg(test)]
+            Kind::Fake(_) => {}
         }
     }
 
@@ -262,6 +291,8 @@ impl Upstream {
             Kind::Streamable(h) => h.is_alive(),
             Kind::Sse(h) => h.is_alive(),
             Kind::Modern(h) => h.is_alive(),
+            #[cfg(test)]
+            Kind::Fake(h) => h.is_alive(),
         }
     }
 
@@ -269,6 +300,8 @@ impl Upstream {
     pub fn mark_lost(&self) {
         match &*self.kind {
             Kind::Stdio(_) => {}
+            #[cfg(test)]
+            Kind::Fake(_) => {}
             Kind::Streamable(h) => h.mark_lost(),
             Kind::Sse(h) => h.mark_lost(),
             Kind::Modern(h) => h.mark_lost(),
@@ -299,6 +332,8 @@ impl Upstream {
             Kind::Streamable(h) => h.close().await,
             Kind::Sse(h) => h.close(),
             Kind::Modern(h) => h.close().await,
+            #[cfg(test)]
+            Kind::Fake(h) => h.close().await,
         }
     }
 }

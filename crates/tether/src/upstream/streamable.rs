@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use tether_protocol::method;
 use tether_protocol::sse::Decoder;
 use tether_protocol::{Kind, Message};
 use tokio::sync::mpsc;
@@ -112,7 +113,7 @@ impl Handle {
             }
         };
         let status = resp.status();
-        if msg.is("initialize")
+        if msg.is(method::INITIALIZE)
             && let Some(sid) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())
             && let Ok(mut s) = shared.session.lock()
         {
@@ -406,30 +407,7 @@ pub(super) fn content_type(h: &HeaderMap) -> String {
     h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
 }
 
-/// Whether an HTTP answer means "your session is gone": a 404 for a request that carried a
-/// session id, or a 400 whose body says the session is missing, invalid or unknown (what
-/// server-everything and many TypeScript servers answer), or a -32001 error.
-pub fn is_session_lost(status: u16, had_session: bool, body: &[u8]) -> bool {
-    if status == 404 && had_session {
-        return true;
-    }
-    if status != 400 && status != 404 {
-        return false;
-    }
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    text.contains("session") || text.contains("\"code\":-32001")
-}
-
-/// How a lost session is classified in logs and error data.
-pub fn session_loss_class(status: u16, body: &[u8]) -> &'static str {
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    match status {
-        _ if text.contains("expired") => "session_expired",
-        409 => "session_conflict",
-        404 => "session_terminated",
-        _ => "session_invalid",
-    }
-}
+pub use tether_protocol::session_error::{is_session_lost, session_loss_class};
 
 /// How a failed POST is reported: a connection that could not be made provably delivered
 /// nothing; any other failure may have happened after the message went out.

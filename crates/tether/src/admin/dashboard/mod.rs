@@ -15,7 +15,9 @@ pub mod view;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
