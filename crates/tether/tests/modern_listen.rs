@@ -11,6 +11,10 @@
 //!   the listen stream; the remote changes the first resource just before it registers the new
 //!   stream (only the old one can carry that) and once more while both are open (both carry it):
 //!   the client gets exactly two updates.
+//! * `an_update_after_the_listen_stream_was_lost_is_not_taken_for_a_copy` — the remote ends the
+//!   listen stream right after a change; the bridge re-opens it, and a second change (the same
+//!   notification, soon after) still reaches the client: a stream that overlapped no other
+//!   carries no copies.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +55,11 @@ fn updated(uri: &str) -> Value {
 }
 
 impl Remote {
+    /// Ends every open listen stream, as a remote that restarted does.
+    fn end_listens(&self) {
+        self.listeners.lock().expect("lock").clear();
+    }
+
     /// Sends an update of `uri` to every open listen stream that watches it.
     fn change(&self, uri: &str) {
         let mut l = self.listeners.lock().expect("lock");
@@ -176,16 +185,22 @@ impl Bridge {
         }
     }
 
-    /// Reads until `n` updates of `uri` arrived (or `READ` passed), then a moment more so that
-    /// a duplicate would show; returns how many arrived.
-    async fn updates_of(&mut self, uri: &str, n: usize) -> usize {
+    /// Reads until `n` updates of `uri` arrived (or `READ` passed); returns how many arrived.
+    async fn until_updates(&mut self, uri: &str, n: usize) -> usize {
         let count = |b: &Bridge| b.updates.iter().filter(|u| *u == uri).count();
         let deadline = tokio::time::Instant::now() + READ;
         while count(self) < n && tokio::time::Instant::now() < deadline {
             self.read(deadline - tokio::time::Instant::now()).await;
         }
-        while self.read(Duration::from_millis(1500)).await.is_some() {}
         count(self)
+    }
+
+    /// Reads until `n` updates of `uri` arrived (or `READ` passed), then a moment more so that
+    /// a duplicate would show; returns how many arrived.
+    async fn updates_of(&mut self, uri: &str, n: usize) -> usize {
+        self.until_updates(uri, n).await;
+        while self.read(Duration::from_millis(1500)).await.is_some() {}
+        self.updates.iter().filter(|u| *u == uri).count()
     }
 }
 
@@ -216,4 +231,25 @@ async fn a_changed_subscription_set_loses_and_doubles_nothing() {
     );
     b.call("tools/call", json!({"name": "bump", "arguments": {"uri": "test://b"}})).await;
     assert_eq!(b.updates_of("test://b", 1).await, 1, "the new subscription is served");
+}
+
+#[tokio::test]
+async fn an_update_after_the_listen_stream_was_lost_is_not_taken_for_a_copy() {
+    let remote = Remote::default();
+    let mut b = Bridge::start(remote.clone()).await;
+    b.call("resources/subscribe", json!({"uri": "test://a"})).await;
+    b.call("tools/call", json!({"name": "bump", "arguments": {"uri": "test://a"}})).await;
+    assert_eq!(b.until_updates("test://a", 1).await, 1, "the first change reached the client");
+    // The remote loses the stream (as one that restarted does); the bridge re-opens it and says
+    // that what the client watches may have changed meanwhile.
+    remote.end_listens();
+    assert_eq!(b.until_updates("test://a", 2).await, 2, "the re-opened stream announced a possible change");
+    // A new change, soon after the first: the same notification text, on a stream that
+    // overlapped no other. It is not a copy of the first.
+    b.call("tools/call", json!({"name": "bump", "arguments": {"uri": "test://a"}})).await;
+    assert_eq!(
+        b.updates_of("test://a", 3).await,
+        3,
+        "the change after the re-open reached the client (once), though the one before the loss said the same"
+    );
 }

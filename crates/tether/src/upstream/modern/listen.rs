@@ -95,6 +95,11 @@ impl Dedup {
         self.recent.push_back((stream, text, now));
         true
     }
+
+    /// Forgets every notification: the next stream overlaps none that brought them.
+    pub(super) fn clear(&mut self) {
+        self.recent.clear();
+    }
 }
 
 /// Why a listen stream could not be opened.
@@ -245,6 +250,13 @@ pub(super) async fn listen(shared: Arc<Shared>) {
             }
         };
         streams += 1;
+        if current.is_none() {
+            // No stream overlaps this one (the first, or the one after a loss): nothing it
+            // brings is a copy of what came before, so nothing remembered may cancel it. A
+            // remote that restarted sends the same update again for a new change, often within
+            // the window.
+            shared.dedup.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        }
         let reader = tokio::spawn(read_stream(shared.clone(), streams, events).instrument(shared.span.clone()));
         if let Some(old) = current.replace(Reader(reader)) {
             tokio::spawn(async move {
