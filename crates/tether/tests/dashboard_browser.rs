@@ -137,10 +137,15 @@ async fn click(c: &WebDriver, css: &str) {
 /// Clicks an action's button, checks the confirmation dialog asks `question`, confirms, and
 /// returns what the page says of the outcome.
 async fn confirmed(c: &WebDriver, button: &str, question: &str) -> String {
+    // The flash of an earlier action on the same page may still show "done": wait for a new one.
+    let before = match tokio::time::timeout(STEP, c.find(Locator::Css("#flash"))).await {
+        Ok(Ok(el)) => tokio::time::timeout(STEP, el.text()).await.ok().and_then(Result::ok).unwrap_or_default(),
+        _ => String::new(),
+    };
     click(c, button).await;
     wait_text(c, "dialog#confirm[open] #confirm-text", |t| t.contains(question)).await;
     click(c, "dialog#confirm[open] #confirm-ok").await;
-    wait_text(c, "#flash", |t| t.contains("done") || t.contains("failed")).await
+    wait_text(c, "#flash", |t| t != before && (t.contains("done") || t.contains("failed"))).await
 }
 
 async fn screenshot(c: &WebDriver, dir: &Path, name: &str) {
