@@ -76,21 +76,6 @@ fn text_of(answer: &Value) -> String {
     answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text in {answer}")).to_owned()
 }
 
-async fn restart(old: Gateway) -> Gateway {
-    let addr = old.addr;
-    old.shutdown().await;
-    let listener = within(async {
-        loop {
-            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    within(Gateway::start(config(UpstreamSpec::Stdio { command: echo_command() }), listener)).await.expect("restart")
-}
-
 #[tokio::test]
 async fn the_bridge_heals_a_remote_restart_for_both_transports() {
     for (path, transport) in
@@ -107,7 +92,7 @@ async fn the_bridge_heals_a_remote_restart_for_both_transports() {
         );
 
         // The remote restarts and forgets every session (memory store).
-        let remote = restart(remote).await;
+        let remote = harness::restart(remote, config(UpstreamSpec::Stdio { command: echo_command() })).await;
         assert_eq!(
             text_of(&p.request("tools/call", json!({"name": "echo", "arguments": {"message": "b"}})).await),
             "b"

@@ -10,7 +10,6 @@ use std::time::Duration;
 use harness::{Client, Front, config, echo_command, eventually, kill9, only_child, start, within};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tether::Gateway;
 use tether::config::Config;
 use tether::upstream::UpstreamSpec;
 
@@ -92,21 +91,6 @@ async fn in_flight_calls_end_as_documented_when_the_child_dies() {
     gw.shutdown().await;
 }
 
-async fn restart_on_same_port(old: Gateway) -> Gateway {
-    let addr = old.addr;
-    old.shutdown().await;
-    let listener = within(async {
-        loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => return l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await;
-    within(Gateway::start(stdio_config(), listener)).await.expect("restart")
-}
-
 /// An HTTP (or SSE) upstream that restarts forgets every session: the next call finds out
 /// (404, or the stream ends) and the session is revived by replay.
 #[tokio::test]
@@ -121,7 +105,7 @@ async fn an_upstream_server_restart_is_healed() {
         let sid = c.session.clone();
         set_state(&mut c).await;
 
-        let inner = restart_on_same_port(inner).await;
+        let inner = harness::restart(inner, stdio_config()).await;
         assert_eq!(inner.manager.live_count(), 0, "the upstream forgot its sessions");
         assert_eq!(text_of(&call(&mut c, "echo", json!({"message": kind})).await), kind, "{kind}");
         assert_eq!(c.session, sid);

@@ -27,22 +27,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Stops `old` and starts a gateway with `config` on its address.
-async fn restart(old: Gateway, config: Config) -> Gateway {
-    let addr = old.addr;
-    old.shutdown().await;
-    let listener = within(async {
-        loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => return l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await;
-    within(Gateway::start(config, listener)).await.expect("restart")
-}
-
 async fn echo(c: &mut Client, message: &str) -> Exchange {
     c.request("tools/call", json!({"name": "echo", "arguments": {"message": message}})).await
 }

@@ -180,7 +180,8 @@ pub async fn drain(State(state): State<AdminState>) -> Result<Response, AdminErr
     Ok(json_response(StatusCode::OK, &json!({ "draining": true, "activeSessions": m.live_count() })))
 }
 
-async fn load(state: &AdminState, id: &str) -> Result<SessionRecord, AdminError> {
+/// A session's stored record, read on the data plane's runtime; 404 when there is none.
+pub(super) async fn load(state: &AdminState, id: &str) -> Result<SessionRecord, AdminError> {
     let store = state.manager().deps().store.clone();
     let id2 = id.to_owned();
     state

@@ -49,6 +49,23 @@ pub fn config(upstream: UpstreamSpec) -> Config {
 /// The admin token of gateways from [`config`].
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// Stops `old` and starts a gateway with `config` on the same address (a gateway restart as a
+/// client sees it: same URL, same session ids).
+pub async fn restart(old: Gateway, config: Config) -> Gateway {
+    let addr = old.addr;
+    old.shutdown().await;
+    let listener = within(async {
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => return l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    within(Gateway::start(config, listener)).await.expect("restart")
+}
+
 /// A gateway serving `config` on an ephemeral loopback port. `TETHER_TEST_LOG` (a filter)
 /// shows the gateway's logs.
 pub async fn start(config: Config) -> Gateway {

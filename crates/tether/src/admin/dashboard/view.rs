@@ -309,15 +309,7 @@ pub async fn detail(state: &AdminState, id: &str) -> Result<Detail, AdminError> 
     let live = state.manager().live_session(id);
     let record = match &live {
         Some(s) => s.record(),
-        None => {
-            let store = state.manager().deps().store.clone();
-            let id2 = id.to_owned();
-            state
-                .on_data_plane(async move { store.get(&id2).await })
-                .await?
-                .map_err(|e| AdminError::Unavailable(e.to_string()))?
-                .ok_or_else(|| AdminError::NotFound(format!("no session {id}")))?
-        }
+        None => crate::admin::sessions::load(state, id).await?,
     };
     let row = row(&record, live.as_ref());
     let live_detail = live.as_ref().map(|s| {
