@@ -14,8 +14,9 @@
 //             `gave_up`   the stream broke and the SDK's resume attempts (GET + Last-Event-ID;
 //                         SDK 1.x makes 2, `retry` apart) all failed because tether was still
 //                         down; it then stops and leaves the request to its own timeout;
-//             `no_resume` the stream broke before it carried an event id, and SDK 1.x resumes
-//                         a POST's stream only after one.
+//             `no_resume` the call's POST was answered with a stream that broke before it
+//                         carried an event id, and SDK 1.x resumes a POST's stream only after
+//                         one.
 //   hung      anything else: tether was asked (a POST, or a resume it accepted) and did not
 //             answer. tether promises this never happens.
 //
@@ -55,33 +56,43 @@ const deadline = (p, ms) =>
 const expected = (msg) => (args.everything ? `Echo: ${msg}` : msg);
 const textOf = (r) => (r?.content ?? []).find((c) => typeof c.text === "string")?.text ?? "";
 
-// What the transport did, for the hung-call evidence: every GET that resumes a stream (its
-// Last-Event-ID and outcome) and every stream break the SDK reports.
+// What the transport did, for the hung-call evidence: each call's POST (its outcome and
+// content type), every GET that resumes a stream (its Last-Event-ID and outcome) and every
+// stream break the SDK reports.
 const wire = [];
 const since = (t0) => wire.filter((w) => w.at >= t0);
+const note = (w) => {
+  wire.push(w);
+  if (wire.length > 2000) wire.splice(0, 1000);
+};
 const at = () => Date.now();
 const tracedFetch = async (url, init) => {
   const resume = init?.method === "GET" ? new Headers(init.headers).get("last-event-id") : null;
+  // A call's own POST, known by its message (the `soak <uuid>` text is unique).
+  const call = init?.method === "POST" ? /"message":"(soak [^"]+)"/.exec(String(init.body))?.[1] : undefined;
   try {
     const r = await fetch(url, init);
-    if (resume) wire.push({ at: at(), resume, status: r.status });
+    if (resume) note({ at: at(), resume, status: r.status });
+    if (call) note({ at: at(), post: call, status: r.status, type: r.headers.get("content-type") });
     return r;
   } catch (e) {
-    if (resume) wire.push({ at: at(), resume, failed: String(e?.cause?.code ?? e?.message ?? e) });
+    const failed = String(e?.cause?.code ?? e?.message ?? e);
+    if (resume) note({ at: at(), resume, failed });
+    if (call) note({ at: at(), post: call, failed });
     throw e;
   }
 };
 const onTransportError = (e) => {
   const m = String(e?.message ?? e);
-  if (/SSE stream disconnected|Maximum reconnection attempts/.test(m)) wire.push({ at: at(), sdk: m.slice(0, 80) });
-  if (wire.length > 1000) wire.splice(0, 500);
+  if (/SSE stream disconnected|Maximum reconnection attempts/.test(m)) note({ at: at(), sdk: m.slice(0, 80) });
 };
 
 /// Why a call had no answer: "gave_up" / "no_resume" (the SDK's own), or "hung" (tether's).
-function whyHung(t0, tokens) {
-  const seen = since(t0);
+function whyHung(t0, tokens, msg) {
+  const seen = since(t0).filter((w) => w.post === undefined || w.post === msg);
   const broke = seen.some((w) => w.sdk?.startsWith("SSE stream disconnected"));
-  if (tokens.length === 0) return { kind: broke ? "no_resume" : "hung", seen };
+  const streamed = seen.some((w) => w.post === msg && w.type?.startsWith("text/event-stream"));
+  if (tokens.length === 0) return { kind: broke && streamed ? "no_resume" : "hung", seen };
   const mine = seen.filter((w) => w.resume !== undefined && tokens.includes(w.resume));
   const accepted = mine.some((w) => w.status !== undefined && w.status < 300);
   if (broke && mine.length > 0 && !accepted) return { kind: "gave_up", seen };
@@ -127,7 +138,7 @@ while (Date.now() < end) {
     } catch (e) {
       // -32001 here is the SDK's own RequestTimeout (tether's 404 arrives as an HTTP error).
       if (e?.hung || e?.code === -32001) {
-        const why = whyHung(t0, tokens);
+        const why = whyHung(t0, tokens, msg);
         if (why.kind === "hung") stats.hung++;
         else {
           stats.sdk_hung++;
