@@ -202,6 +202,48 @@ async fn streams_are_primed_for_2025_11_25() {
     gw.shutdown().await;
 }
 
+/// A request stream's priming event leaves in the same write as the response headers, never a
+/// moment after them: a client that sees the stream open already holds an id to resume it from.
+/// The TypeScript SDK resumes a POST's stream only after an event id; a stream cut between the
+/// headers and the priming event (tether killed) left its call waiting out its own timeout —
+/// the one hung call of the soak. Read over a raw socket: the first bytes that complete the
+/// headers must also carry the priming id. (Before the fix, about half the streams sent their
+/// headers alone; 50 streams make a pass by luck impossible.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_priming_event_leaves_with_the_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = echo_gateway().await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("session id");
+    for i in 0..50 {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "p"}}})
+            .to_string();
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Mcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\nContent-Length: {}\r\n\r\n{body}",
+            gw.addr,
+            body.len()
+        );
+        let mut sock = within(tokio::net::TcpStream::connect(gw.addr)).await.expect("connect");
+        within(sock.write_all(request.as_bytes())).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let end = loop {
+            let n = within(sock.read(&mut buf)).await.expect("read");
+            assert!(n > 0, "stream {i}: closed before its headers: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let (head, rest) = (String::from_utf8_lossy(&got[..end]), String::from_utf8_lossy(&got[end..]));
+        assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "stream {i}: {head}");
+        assert!(rest.contains("id: "), "stream {i}: the headers came without the priming event: {head}{rest:?}");
+    }
+    gw.shutdown().await;
+}
+
 /// A client that accepts only JSON gets JSON.
 #[tokio::test]
 async fn json_only_clients_get_json() {

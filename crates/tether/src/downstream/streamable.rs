@@ -240,11 +240,16 @@ async fn forward(
 
     let (tx, resp) = sse_response(None);
     let pump = pump(app, &session, tx, true);
+    // The priming event is in the body before the response is returned, so that it leaves in
+    // the same write as the headers. Written by the task below, it could follow them a moment
+    // later, and a stream cut in between is one the client sees open but cannot resume: it has
+    // no event id, and the TypeScript SDK resumes a POST's stream only after one (its call then
+    // waits out its own timeout). The channel is new and empty: this send does not wait.
+    if !pump.prime(&priming).await {
+        return resp;
+    }
     tokio::spawn(
         async move {
-            if !pump.prime(&priming).await {
-                return;
-            }
             if pump.run(&mut rx, true, Some(deadline)).await == End::Deadline && session.time_out(gid).await {
                 pump.run(&mut rx, true, Some(Instant::now() + Duration::from_secs(1))).await;
             }
