@@ -23,6 +23,13 @@ impl Backoff {
     pub fn delay(&self, n: u32, jitter: f64) -> Duration {
         self.ceiling(n).mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
+
+    /// The delay before retry number `n`, spread by `jitter` in [0, 1) over 75–125 % of
+    /// base · 2ⁿ and then capped: a request pacing its own retries (it must not come in much
+    /// later than the schedule says, nor all at once with others).
+    pub fn around(&self, n: u32, jitter: f64) -> Duration {
+        self.base.saturating_mul(1u32 << n.min(16)).mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(self.max)
+    }
 }
 
 #[cfg(test)]
@@ -38,5 +45,8 @@ mod tests {
         assert_eq!(b.delay(1, 0.0), Duration::from_millis(100));
         assert_eq!(b.delay(1, 1.0), Duration::from_millis(200));
         assert_eq!(b.delay(1, 7.0), Duration::from_millis(200), "jitter is clamped");
+        assert_eq!(b.around(1, 0.0), Duration::from_millis(150));
+        assert_eq!(b.around(2, 1.0), Duration::from_millis(500));
+        assert_eq!(b.around(20, 0.0), Duration::from_secs(1), "capped after the spread");
     }
 }

@@ -43,8 +43,12 @@ impl RestartPolicy {
     /// `backoff_base`, doubling, with jitter (`jitter` in [0, 1) spreads it over 75–125 %),
     /// capped at `backoff_max`.
     pub fn retry_delay(&self, n: u32, jitter: f64) -> Duration {
-        let exp = self.backoff_base.saturating_mul(1u32 << n.saturating_sub(1).min(16));
-        exp.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(self.backoff_max)
+        self.backoff().around(n.saturating_sub(1), jitter)
+    }
+
+    /// The one backoff schedule, with these settings.
+    fn backoff(&self) -> Backoff {
+        Backoff { base: self.backoff_base, max: self.backoff_max }
     }
 }
 
@@ -118,8 +122,7 @@ impl Breaker {
         if self.consecutive <= 1 {
             return Verdict::Attempt(Duration::ZERO);
         }
-        let backoff = Backoff { base: policy.backoff_base, max: policy.backoff_max };
-        let delay = backoff.delay(self.consecutive - 2, jitter);
+        let delay = policy.backoff().delay(self.consecutive - 2, jitter);
         let since = self.last_failure.map_or(Duration::MAX, |t| now.duration_since(t));
         Verdict::Attempt(delay.saturating_sub(since))
     }
