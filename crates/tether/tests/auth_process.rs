@@ -275,24 +275,18 @@ async fn official_sdk_clients_through_tether_with_a_bearer_token() {
         std::fs::create_dir_all(&dir).expect("log dir");
         let tokens = dir.join("tokens");
         std::fs::write(&tokens, format!("sdk-client:{token}\n")).expect("tokens");
+        let args = [
+            "--auth-token-file".to_owned(),
+            path_arg(&tokens),
+            "--store".into(),
+            "memory".into(),
+            "--".into(),
+            path_arg(&peers.node),
+            path_arg(&peers.everything),
+            "stdio".into(),
+        ];
         let log = dir.join("tether.log");
-        let started = on_free_port("tether", "tether", async |port| {
-            let mut cmd = Command::new(&peers.tether);
-            cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
-                .arg("--auth-token-file")
-                .arg(&tokens)
-                .args(["--store", "memory", "--", &path_arg(&peers.node), &path_arg(&peers.everything), "stdio"])
-                .env("NO_COLOR", "1")
-                .env("XDG_STATE_HOME", dir.join("state"))
-                .env_remove("TETHER_CONFIG")
-                .current_dir(&peers.workspace);
-            let mut proc = Proc::spawn("tether", &mut cmd, &log, &log)?;
-            let marker = format!("tether serving MCP at http://127.0.0.1:{port}/mcp");
-            let taken = format!("cannot listen on 127.0.0.1:{port}");
-            let how = Readiness { taken: &[&taken], port: None, new_only: false, poll: Duration::from_millis(100) };
-            Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
-        })
-        .await;
+        let started = start_tether(&peers, &args, &dir).await;
         let (mut tether, port) = match started {
             Ok(t) => t,
             Err(e) => {

@@ -290,6 +290,37 @@ pub fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
 }
 
+/// Starts `tether serve` on a free port with the given arguments (the upstream, and any other flags).
+pub async fn start_tether(peers: &Peers, args: &[String], dir: &Path) -> Result<(Proc, u16), String> {
+    let log = dir.join("tether.log");
+    on_free_port("tether", "tether", async |port| {
+        let mut cmd = Command::new(&peers.tether);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("NO_COLOR", "1")
+            // tether's state (the default sqlite session store, the admin token) lives under
+            // $XDG_STATE_HOME: one per run, so that concurrent tethers (other tests, other test
+            // processes, a developer's own) never share sessions, and $HOME stays untouched.
+            .env("XDG_STATE_HOME", dir.join("state"))
+            // The admin listener's default is the fixed 127.0.0.1:9090, which only one tether
+            // on the host can have: each one here takes a free port instead.
+            .env("TETHER_ADMIN_LISTEN", "127.0.0.1:0")
+            // The upstream, listen address and store come from the above, nothing else.
+            .env_remove("TETHER_LISTEN")
+            .env_remove("TETHER_CONFIG")
+            .env_remove("TETHER_STORE")
+            .env_remove("TETHER_UPSTREAM")
+            .env_remove("TETHER_UPSTREAM_SSE")
+            .current_dir(&peers.workspace);
+        let mut proc = Proc::spawn("tether", &mut cmd, &log, &log)?;
+        let marker = format!("tether serving MCP at http://127.0.0.1:{port}/mcp");
+        let taken = format!("cannot listen on 127.0.0.1:{port}");
+        let how = Readiness { taken: &[&taken], port: None, new_only: false, poll: Duration::from_millis(100) };
+        Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
+    })
+    .await
+}
+
 pub fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
