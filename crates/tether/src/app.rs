@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::timed_store::TimedStore;
 use crate::admin::{AdminServer, AdminState, AdminToken};
 use crate::config::Config;
 use crate::downstream::{self, AppState};
 use crate::session::{Deps, Manager};
 use crate::stats::Stats;
+use crate::store::timed::TimedStore;
 use crate::telemetry::LogControl;
 
 /// How long in-flight requests get to finish after a shutdown signal.

@@ -4,52 +4,16 @@
 mod requests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use requests::{MethodClass, Outcome, RequestProbe, RequestStats};
 
-/// One counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A counter: prometheus-client's own (an atomic), encoded at `/metrics` as it is.
+pub type Counter = prometheus_client::metrics::counter::Counter;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes one away.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// A value that goes up and down: prometheus-client's own gauge.
+pub type Gauge = prometheus_client::metrics::gauge::Gauge;
 
 /// Upper bounds (seconds) for request latency: from a cached answer to a long tool call.
 pub const REQUEST_BUCKETS: [f64; 14] =
@@ -59,6 +23,10 @@ pub const REQUEST_BUCKETS: [f64; 14] =
 pub const STORE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5];
 
 /// A latency histogram over fixed bucket bounds: lock-free to observe.
+///
+/// Hand-written because prometheus-client's `Histogram` (0.25) keeps its buckets behind a
+/// mutex every observation takes — a lock on the request path of every session — and does
+/// not expose its bucket counts, which the dashboard's p50/p99 plots read.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],

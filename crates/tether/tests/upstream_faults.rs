@@ -41,7 +41,7 @@ async fn an_answer_over_the_message_limit_gets_an_error_and_the_session_goes_on(
     assert_eq!(r.answer["result"]["content"][0]["text"], "after", "the session is not wedged: {}", r.answer);
     assert_eq!(harness::only_child(&gw), pid, "the same child serves on");
     let sup = &gw.manager.deps().config.upstream.supervisor;
-    assert_eq!(sup.oversized_lines_total.load(Ordering::Relaxed), 2);
+    assert_eq!(sup.oversized_lines_total.get(), 2);
     gw.shutdown().await;
 }
 
@@ -167,7 +167,7 @@ async fn a_command_that_exits_at_once_is_backed_off_and_reported() {
         let (status, v) = raw_post(&gw, &JSON_POST, init.clone()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     }
-    let spawned = sup.quick_exits_total.load(Ordering::Relaxed);
+    let spawned = sup.quick_exits_total.get();
     assert!(spawned >= 5, "{spawned}");
 
     // Now a new session is refused at once, without starting a process.
@@ -175,8 +175,8 @@ async fn a_command_that_exits_at_once_is_backed_off_and_reported() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["data"]["reason"], "crash_loop", "{v}");
     assert!(v["error"]["data"]["retry_after_s"].as_u64().is_some_and(|s| s >= 1), "{v}");
-    assert_eq!(sup.quick_exits_total.load(Ordering::Relaxed), spawned, "no process was started");
-    assert!(sup.spawns_refused_total.load(Ordering::Relaxed) >= 1);
+    assert_eq!(sup.quick_exits_total.get(), spawned, "no process was started");
+    assert!(sup.spawns_refused_total.get() >= 1);
 
     let http = reqwest::Client::new();
     let ready = within(http.get(format!("{admin}/readyz")).send()).await.expect("readyz");

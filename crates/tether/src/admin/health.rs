@@ -104,12 +104,12 @@ pub async fn deep(State(state): State<AdminState>) -> Response {
             "idle": counts.idle,
             "revives": stats.revives.get(),
             "reviveFailures": stats.revive_failures.get(),
-            "crashLoops": stats.crash_loops.get() + sup.backoffs_total.load(std::sync::atomic::Ordering::Relaxed),
+            "crashLoops": stats.crash_loops.get() + sup.backoffs_total.get(),
             "command": {
                 "backingOff": backoff.is_some(),
                 "retryInSeconds": backoff.map(|d| d.as_secs_f64()),
                 "quickExitsInRow": sup.quick_exits_in_row(),
-                "quickExits": sup.quick_exits_total.load(std::sync::atomic::Ordering::Relaxed),
+                "quickExits": sup.quick_exits_total.get(),
             },
         },
         "store": match &store {

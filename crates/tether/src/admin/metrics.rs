@@ -71,16 +71,11 @@ impl Collector for TetherCollector {
         gauge(e, "tether_draining", "1 while new sessions are refused (drain).", None, u8::from(m.is_draining()))?;
 
         gauge(e, "tether_sessions_active", "Client sessions live in this process.", None, m.live_count() as f64)?;
-        counter(e, "tether_sessions_created", "Client sessions created.", s.sessions_created.get())?;
-        counter(e, "tether_sessions_closed", "Sessions closed by the client or an operator.", s.sessions_closed.get())?;
-        counter(e, "tether_sessions_expired", "Sessions ended by the idle TTL.", s.sessions_expired.get())?;
-        counter(
-            e,
-            "tether_sessions_resumed",
-            "Sessions loaded from the store, not live here.",
-            s.sessions_resumed.get(),
-        )?;
-        counter(e, "tether_sessions_revived", "Upstream sides rebuilt by replay.", s.revives.get())?;
+        counter(e, "tether_sessions_created", "Client sessions created.", &s.sessions_created)?;
+        counter(e, "tether_sessions_closed", "Sessions closed by the client or an operator.", &s.sessions_closed)?;
+        counter(e, "tether_sessions_expired", "Sessions ended by the idle TTL.", &s.sessions_expired)?;
+        counter(e, "tether_sessions_resumed", "Sessions loaded from the store, not live here.", &s.sessions_resumed)?;
+        counter(e, "tether_sessions_revived", "Upstream sides rebuilt by replay.", &s.revives)?;
 
         let c = UpstreamCounts::of(m);
         let mut f = e.encode_descriptor(
@@ -92,20 +87,14 @@ impl Collector for TetherCollector {
         for (state, n) in [("alive", c.alive), ("restarting", c.restarting), ("broken", c.broken), ("idle", c.idle)] {
             ConstGauge::new(n as f64).encode(f.encode_family(&[("state", state)])?)?;
         }
-        counter(e, "tether_upstream_losses", "Upstream connections that died on their own.", s.upstream_losses.get())?;
-        counter(
-            e,
-            "tether_upstream_restart_failures",
-            "Upstream restarts (revives) that failed.",
-            s.revive_failures.get(),
-        )?;
+        counter(e, "tether_upstream_losses", "Upstream connections that died on their own.", &s.upstream_losses)?;
+        counter(e, "tether_upstream_restart_failures", "Upstream restarts (revives) that failed.", &s.revive_failures)?;
         let sup = &m.deps().config.upstream.supervisor;
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         counter(
             e,
             "tether_upstream_crash_loops",
             "Times a crash-loop breaker opened, or the stdio command was backed off across sessions.",
-            s.crash_loops.get() + load(&sup.backoffs_total),
+            &ConstCounter::new(s.crash_loops.get() + sup.backoffs_total.get()),
         )?;
         gauge(
             e,
@@ -118,39 +107,39 @@ impl Collector for TetherCollector {
             e,
             "tether_upstream_quick_exits",
             "Stdio children that exited before writing a message.",
-            load(&sup.quick_exits_total),
+            &sup.quick_exits_total,
         )?;
         counter(
             e,
             "tether_upstream_spawns_refused",
             "Stdio spawns refused during a command backoff.",
-            load(&sup.spawns_refused_total),
+            &sup.spawns_refused_total,
         )?;
         counter(
             e,
             "tether_upstream_oversized_lines",
             "Stdout lines over the message limit, discarded.",
-            load(&sup.oversized_lines_total),
+            &sup.oversized_lines_total,
         )?;
         counter(
             e,
             "tether_upstream_junk_lines",
             "Stdout lines that were not JSON-RPC messages, skipped.",
-            load(&sup.junk_lines_total),
+            &sup.junk_lines_total,
         )?;
         counter(
             e,
             "tether_upstream_stderr_truncated",
             "Stderr lines cut to the 4 KiB log line limit.",
-            load(&sup.stderr_truncated_total),
+            &sup.stderr_truncated_total,
         )?;
         counter(
             e,
             "tether_upstream_log_lines_suppressed",
             "Stderr and junk stdout lines not logged (rate limit).",
-            load(&sup.log_lines_suppressed_total),
+            &sup.log_lines_suppressed_total,
         )?;
-        counter(e, "tether_upstream_reaped", "Upstream connections released when idle.", s.upstream_reaped.get())?;
+        counter(e, "tether_upstream_reaped", "Upstream connections released when idle.", &s.upstream_reaped)?;
 
         let mut f = e.encode_descriptor(
             "tether_requests",
@@ -173,26 +162,27 @@ impl Collector for TetherCollector {
         for class in MethodClass::ALL {
             histogram(f.encode_family(&[("method_class", class.as_str())])?, &s.requests.latency(class).snapshot())?;
         }
-        counter(
-            e,
-            "tether_requests_retried",
-            "In-flight requests sent again after a revive.",
-            s.requests_retried.get(),
-        )?;
+        counter(e, "tether_requests_retried", "In-flight requests sent again after a revive.", &s.requests_retried)?;
         counter(
             e,
             "tether_requests_interrupted",
             "In-flight requests ended with 'upstream restarted'.",
-            s.requests_interrupted.get(),
+            &s.requests_interrupted,
         )?;
-        counter(e, "tether_tool_calls", "tools/call requests served.", s.tool_calls.get())?;
+        counter(e, "tether_tool_calls", "tools/call requests served.", &s.tool_calls)?;
 
-        gauge(e, "tether_sse_streams_open", "SSE response streams open now.", None, s.sse_streams_open.get() as f64)?;
+        let g = &s.sse_streams_open;
+        g.encode(e.encode_descriptor(
+            "tether_sse_streams_open",
+            "SSE response streams open now.",
+            None,
+            g.metric_type(),
+        )?)?;
         counter(
             e,
             "tether_sse_events_replayed",
             "Stored events sent again to clients resuming with Last-Event-ID.",
-            s.events_replayed.get(),
+            &s.events_replayed,
         )?;
 
         let mut f = e.encode_descriptor(
@@ -217,8 +207,7 @@ impl Collector for TetherCollector {
     }
 }
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
-    let c = ConstCounter::new(v);
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, c: &impl EncodeMetric) -> Fmt {
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 

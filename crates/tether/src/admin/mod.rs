@@ -13,7 +13,6 @@ pub mod health;
 pub mod log_level;
 pub mod metrics;
 pub mod sessions;
-pub mod timed_store;
 pub mod token;
 
 use std::future::Future;

@@ -173,7 +173,7 @@ impl Manager {
     /// Counts and logs the end of a session: one line per lifecycle event.
     fn count_end(&self, id: &str, created_at: u64, reason: CloseReason) {
         let stats = &self.deps.stats;
-        stats.ended_session_ms.add(now_ms().saturating_sub(created_at));
+        stats.ended_session_ms.inc_by(now_ms().saturating_sub(created_at));
         match reason {
             CloseReason::Expired => {
                 stats.sessions_expired.inc();

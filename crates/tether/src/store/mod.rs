@@ -1,10 +1,12 @@
 //! Session store backends: memory (ephemeral) and SQLite (the default, embedded, durable).
-//! Each implements both [`SessionStore`] and [`EventStore`] and passes the contract suite.
+//! Each implements both [`SessionStore`] and [`EventStore`] and passes the contract suite;
+//! `timed` wraps whichever is chosen to time its writes for `/metrics`.
 
 mod group_commit;
 pub mod lock;
 pub mod memory;
 pub mod sqlite;
+pub mod timed;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -246,7 +246,7 @@ impl StdoutReader {
                 self.events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_ok()
             }
             Err(e) => {
-                self.supervisor.junk_lines_total.fetch_add(1, Ordering::Relaxed);
+                self.supervisor.junk_lines_total.inc();
                 if let Some(suppressed) = self.may_log() {
                     let preview = String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)]);
                     warn!(error = %e, line = %preview, suppressed, "upstream wrote a line that is not a JSON-RPC message; skipped");
@@ -259,7 +259,7 @@ impl StdoutReader {
     /// A line over the message limit was discarded: the request it answered, when its id shows
     /// at either end, gets an error now instead of waiting for its timeout.
     async fn oversized(&mut self, head: &[u8], tail: &[u8], len: usize) -> bool {
-        self.supervisor.oversized_lines_total.fetch_add(1, Ordering::Relaxed);
+        self.supervisor.oversized_lines_total.inc();
         let id = response_id(head, tail);
         if let Some(suppressed) = self.may_log() {
             warn!(bytes = len, max = self.max, request = ?id, suppressed, "upstream stdout line over the message limit; discarded");
@@ -275,7 +275,7 @@ impl StdoutReader {
         match self.log.check() {
             LogVerdict::Log(n) => Some(n),
             LogVerdict::Suppress => {
-                self.supervisor.log_lines_suppressed_total.fetch_add(1, Ordering::Relaxed);
+                self.supervisor.log_lines_suppressed_total.inc();
                 None
             }
         }
@@ -297,7 +297,7 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, supervisor: Arc<Supervi
         let (text, truncated) = match &frame {
             Frame::Line(l) => (&l[..], 0),
             Frame::Long { head, len, .. } => {
-                supervisor.stderr_truncated_total.fetch_add(1, Ordering::Relaxed);
+                supervisor.stderr_truncated_total.inc();
                 (&head[..], len - head.len())
             }
         };
@@ -317,7 +317,7 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, supervisor: Arc<Supervi
                 }
             }
             LogVerdict::Suppress => {
-                supervisor.log_lines_suppressed_total.fetch_add(1, Ordering::Relaxed);
+                supervisor.log_lines_suppressed_total.inc();
             }
         }
     }

@@ -8,8 +8,8 @@
 //! sessions) stop spawning for a backoff that doubles while it goes on (1 s … 60 s). The first
 //! child that answers ends it.
 
+use crate::stats::Counter;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -44,19 +44,19 @@ struct State {
 pub struct Supervisor {
     state: Mutex<State>,
     /// Times spawning was stopped for a backoff.
-    pub backoffs_total: AtomicU64,
+    pub backoffs_total: Counter,
     /// Children that exited before writing a message.
-    pub quick_exits_total: AtomicU64,
+    pub quick_exits_total: Counter,
     /// Spawns refused during a backoff.
-    pub spawns_refused_total: AtomicU64,
+    pub spawns_refused_total: Counter,
     /// Stdout lines over the message limit, discarded.
-    pub oversized_lines_total: AtomicU64,
+    pub oversized_lines_total: Counter,
     /// Stdout lines that were not JSON-RPC messages, skipped.
-    pub junk_lines_total: AtomicU64,
+    pub junk_lines_total: Counter,
     /// Stderr lines cut to the log's line limit.
-    pub stderr_truncated_total: AtomicU64,
+    pub stderr_truncated_total: Counter,
     /// Stderr and junk stdout lines not logged because of the rate limit.
-    pub log_lines_suppressed_total: AtomicU64,
+    pub log_lines_suppressed_total: Counter,
 }
 
 impl Supervisor {
@@ -66,7 +66,7 @@ impl Supervisor {
         let state = self.lock();
         match state.open_until {
             Some(until) if until > now => {
-                self.spawns_refused_total.fetch_add(1, Ordering::Relaxed);
+                self.spawns_refused_total.inc();
                 Err(until - now)
             }
             _ => Ok(()),
@@ -84,14 +84,14 @@ impl Supervisor {
                 *s = State::default();
             }
             ChildOutcome::QuickExit => {
-                self.quick_exits_total.fetch_add(1, Ordering::Relaxed);
+                self.quick_exits_total.inc();
                 s.quick_exits_in_row = s.quick_exits_in_row.saturating_add(1);
                 let open = s.open_until.is_some_and(|u| u > Instant::now());
                 if s.quick_exits_in_row >= QUICK_EXITS_TO_BACK_OFF && !open {
                     let backoff = BACKOFF_BASE.saturating_mul(1 << s.backoffs.min(6)).min(BACKOFF_MAX);
                     s.backoffs = s.backoffs.saturating_add(1);
                     s.open_until = Some(Instant::now() + backoff);
-                    self.backoffs_total.fetch_add(1, Ordering::Relaxed);
+                    self.backoffs_total.inc();
                     warn!(
                         quick_exits = s.quick_exits_in_row,
                         backoff_ms = backoff.as_millis() as u64,
@@ -185,7 +185,7 @@ mod tests {
         assert!(s.admit().is_ok(), "one try after the backoff");
         s.record(ChildOutcome::QuickExit);
         assert_eq!(s.backing_off(), Some(BACKOFF_BASE * 2), "it doubles");
-        assert_eq!(s.backoffs_total.load(Ordering::Relaxed), 2);
+        assert_eq!(s.backoffs_total.get(), 2);
         tokio::time::advance(BACKOFF_BASE * 2).await;
         s.record(ChildOutcome::Answered);
         assert!(s.admit().is_ok());

@@ -112,7 +112,7 @@ impl EventStore for TimedStore {
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
         let r = self.inner.replay(session, stream, after_seq, limit).await;
         if let Ok(Replay::Events(events)) = &r {
-            self.stats.events_replayed.add(events.len() as u64);
+            self.stats.events_replayed.inc_by(events.len() as u64);
         }
         r
     }
