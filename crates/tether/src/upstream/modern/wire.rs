@@ -255,6 +255,23 @@ pub fn refuses_handshake(answer: &Message) -> bool {
     !supported.is_empty() && supported.iter().all(|v| version::era(v) == Some(version::Era::Modern))
 }
 
+/// Whether a `server/discover` result names 2026-07-28 among its `supportedVersions` (a result
+/// without the list is taken at its word).
+pub fn lists_modern(discover: &Value) -> bool {
+    match discover.get("supportedVersions").and_then(Value::as_array) {
+        Some(list) => list.iter().any(|v| v.as_str() == Some(MODERN_VERSION)),
+        None => discover.is_object(),
+    }
+}
+
+/// A JSON-RPC error answer in a few words, for logs and error details.
+pub fn describe_error(answer: &Message) -> String {
+    let e: Value = answer.error_object().and_then(|e| serde_json::from_str(e.get()).ok()).unwrap_or(Value::Null);
+    let code = e.get("code").and_then(Value::as_i64).map_or_else(|| "?".to_owned(), |c| c.to_string());
+    let message: String = e.get("message").and_then(Value::as_str).unwrap_or("").chars().take(160).collect();
+    format!("error {code} {message:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
