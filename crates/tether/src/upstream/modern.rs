@@ -107,6 +107,9 @@ enum ReadFailure {
     Broken(String),
     /// An HTTP error without a JSON-RPC answer.
     Refused { status: u16, detail: String },
+    /// What a handshake-era server answers a request without its session (a 400/404 about a
+    /// missing session, or "not initialized"): the remote does not speak 2026-07-28 (any more).
+    NotModern(String),
 }
 
 impl Handle {
@@ -309,6 +312,7 @@ impl Handle {
             Err(ReadFailure::Refused { status, detail }) => {
                 return Ok(Discovered::NotModern(format!("HTTP {status}: {detail}")));
             }
+            Err(ReadFailure::NotModern(why)) => return Ok(Discovered::NotModern(why)),
         };
         let Some(result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {
             // A handshake-era server refuses discovery (-32601, "not initialized", a missing
@@ -471,6 +475,10 @@ impl Shared {
             Ok(b) => b,
             Err(e) => return Err(ReadFailure::Broken(format!("reading the response body failed: {}", describe(&e)))),
         };
+        if wire::handshake_session_refusal(status.as_u16(), &body) {
+            let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(ReadFailure::NotModern(format!("HTTP {}: {detail}", status.as_u16())));
+        }
         match Message::parse(&body) {
             Ok(m) if matches!(m.kind(), Kind::Response | Kind::Error) => Ok(m),
             _ => Err(ReadFailure::Refused {
@@ -498,6 +506,16 @@ impl Shared {
                 }
                 Err(ReadFailure::Refused { status, detail }) => {
                     self.fail(gid, GatewayError::UpstreamRefused { status, detail }).await;
+                    break;
+                }
+                Err(ReadFailure::NotModern(why)) => {
+                    // Restarted in the handshake era: the request did not run. The session
+                    // sends it again on a new connection, which probes the era again.
+                    warn!(reason = %why, "the remote no longer speaks 2026-07-28");
+                    // Not from this task: ending the connection aborts its exchanges, this one too.
+                    self.state().exchanges.remove(&gid);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.lost(QuitReason::SessionLost("session_invalid"), vec![gid]).await });
                     break;
                 }
             };

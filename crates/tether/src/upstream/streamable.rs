@@ -165,6 +165,12 @@ impl Handle {
         if let Some(refusal) = modern_refusal(msg, &body) {
             return Ok(Sent::ModernOnly(refusal));
         }
+        if had_session && Message::parse(&body).is_ok_and(|m| super::modern::refuses_handshake(&m)) {
+            // The server was restarted as a modern-only one: our session is gone with the era.
+            // Nothing ran; the next connection probes again ([`super::era`]).
+            shared.lost(QuitReason::SessionLost("session_invalid"), gid.into_iter().collect()).await;
+            return Err(SendError::SessionLost);
+        }
         // An HTTP error that carries a JSON-RPC error for this request is the upstream's answer.
         if let Ok(answer) = Message::parse(&body)
             && answer.kind() == Kind::Error

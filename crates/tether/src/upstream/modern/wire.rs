@@ -264,6 +264,17 @@ pub fn lists_modern(discover: &Value) -> bool {
     }
 }
 
+/// Whether an HTTP error answer is a handshake-era server refusing a request that carries no
+/// session of its (a 400/404 that talks of a session, or of not being initialized): proof that
+/// the remote does not speak 2026-07-28. A modern server never speaks of sessions.
+pub fn handshake_session_refusal(status: u16, body: &[u8]) -> bool {
+    if status != 400 && status != 404 {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    Message::parse(body).is_ok() && (text.contains("session") || text.contains("not initialized"))
+}
+
 /// A JSON-RPC error answer in a few words, for logs and error details.
 pub fn describe_error(answer: &Message) -> String {
     let e: Value = answer.error_object().and_then(|e| serde_json::from_str(e.get()).ok()).unwrap_or(Value::Null);
@@ -284,6 +295,22 @@ mod tests {
             "capabilities": {"sampling": {}, "elicitation": {}},
             "clientInfo": {"name": "c", "version": "1"}
         }))
+    }
+
+    #[test]
+    fn handshake_servers_are_told_from_modern_refusals() {
+        let everything =
+            br#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: Server not initialized"},"id":null}"#;
+        let python =
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request: Missing session ID"}}"#;
+        let mismatch = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32020,"message":"Mcp-Name does not match"}}"#;
+        assert!(handshake_session_refusal(400, everything));
+        assert!(handshake_session_refusal(400, python));
+        assert!(!handshake_session_refusal(400, mismatch));
+        assert!(!handshake_session_refusal(500, python));
+        assert!(!handshake_session_refusal(400, b"session"), "not JSON-RPC");
+        assert!(lists_modern(&json!({"supportedVersions": ["2026-07-28"]})));
+        assert!(!lists_modern(&json!({"supportedVersions": ["2025-11-25"]})));
     }
 
     #[test]
