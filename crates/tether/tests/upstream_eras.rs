@@ -521,7 +521,6 @@ async fn bridge_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
             problems.push(format!("{era:?} (step {n}): {answer}"));
         }
     }
-    drop(ask);
     let _ = child.kill().await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     for want in ["switching to the modern era", "switching to the handshake era"] {
