@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 // The official TypeScript SDK client (@modelcontextprotocol/sdk 1.x, handshake era only) driving
-// `tether bridge` over stdio, as a desktop client would, in front of a remote that speaks ONLY
-// MCP 2026-07-28 (tests/peers/modern_server.py). The same steps and kill points as
+// `tether bridge` over stdio, as a desktop client would (`--command`), or `tether serve` over
+// Streamable HTTP (`--url`), in front of a remote that speaks ONLY MCP 2026-07-28
+// (tests/peers/modern_server.py). The same steps and kill points as
 // tests/peers/modern_bridge_client.py, so that both official clients are checked:
 //
 //   node tests/peers/modern_bridge_client.mjs --command "<tether> bridge <URL> …"
+//   node tests/peers/modern_bridge_client.mjs --url http://127.0.0.1:PORT/mcp
 //       [--request-timeout 30] [--step-timeout 60] [--kill-timeout 90] [--scenario-timeout 300]
 //
 // Prints one JSON line per check ({"check", "ok", "detail"}), a {"event":"kill-point","name"}
@@ -13,6 +15,7 @@
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   ElicitRequestSchema,
   LoggingMessageNotificationSchema,
@@ -25,11 +28,12 @@ import { createInterface } from "node:readline";
 const LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
 
 function parseArgs(argv) {
-  const a = { command: null, requestTimeout: 30, stepTimeout: 60, killTimeout: 90, scenarioTimeout: 300 };
+  const a = { command: null, url: null, requestTimeout: 30, stepTimeout: 60, killTimeout: 90, scenarioTimeout: 300 };
   for (let i = 0; i < argv.length; i++) {
     const v = () => argv[++i];
     switch (argv[i]) {
       case "--command": a.command = v(); break;
+      case "--url": a.url = v(); break;
       case "--request-timeout": a.requestTimeout = Number(v()); break;
       case "--step-timeout": a.stepTimeout = Number(v()); break;
       case "--kill-timeout": a.killTimeout = Number(v()); break;
@@ -39,8 +43,8 @@ function parseArgs(argv) {
         process.exit(2);
     }
   }
-  if (!a.command) {
-    process.stderr.write("usage: modern_bridge_client.mjs --command 'TETHER bridge URL …'\n");
+  if (!a.command === !a.url) {
+    process.stderr.write("usage: modern_bridge_client.mjs --command 'TETHER bridge URL …' | --url URL\n");
     process.exit(2);
   }
   return a;
@@ -222,8 +226,13 @@ async function inFlight(point, tool, expectOk) {
 }
 
 async function run() {
-  const [command, ...rest] = splitCommand(args.command);
-  const transport = new StdioClientTransport({ command, args: rest, env: process.env, stderr: "inherit" });
+  let transport;
+  if (args.url) {
+    transport = new StreamableHTTPClientTransport(new URL(args.url));
+  } else {
+    const [command, ...rest] = splitCommand(args.command);
+    transport = new StdioClientTransport({ command, args: rest, env: process.env, stderr: "inherit" });
+  }
   await withTimeout(client.connect(transport, callOpts()), args.stepTimeout, "connect");
   await step("connect", connect);
   await step("tools", tools);
@@ -262,7 +271,7 @@ async function run() {
   });
   await step("down:read", read);
   await step("down:subscription", subscription);
-  await step("stdio-clean", async () => {
+  await step("transport-clean", async () => {
     await client.ping(callOpts());
     return [transportErrors.length === 0, { transport_errors: transportErrors.slice(0, 5) }];
   });

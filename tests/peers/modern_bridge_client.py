@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Client driver: the official Python MCP SDK (`mcp==2.3.0`) over stdio to `tether bridge`, whose
-remote is the modern-only (2026-07-28) `tests/peers/modern_server.py`.
+"""Client driver: the official Python MCP SDK (`mcp==2.3.0`) over stdio to `tether bridge`, or
+over Streamable HTTP to `tether serve`, in front of the modern-only (2026-07-28)
+`tests/peers/modern_server.py`.
 
     .peers/venv/bin/python tests/peers/modern_bridge_client.py --command "<tether> bridge URL …"
+    .peers/venv/bin/python tests/peers/modern_bridge_client.py --url http://127.0.0.1:PORT/mcp
 
-The SDK spawns the bridge, as a desktop client would, and speaks the handshake era to it
+With `--command` the SDK spawns the bridge, as a desktop client would; with `--url` it is an HTTP
+client of `tether serve --upstream <modern server>`. Either way it speaks the handshake era
 (`mode="legacy"`: `initialize`, `logging/setLevel`, `resources/subscribe`, server→client
-elicitation); the bridge must translate all of it to 2026-07-28. ONE stdio session throughout,
+elicitation); tether must translate all of it to 2026-07-28. ONE session throughout,
 while the harness kills and restarts the remote at kill points: the driver prints
 `{"event": "kill-point", "name": NAME}` and waits for a line `go` on stdin. Kill points:
   between        nothing in flight; the harness restarts the remote, then writes `go`
@@ -255,7 +258,7 @@ class Driver:
             await self.c.send_ping()
             return not self.errors, {"transport_errors": self.errors[:5]}
 
-        await self.step("stdio-clean", clean)
+        await self.step("transport-clean", clean)
 
     async def ok_after(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
         await aw
@@ -268,10 +271,14 @@ def text_of(r: types.CallToolResult) -> str:
 
 async def amain(args: argparse.Namespace) -> int:
     d = Driver(args)
-    argv = shlex.split(args.command)
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
+    if args.url:
+        server: Any = args.url
+    else:
+        argv = shlex.split(args.command)
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
+        server = stdio_client(params, errlog=sys.stderr)
     client = Client(
-        stdio_client(params, errlog=sys.stderr),
+        server,
         mode="legacy",
         read_timeout_seconds=args.request_timeout,
         client_info=types.Implementation(name="tether-modern-driver", version="0.1.0"),
@@ -294,7 +301,9 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--command", required=True, help="the bridge command line, split like a shell would")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--command", help="the bridge command line, split like a shell would")
+    how.add_argument("--url", help="the MCP endpoint of `tether serve` (Streamable HTTP)")
     ap.add_argument("--request-timeout", type=float, default=30.0)
     ap.add_argument("--step-timeout", type=float, default=60.0)
     ap.add_argument("--kill-timeout", type=float, default=90.0)

@@ -11,6 +11,7 @@ use crate::downstream::FrontConfig;
 use crate::session::store::Retention;
 use crate::session::{RestartPolicy, SessionConfig};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::era::UpstreamProtocol;
 
 mod admin;
 mod auth;
@@ -38,6 +39,11 @@ pub struct ServeArgs {
     /// A legacy HTTP+SSE upstream (its SSE endpoint URL)
     #[arg(long, env = "TETHER_UPSTREAM_SSE", value_name = "URL", conflicts_with = "command")]
     pub upstream_sse: Option<String>,
+    /// The era the HTTP upstream is spoken to in: `auto` (probed on each connection: the
+    /// initialize handshake when the server serves it, else MCP 2026-07-28), `handshake` or
+    /// `modern` [default: auto]
+    #[arg(long, env = "TETHER_UPSTREAM_PROTOCOL", value_name = "ERA")]
+    pub upstream_protocol: Option<String>,
     /// Extra allowed Origin (repeatable; localhost origins are always allowed; `*` allows any)
     #[arg(long = "allow-origin", env = "TETHER_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
@@ -170,6 +176,7 @@ pub struct FileConfig {
     store: Option<String>,
     upstream: Option<String>,
     upstream_sse: Option<String>,
+    upstream_protocol: Option<String>,
     command: Option<Vec<String>>,
     allow_origin: Option<Vec<String>>,
     allow_host: Option<Vec<String>>,
@@ -440,7 +447,18 @@ impl Config {
         }
         let admin = admin::load(args, &file, &file_name, listen)?;
         let auth = auth::load(args, &file, &file_name)?;
-        let upstream_options = auth::upstream_options(args, &file, &file_name, &upstream)?;
+        let mut upstream_options = auth::upstream_options(args, &file, &file_name, &upstream)?;
+        let (set, protocol) = pick!(upstream_protocol);
+        if let Some(text) = protocol {
+            let invalid = |reason| ConfigError::Invalid { key: "upstream_protocol", source_name: src(set), reason };
+            let protocol = UpstreamProtocol::parse(&text).map_err(invalid)?;
+            if protocol == UpstreamProtocol::Modern && !matches!(upstream, UpstreamSpec::Streamable { .. }) {
+                return Err(invalid(
+                    "`modern` (MCP 2026-07-28) is spoken to Streamable HTTP upstreams: use `upstream`".into(),
+                ));
+            }
+            upstream_options.protocol = protocol;
+        }
 
         Ok(Config {
             listen,
@@ -527,6 +545,27 @@ mod tests {
         assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
         let a = ServeArgs { upstream: Some("ftp://x".into()), ..ServeArgs::default() };
         assert!(Config::load(&a).expect_err("invalid").to_string().contains("`upstream`"));
+    }
+
+    #[test]
+    fn the_upstream_protocol_is_auto_by_default_and_modern_needs_http() {
+        let http = |p: Option<&str>| ServeArgs {
+            upstream: Some("http://127.0.0.1:1/mcp".into()),
+            upstream_protocol: p.map(Into::into),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::load(&http(None)).expect("valid").session.upstream.protocol, UpstreamProtocol::Auto);
+        for p in [UpstreamProtocol::Handshake, UpstreamProtocol::Modern, UpstreamProtocol::Auto] {
+            let c = Config::load(&http(Some(p.as_str()))).expect("valid");
+            assert_eq!(c.session.upstream.protocol, p);
+            assert!(c.to_redacted_toml().contains(&format!("upstream_protocol = \"{}\"", p.as_str())));
+        }
+        let e = Config::load(&http(Some("2026-07-28"))).expect_err("bad value").to_string();
+        assert!(e.contains("`upstream_protocol`"), "{e}");
+        let mut a = args(&["server"]);
+        a.upstream_protocol = Some("modern".into());
+        let e = Config::load(&a).expect_err("modern stdio").to_string();
+        assert!(e.contains("`upstream_protocol`") && e.contains("Streamable HTTP"), "{e}");
     }
 
     #[test]

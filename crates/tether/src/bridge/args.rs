@@ -20,8 +20,9 @@ pub enum TransportChoice {
 /// Which MCP era the remote speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolChoice {
-    /// Try the `initialize` handshake; a remote that refuses it with -32022 naming only
-    /// 2026-07-28 is spoken to in the modern era from then on.
+    /// Decided on each connection to the remote: the `initialize` handshake when the remote
+    /// serves it; a remote that refuses it with -32022 naming only 2026-07-28 is spoken to in
+    /// the modern era (until a connection finds it speaking the handshake era again).
     Auto,
     /// The handshake era (2024-11-05 … 2025-11-25): `initialize`, remote sessions.
     Handshake,

@@ -6,16 +6,17 @@
 //! requests follow the same safety policy.
 //!
 //! A remote that speaks only MCP 2026-07-28 (the stateless modern era) is bridged too: with
-//! `--protocol auto` (the default) the client's `initialize` goes to the remote first, and a
-//! refusal with -32022 that names only modern revisions switches the bridge to the modern
-//! upstream kind ([`crate::upstream::modern`]) for the rest of its life; `--protocol modern`
-//! skips the try. The client keeps speaking the handshake era either way.
+//! `--protocol auto` (the default) the era is decided for each connection to the remote, as
+//! `tether serve` decides it for its HTTP upstreams ([`crate::upstream::era`]): the client's
+//! `initialize` goes to the remote in the era last seen, and a refusal that names the other
+//! era switches that connection to it. A remote restarted in the other era is followed when the
+//! session revives. `--protocol handshake|modern` fixes the era. The client keeps speaking the
+//! handshake era either way.
 
 mod args;
 mod probe;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,8 +37,9 @@ use crate::session::record::Transport;
 use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
 use crate::stats::Stats;
 use crate::store::MemoryStore;
+use crate::upstream::UpstreamSpec;
+use crate::upstream::era::UpstreamProtocol;
 use crate::upstream::lines::{BoundedLines, Frame};
-use crate::upstream::{UpstreamSpec, modern};
 
 /// The largest line accepted from the local client.
 const MAX_LINE: usize = 16 << 20;
@@ -54,8 +56,6 @@ struct Bridge {
     http: reqwest::Client,
     out: mpsc::Sender<Bytes>,
     live: Mutex<Option<Live>>,
-    /// Whether the remote is spoken to in the modern era (configured, or learnt in `auto`).
-    modern: AtomicBool,
 }
 
 /// Runs the bridge until the client closes stdin.
@@ -70,8 +70,7 @@ pub async fn run(
         .build()?;
     let (out, out_rx) = mpsc::channel::<Bytes>(256);
     let writer = tokio::spawn(write_stdout(stdout, out_rx));
-    let modern = AtomicBool::new(config.protocol == ProtocolChoice::Modern);
-    let bridge = Arc::new(Bridge { config, http, out, live: Mutex::new(None), modern });
+    let bridge = Arc::new(Bridge { config, http, out, live: Mutex::new(None) });
     info!(url = %bridge.config.url, transport = ?bridge.config.transport, protocol = ?bridge.config.protocol, "tether bridge ready on stdio");
 
     // Not `LinesCodec`: after one line over the limit its stream ends, and the bridge with it.
@@ -165,9 +164,7 @@ impl Bridge {
     }
 
     /// The first `initialize` connects to the remote, retrying with backoff until
-    /// `--connect-timeout`; the client keeps its pipe either way. With `--protocol auto`, a
-    /// remote that refuses the handshake as a modern-only server does is asked again in the
-    /// modern era.
+    /// `--connect-timeout`; the client keeps its pipe either way.
     async fn initialize(self: &Arc<Self>, msg: Message) {
         let deadline = Instant::now() + self.config.connect_timeout;
         let backoff = Backoff { base: self.config.retry_delay, max: Duration::from_secs(30) };
@@ -181,24 +178,8 @@ impl Bridge {
             };
             let err = match result {
                 Ok(answer) => {
-                    if self.may_switch_era() && modern::refuses_handshake(&answer) {
-                        self.switch_to_modern().await;
-                        continue;
-                    }
-                    if answer.kind() == Kind::Response && self.config.protocol == ProtocolChoice::Auto {
-                        let era = if self.modern.load(Ordering::Acquire) { "modern" } else { "handshake" };
-                        info!(era, "remote protocol era");
-                    }
                     self.reply(answer).await;
                     return;
-                }
-                Err(GatewayError::UpstreamRefused { status, detail })
-                    if self.may_switch_era()
-                        && Message::parse(detail.as_bytes()).is_ok_and(|m| modern::refuses_handshake(&m)) =>
-                {
-                    debug!(status, "the remote refused initialize without naming our request");
-                    self.switch_to_modern().await;
-                    continue;
                 }
                 Err(e) => e,
             };
@@ -248,21 +229,6 @@ impl Bridge {
         Ok(answer)
     }
 
-    /// Whether a refusal of the handshake may still switch the bridge to the modern era.
-    fn may_switch_era(&self) -> bool {
-        self.config.protocol == ProtocolChoice::Auto && !self.modern.load(Ordering::Acquire)
-    }
-
-    /// The remote refused `initialize` as a modern-only server does: from now on it is spoken
-    /// to in the modern era (the handshake-era session is dropped; nothing was set up on it).
-    async fn switch_to_modern(&self) {
-        info!(era = "modern", url = %self.config.url, "the remote refused the initialize handshake naming only 2026-07-28; switching to the modern era");
-        self.modern.store(true, Ordering::Release);
-        if let Some(live) = self.live.lock().await.take() {
-            live.manager.close(live.session.id(), crate::session::record::CloseReason::ClientClosed).await;
-        }
-    }
-
     /// The bridge's session, made on first use: the transport is resolved (probing when
     /// `auto`), then one session with a stdio-kind stream for everything the remote sends.
     async fn session(self: &Arc<Self>) -> Result<(Arc<Session>, Sink), GatewayError> {
@@ -275,20 +241,24 @@ impl Bridge {
             TransportChoice::Sse => UpstreamSpec::Sse { url: self.config.url.clone() },
             TransportChoice::Auto => probe::detect(&self.http, &self.config.url).await?,
         };
-        let modern = self.modern.load(Ordering::Acquire);
-        if modern && !matches!(spec, UpstreamSpec::Streamable { .. }) {
+        let protocol = match self.config.protocol {
+            ProtocolChoice::Auto => UpstreamProtocol::Auto,
+            ProtocolChoice::Handshake => UpstreamProtocol::Handshake,
+            ProtocolChoice::Modern => UpstreamProtocol::Modern,
+        };
+        if protocol == UpstreamProtocol::Modern && !matches!(spec, UpstreamSpec::Streamable { .. }) {
             return Err(GatewayError::UpstreamUnavailable(
                 "--protocol modern, but the remote speaks legacy HTTP+SSE (2024-11-05)".into(),
             ));
         }
-        let era = match (modern, self.config.protocol) {
-            (true, _) => "modern (2026-07-28)",
-            (false, ProtocolChoice::Auto) => "auto (trying the initialize handshake)",
-            (false, _) => "handshake",
+        let era = match protocol {
+            UpstreamProtocol::Modern => "modern (2026-07-28)",
+            UpstreamProtocol::Auto => "auto (decided on each connection)",
+            UpstreamProtocol::Handshake => "handshake",
         };
         info!(upstream = spec.kind(), url = %self.config.url, era, "remote transport");
         let mut upstream = crate::session::SessionConfig::default().upstream;
-        upstream.modern = modern;
+        upstream.protocol = protocol;
         let session_config = SessionConfig {
             upstream,
             request_timeout: self.config.timeout,

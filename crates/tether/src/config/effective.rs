@@ -27,6 +27,7 @@ impl Config {
             store: Some(self.store.describe()),
             upstream,
             upstream_sse,
+            upstream_protocol: Some(s.upstream.protocol.as_str().into()),
             command,
             allow_origin: Some(self.front.allowed_origins.clone()),
             allow_host: Some(self.front.allowed_hosts.clone()),

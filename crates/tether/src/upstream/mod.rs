@@ -5,6 +5,7 @@
 //! reads. It knows nothing of clients, ids or replay; the session layer owns those.
 
 pub mod credentials;
+pub mod era;
 #[cfg(test)]
 pub mod fake;
 pub(crate) mod lines;
@@ -176,9 +177,13 @@ pub struct UpstreamOptions {
     pub close_grace: Duration,
     /// How long to wait for a connection or the legacy `endpoint` event.
     pub connect_timeout: Duration,
-    /// Speak MCP 2026-07-28 to a Streamable HTTP upstream (a modern-only server), translating
-    /// the session's handshake-era traffic ([`modern`]).
-    pub modern: bool,
+    /// The era a Streamable HTTP upstream is spoken to in (`--upstream-protocol`): probed per
+    /// connection, or fixed; 2026-07-28 translates the session's handshake-era traffic
+    /// ([`era`], [`modern`]).
+    pub protocol: era::UpstreamProtocol,
+    /// The eras the gateway's upstreams were last seen to speak, shared by every connection
+    /// made with these options.
+    pub eras: Arc<era::EraCache>,
     /// Headers for every request to an HTTP or SSE upstream (`--upstream-header`).
     pub headers: reqwest::header::HeaderMap,
     /// Forward each client's own `Authorization` to the upstream (`--forward-auth`).
@@ -196,7 +201,8 @@ impl Default for UpstreamOptions {
             max_message: 16 << 20,
             close_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
-            modern: false,
+            protocol: era::UpstreamProtocol::Auto,
+            eras: Arc::default(),
             headers: reqwest::header::HeaderMap::new(),
             forward_auth: false,
             env: Vec::new(),
@@ -221,9 +227,8 @@ pub struct ConnectContext {
 
 enum Kind {
     Stdio(stdio::Handle),
-    Streamable(streamable::Handle),
+    Http(era::Handle),
     Sse(sse::Handle),
-    Modern(modern::Handle),
     #[cfg(test)]
     Fake(fake::Handle),
 }
@@ -240,8 +245,7 @@ impl Upstream {
     pub async fn connect(spec: &UpstreamSpec, generation: u64, ctx: ConnectContext) -> Result<Upstream, ConnectError> {
         let kind = match spec {
             UpstreamSpec::Stdio { command } => Kind::Stdio(stdio::Handle::spawn(command, ctx)?),
-            UpstreamSpec::Streamable { url } if ctx.options.modern => Kind::Modern(modern::Handle::new(url, ctx)),
-            UpstreamSpec::Streamable { url } => Kind::Streamable(streamable::Handle::new(url, ctx)),
+            UpstreamSpec::Streamable { url } => Kind::Http(era::Handle::new(url, ctx)),
             UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
             #[cfg(test)]
             UpstreamSpec::Fake(script) => Kind::Fake(fake::Handle::connect(script, ctx)?),
@@ -258,9 +262,8 @@ impl Upstream {
     pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
         match &*self.kind {
             Kind::Stdio(h) => h.send(msg, gid).await,
-            Kind::Streamable(h) => h.send(msg, gid).await,
+            Kind::Http(h) => h.send(msg, gid).await,
             Kind::Sse(h) => h.send(msg, gid).await,
-            Kind::Modern(h) => h.send(msg, gid).await,
             #[cfg(test)]
             Kind::Fake(h) => h.send(msg, gid).await,
         }
@@ -268,7 +271,7 @@ impl Upstream {
 
     /// Tells the connection the negotiated protocol version (sent as `MCP-Protocol-Version`).
     pub fn set_protocol_version(&self, version: &str) {
-        if let Kind::Streamable(h) = &*self.kind {
+        if let Kind::Http(h) = &*self.kind {
             h.set_protocol_version(version);
         }
     }
@@ -276,8 +279,7 @@ impl Upstream {
     /// Opens the upstream's standalone stream for server-initiated messages, where it has one.
     pub fn open_standalone(&self) {
         match &*self.kind {
-            Kind::Streamable(h) => h.open_standalone(),
-            Kind::Modern(h) => h.open_standalone(),
+            Kind::Http(h) => h.open_standalone(),
             Kind::Stdio(_) | Kind::Sse(_) => {}
             #[cfg(test)]
             Kind::Fake(_) => {}
@@ -288,9 +290,8 @@ impl Upstream {
     pub fn is_alive(&self) -> bool {
         match &*self.kind {
             Kind::Stdio(h) => h.is_alive(),
-            Kind::Streamable(h) => h.is_alive(),
+            Kind::Http(h) => h.is_alive(),
             Kind::Sse(h) => h.is_alive(),
-            Kind::Modern(h) => h.is_alive(),
             #[cfg(test)]
             Kind::Fake(h) => h.is_alive(),
         }
@@ -302,9 +303,8 @@ impl Upstream {
             Kind::Stdio(_) => {}
             #[cfg(test)]
             Kind::Fake(_) => {}
-            Kind::Streamable(h) => h.mark_lost(),
+            Kind::Http(h) => h.mark_lost(),
             Kind::Sse(h) => h.mark_lost(),
-            Kind::Modern(h) => h.mark_lost(),
         }
     }
 
@@ -319,7 +319,16 @@ impl Upstream {
     /// The upstream's own session id, for a Streamable HTTP upstream that issued one.
     pub fn upstream_session(&self) -> Option<String> {
         match &*self.kind {
-            Kind::Streamable(h) => h.session_id(),
+            Kind::Http(h) => h.session_id(),
+            _ => None,
+        }
+    }
+
+    /// The era an HTTP upstream connection speaks (`None` for stdio and legacy SSE, which are
+    /// handshake-era only).
+    pub fn era(&self) -> Option<era::Era> {
+        match &*self.kind {
+            Kind::Http(h) => Some(h.era()),
             _ => None,
         }
     }
@@ -329,9 +338,8 @@ impl Upstream {
     pub async fn close(&self) {
         match &*self.kind {
             Kind::Stdio(h) => h.close().await,
-            Kind::Streamable(h) => h.close().await,
+            Kind::Http(h) => h.close().await,
             Kind::Sse(h) => h.close(),
-            Kind::Modern(h) => h.close().await,
             #[cfg(test)]
             Kind::Fake(h) => h.close().await,
         }

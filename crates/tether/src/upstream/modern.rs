@@ -107,6 +107,9 @@ enum ReadFailure {
     Broken(String),
     /// An HTTP error without a JSON-RPC answer.
     Refused { status: u16, detail: String },
+    /// What a handshake-era server answers a request without its session (a 400/404 about a
+    /// missing session, or "not initialized"): the remote does not speak 2026-07-28 (any more).
+    NotModern(String),
 }
 
 impl Handle {
@@ -218,7 +221,12 @@ impl Handle {
             None => Value::Null,
         };
         match method.as_str() {
-            "initialize" => return self.initialize(&params, gid).await,
+            "initialize" => {
+                return match self.initialize(&params, gid).await? {
+                    Discovered::Served => Ok(()),
+                    Discovered::NotModern(why) => Err(super::era::not_modern_refusal(&why)),
+                };
+            }
             "ping" => {
                 shared.answer(gid, json!({})).await;
                 return Ok(());
@@ -274,9 +282,20 @@ impl Handle {
         Ok(())
     }
 
+    /// Answers the handshake-era `initialize` message `msg` from `server/discover`, or says
+    /// that the server does not speak 2026-07-28 (nothing is delivered then: the caller may
+    /// speak to it in the handshake era instead, [`super::era`]).
+    pub(super) async fn initialize_probe(&self, msg: &Message, gid: u64) -> Result<Discovered, SendError> {
+        if !self.is_alive() {
+            return Err(SendError::Unreachable("the modern upstream connection has ended".into()));
+        }
+        let params: Value = msg.params().and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
+        self.initialize(&params, gid).await
+    }
+
     /// Answers `initialize` from `server/discover`, and keeps the client's profile for the
     /// envelope of every later request.
-    async fn initialize(&self, params: &Value, gid: u64) -> Result<(), SendError> {
+    async fn initialize(&self, params: &Value, gid: u64) -> Result<Discovered, SendError> {
         let shared = &self.shared;
         shared.state().profile = Some(ClientProfile::from_initialize(params));
         let exchange = Exchange { gid, method: "server/discover".into(), params: json!({}) };
@@ -285,13 +304,24 @@ impl Handle {
             Ok(a) => a,
             // Discovery has no effect: a broken answer is as good as none.
             Err(ReadFailure::Broken(d)) => return Err(SendError::Unreachable(d)),
-            Err(ReadFailure::Refused { status, detail }) => return Err(SendError::Refused { status, detail }),
+            // Authentication, or a server that is failing, says nothing about its era (the
+            // probe rules of the TypeScript SDK): an error, not a verdict.
+            Err(ReadFailure::Refused { status, detail }) if matches!(status, 401 | 403) || status >= 500 => {
+                return Err(SendError::Refused { status, detail });
+            }
+            Err(ReadFailure::Refused { status, detail }) => {
+                return Ok(Discovered::NotModern(format!("HTTP {status}: {detail}")));
+            }
+            Err(ReadFailure::NotModern(why)) => return Ok(Discovered::NotModern(why)),
         };
         let Some(result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {
-            // The remote refused discovery: the client hears why, in its own id.
-            shared.deliver_answer(gid, answer).await;
-            return Ok(());
+            // A handshake-era server refuses discovery (-32601, "not initialized", a missing
+            // session…): whatever the code, it is not a 2026-07-28 server.
+            return Ok(Discovered::NotModern(wire::describe_error(&answer)));
         };
+        if !wire::lists_modern(&result) {
+            return Ok(Discovered::NotModern("its server/discover result lists no 2026-07-28 revision".into()));
+        }
         let requested = params.get("protocolVersion").and_then(Value::as_str);
         let init = initialize_result(&result, requested);
         shared.state().server_caps = init.get("capabilities").cloned().unwrap_or_else(|| json!({}));
@@ -302,8 +332,16 @@ impl Handle {
             "modern remote discovered; serving the client's handshake from server/discover"
         );
         shared.answer(gid, init).await;
-        Ok(())
+        Ok(Discovered::Served)
     }
+}
+
+/// What `server/discover` said about a remote.
+pub(super) enum Discovered {
+    /// It speaks 2026-07-28: the client's `initialize` was answered.
+    Served,
+    /// It does not (what it answered instead); nothing was delivered.
+    NotModern(String),
 }
 
 impl Drop for Handle {
@@ -437,6 +475,10 @@ impl Shared {
             Ok(b) => b,
             Err(e) => return Err(ReadFailure::Broken(format!("reading the response body failed: {}", describe(&e)))),
         };
+        if wire::handshake_session_refusal(status.as_u16(), &body) {
+            let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(ReadFailure::NotModern(format!("HTTP {}: {detail}", status.as_u16())));
+        }
         match Message::parse(&body) {
             Ok(m) if matches!(m.kind(), Kind::Response | Kind::Error) => Ok(m),
             _ => Err(ReadFailure::Refused {
@@ -464,6 +506,16 @@ impl Shared {
                 }
                 Err(ReadFailure::Refused { status, detail }) => {
                     self.fail(gid, GatewayError::UpstreamRefused { status, detail }).await;
+                    break;
+                }
+                Err(ReadFailure::NotModern(why)) => {
+                    // Restarted in the handshake era: the request did not run. The session
+                    // sends it again on a new connection, which probes the era again.
+                    warn!(reason = %why, "the remote no longer speaks 2026-07-28");
+                    // Not from this task: ending the connection aborts its exchanges, this one too.
+                    self.state().exchanges.remove(&gid);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.lost(QuitReason::SessionLost("session_invalid"), vec![gid]).await });
                     break;
                 }
             };

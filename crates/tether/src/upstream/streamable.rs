@@ -87,8 +87,19 @@ impl Handle {
     }
 
     /// POSTs one message. Returns once the upstream has accepted it (its status is known); a
-    /// streamed answer is read in the background and reported as events.
+    /// streamed answer is read in the background and reported as events. An `initialize` that
+    /// a modern-only server refuses is a [`SendError::Refused`] saying so.
     pub async fn send(&self, msg: &Message, gid: Option<u64>) -> Result<(), SendError> {
+        match self.send_probing(msg, gid).await? {
+            Sent::Delivered => Ok(()),
+            Sent::ModernOnly(answer) => Err(super::era::modern_only_refusal(&answer)),
+        }
+    }
+
+    /// [`Handle::send`], except that an `initialize` refused the way a modern-only server
+    /// refuses it (-32022 naming only 2026-07-28 revisions) is returned, not delivered: the
+    /// caller may speak to the server in the modern era instead ([`super::era`]).
+    pub(super) async fn send_probing(&self, msg: &Message, gid: Option<u64>) -> Result<Sent, SendError> {
         let shared = &self.shared;
         if !self.is_alive() {
             return Err(SendError::Unreachable("the upstream session has ended".into()));
@@ -135,17 +146,29 @@ impl Handle {
                         return Err(e);
                     }
                 };
+                if let Some(refusal) = modern_refusal(msg, &body) {
+                    return Ok(Sent::ModernOnly(refusal));
+                }
                 if !body.is_empty() {
                     shared.deliver_body(origin, &body).await;
                 }
             }
-            return Ok(());
+            return Ok(Sent::Delivered);
         }
         let body = resp.bytes().await.unwrap_or_default();
         if is_session_lost(status.as_u16(), had_session, &body) {
             // The upstream refused it without running it: it may be sent again.
             let class = session_loss_class(status.as_u16(), &body);
             shared.lost(QuitReason::SessionLost(class), gid.into_iter().collect()).await;
+            return Err(SendError::SessionLost);
+        }
+        if let Some(refusal) = modern_refusal(msg, &body) {
+            return Ok(Sent::ModernOnly(refusal));
+        }
+        if had_session && Message::parse(&body).is_ok_and(|m| super::modern::refuses_handshake(&m)) {
+            // The server was restarted as a modern-only one: our session is gone with the era.
+            // Nothing ran; the next connection probes again ([`super::era`]).
+            shared.lost(QuitReason::SessionLost("session_invalid"), gid.into_iter().collect()).await;
             return Err(SendError::SessionLost);
         }
         // An HTTP error that carries a JSON-RPC error for this request is the upstream's answer.
@@ -155,7 +178,7 @@ impl Handle {
             && answer.numeric_id() == gid
         {
             shared.deliver(Origin::Unrelated, answer).await;
-            return Ok(());
+            return Ok(Sent::Delivered);
         }
         Err(SendError::Refused {
             status: status.as_u16(),
@@ -235,6 +258,23 @@ impl Shared {
             let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
         }
     }
+}
+
+/// What became of a message [`Handle::send_probing`] sent.
+pub(super) enum Sent {
+    /// The upstream took it; its answer, if any, comes as events.
+    Delivered,
+    /// The upstream refused `initialize` as a modern-only server does (its answer).
+    ModernOnly(Message),
+}
+
+/// The upstream's answer to `msg` when `msg` is `initialize` and the answer is a modern-only
+/// server's refusal (-32022 naming only 2026-07-28 revisions, with or without our id).
+fn modern_refusal(msg: &Message, body: &[u8]) -> Option<Message> {
+    if !msg.is(method::INITIALIZE) {
+        return None;
+    }
+    Message::parse(body).ok().filter(super::modern::refuses_handshake)
 }
 
 /// Reads one SSE response stream; resumes it with `Last-Event-ID` if it ends before the

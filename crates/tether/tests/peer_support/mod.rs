@@ -311,6 +311,7 @@ pub async fn start_tether(peers: &Peers, args: &[String], dir: &Path) -> Result<
             .env_remove("TETHER_STORE")
             .env_remove("TETHER_UPSTREAM")
             .env_remove("TETHER_UPSTREAM_SSE")
+            .env_remove("TETHER_UPSTREAM_PROTOCOL")
             .current_dir(&peers.workspace);
         let mut proc = Proc::spawn("tether", &mut cmd, &log, &log)?;
         let marker = format!("tether serving MCP at http://127.0.0.1:{port}/mcp");

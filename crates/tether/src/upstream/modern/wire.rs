@@ -255,6 +255,34 @@ pub fn refuses_handshake(answer: &Message) -> bool {
     !supported.is_empty() && supported.iter().all(|v| version::era(v) == Some(version::Era::Modern))
 }
 
+/// Whether a `server/discover` result names 2026-07-28 among its `supportedVersions` (a result
+/// without the list is taken at its word).
+pub fn lists_modern(discover: &Value) -> bool {
+    match discover.get("supportedVersions").and_then(Value::as_array) {
+        Some(list) => list.iter().any(|v| v.as_str() == Some(MODERN_VERSION)),
+        None => discover.is_object(),
+    }
+}
+
+/// Whether an HTTP error answer is a handshake-era server refusing a request that carries no
+/// session of its (a 400/404 that talks of a session, or of not being initialized): proof that
+/// the remote does not speak 2026-07-28. A modern server never speaks of sessions.
+pub fn handshake_session_refusal(status: u16, body: &[u8]) -> bool {
+    if status != 400 && status != 404 {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    Message::parse(body).is_ok() && (text.contains("session") || text.contains("not initialized"))
+}
+
+/// A JSON-RPC error answer in a few words, for logs and error details.
+pub fn describe_error(answer: &Message) -> String {
+    let e: Value = answer.error_object().and_then(|e| serde_json::from_str(e.get()).ok()).unwrap_or(Value::Null);
+    let code = e.get("code").and_then(Value::as_i64).map_or_else(|| "?".to_owned(), |c| c.to_string());
+    let message: String = e.get("message").and_then(Value::as_str).unwrap_or("").chars().take(160).collect();
+    format!("error {code} {message:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -267,6 +295,22 @@ mod tests {
             "capabilities": {"sampling": {}, "elicitation": {}},
             "clientInfo": {"name": "c", "version": "1"}
         }))
+    }
+
+    #[test]
+    fn handshake_servers_are_told_from_modern_refusals() {
+        let everything =
+            br#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: Server not initialized"},"id":null}"#;
+        let python =
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request: Missing session ID"}}"#;
+        let mismatch = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32020,"message":"Mcp-Name does not match"}}"#;
+        assert!(handshake_session_refusal(400, everything));
+        assert!(handshake_session_refusal(400, python));
+        assert!(!handshake_session_refusal(400, mismatch));
+        assert!(!handshake_session_refusal(500, python));
+        assert!(!handshake_session_refusal(400, b"session"), "not JSON-RPC");
+        assert!(lists_modern(&json!({"supportedVersions": ["2026-07-28"]})));
+        assert!(!lists_modern(&json!({"supportedVersions": ["2025-11-25"]})));
     }
 
     #[test]
