@@ -201,7 +201,11 @@ pub fn check_headers<'h>(
 ) -> Result<(), Mismatch> {
     let expect = |name: &str, body: &str, decode: bool| -> Result<(), Mismatch> {
         let values = header(name);
-        let fail = |sent: Option<&str>| Mismatch { header: name.to_owned(), body: body.to_owned(), sent: sent.map(str::to_owned) };
+        let fail = |sent: Option<&str>| Mismatch {
+            header: name.to_owned(),
+            body: body.to_owned(),
+            sent: sent.map(str::to_owned),
+        };
         match values.as_slice() {
             [one] => {
                 let v = if decode { decode_header_value(one) } else { Some((*one).to_owned()) };
@@ -279,9 +283,9 @@ pub fn check_param_headers<'h>(
             (Some(_), []) => return Err(fail(None)),
             (Some(b), [s]) => {
                 let decoded = decode_header_value(s);
-                let numeric_equal = value.and_then(Value::as_i64).is_some_and(|n| {
-                    decoded.as_deref().and_then(|d| d.trim().parse::<i64>().ok()) == Some(n)
-                });
+                let numeric_equal = value
+                    .and_then(Value::as_i64)
+                    .is_some_and(|n| decoded.as_deref().and_then(|d| d.trim().parse::<i64>().ok()) == Some(n));
                 if decoded.as_deref() != Some(b.as_str()) && !numeric_equal {
                     return Err(fail(Some(s)));
                 }
@@ -365,14 +369,21 @@ mod tests {
         assert_eq!(Envelope::parse(&json!({})), Err(EnvelopeError::NoMeta));
         let no_caps = json!({"_meta": {META_PROTOCOL_VERSION: "2026-07-28"}});
         assert_eq!(Envelope::parse(&no_caps), Err(EnvelopeError::Missing(META_CLIENT_CAPABILITIES)));
-        let bad_level = json!({"_meta": {META_PROTOCOL_VERSION: "x", META_CLIENT_CAPABILITIES: {}, META_LOG_LEVEL: "loud"}});
+        let bad_level =
+            json!({"_meta": {META_PROTOCOL_VERSION: "x", META_CLIENT_CAPABILITIES: {}, META_LOG_LEVEL: "loud"}});
         assert!(Envelope::parse(&bad_level).is_err());
     }
 
     #[test]
     fn modern_claims_are_recognised_by_the_key() {
-        assert!(claims_modern(Some("tools/list"), Some(r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}}"#)));
-        assert!(!claims_modern(Some("initialize"), Some(r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}}"#)));
+        assert!(claims_modern(
+            Some("tools/list"),
+            Some(r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}}"#)
+        ));
+        assert!(!claims_modern(
+            Some("initialize"),
+            Some(r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}}"#)
+        ));
         assert!(!claims_modern(Some("tools/list"), Some("{}")));
         assert!(!claims_modern(Some("tools/list"), None));
     }
@@ -382,8 +393,12 @@ mod tests {
         let p = json!({"name": "echo"});
         let ok = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]);
         assert_eq!(check_headers(ok, "tools/call", "2026-07-28", &p), Ok(()));
-        let wrong = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "echo")]);
-        assert_eq!(check_headers(wrong, "tools/call", "2026-07-28", &p).map_err(|m| m.header), Err("mcp-method".into()));
+        let wrong =
+            headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "echo")]);
+        assert_eq!(
+            check_headers(wrong, "tools/call", "2026-07-28", &p).map_err(|m| m.header),
+            Err("mcp-method".into())
+        );
         let missing = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-name", "echo")]);
         let m = check_headers(missing, "tools/call", "2026-07-28", &p).expect_err("missing");
         assert_eq!((m.header.as_str(), m.sent), ("mcp-method", None));
@@ -394,7 +409,11 @@ mod tests {
             ("mcp-name", "echo"),
         ]);
         assert!(check_headers(twice, "tools/call", "2026-07-28", &p).is_err(), "a repeated routing header");
-        let b64 = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "resources/read"), ("mcp-name", "=?base64?dGVzdDovL8O8?=")]);
+        let b64 = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "resources/read"),
+            ("mcp-name", "=?base64?dGVzdDovL8O8?="),
+        ]);
         assert_eq!(check_headers(b64, "resources/read", "2026-07-28", &json!({"uri": "test://ü"})), Ok(()));
         let version = headers(&[("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/list")]);
         assert!(check_headers(version, "tools/list", "2026-07-28", &json!({})).is_err());
