@@ -1,11 +1,12 @@
-//! A real 2026-07-28 client through `tether serve` in front of a handshake-era upstream: the
-//! official Python SDK (`mcp==2.3.0`, `tests/peers/modern_front_client.py`) pinned to
+//! Real 2026-07-28 clients through `tether serve` in front of a handshake-era upstream: the
+//! official Python SDK (`mcp==2.3.0`, `tests/peers/modern_front_client.py`) and TypeScript SDK v2
+//! (`@modelcontextprotocol/client` 2.4.0, `tests/peers/modern_front_client.mjs`), each pinned to
 //! 2026-07-28 and in `auto` mode (which must get 2026-07-28 through tether, not a downgrade), in
 //! front of server-everything over stdio. The driver lists and calls tools, completes an
 //! elicitation as an `input_required` round, receives a resource update on
 //! `subscriptions/listen`, and at its kill points this test SIGKILLs the stdio child: with
 //! nothing in flight (`between`) and during a read-only call (`during`, retried on the revived
-//! upstream). Logs: `target/peer-logs/modern-front/<mode>/`.
+//! upstream). Logs: `target/peer-logs/modern-front/<py|ts>/<pinned|auto>/`.
 
 mod peer_support;
 
@@ -23,23 +24,34 @@ const KILL_POINTS: [&str; 2] = ["between", "during"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_pinned_2026_through_serve_to_stdio_server_everything() {
-    run("2026-07-28").await;
+    run(Driver::Py, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_auto_gets_2026_through_serve_to_stdio_server_everything() {
-    run("auto").await;
+    run(Driver::Py, true).await;
 }
 
-async fn run(mode: &'static str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_v2_pinned_2026_through_serve_to_stdio_server_everything() {
+    run(Driver::Ts, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_v2_auto_gets_2026_through_serve_to_stdio_server_everything() {
+    run(Driver::Ts, true).await;
+}
+
+async fn run(driver: Driver, auto: bool) {
     let peers = peers(peer_logs(Some("modern-front")), &[]);
-    let dir = peers.logs.join(if mode == "auto" { "auto" } else { "pinned" });
-    let label = format!("modern front: python {mode}, stdio server-everything");
-    let one = run_one(&peers, mode, &dir);
+    let dir = peers.logs.join(driver.name()).join(if auto { "auto" } else { "pinned" });
+    let label =
+        format!("modern front: {} {}, stdio server-everything", driver.name(), if auto { "auto" } else { "pinned" });
+    let one = run_one(&peers, driver, auto, &dir);
     run_in_slot(&label, &dir, "create the peer log dir", one, diagnose).await;
 }
 
-async fn run_one(peers: &Peers, mode: &str, dir: &Path) -> Result<String, String> {
+async fn run_one(peers: &Peers, driver: Driver, auto: bool, dir: &Path) -> Result<String, String> {
     let mut harness = Harness::open(dir)?;
     let args: Vec<String> = vec![
         "--store".into(),
@@ -54,9 +66,12 @@ async fn run_one(peers: &Peers, mode: &str, dir: &Path) -> Result<String, String
     let (mut tether, port) = start_tether(peers, &args, dir).await?;
     let tether_pid = tether.child.id().ok_or("tether has no pid")? as i32;
     harness.note(&format!("tether pid {tether_pid} on port {port}"));
-    let script = peers.workspace.join("tests/peers/modern_front_client.py");
-    let mut cmd = Command::new(&peers.python);
-    cmd.arg(&script)
+    let (program, script, mode) = match driver {
+        Driver::Py => (&peers.python, "tests/peers/modern_front_client.py", if auto { "auto" } else { "2026-07-28" }),
+        Driver::Ts => (&peers.node, "tests/peers/modern_front_client.mjs", if auto { "auto" } else { "pin" }),
+    };
+    let mut cmd = Command::new(program);
+    cmd.arg(peers.workspace.join(script))
         .args(["--url", &format!("http://127.0.0.1:{port}/mcp"), "--mode", mode])
         .args(["--request-timeout", &REQUEST_TIMEOUT_S.to_string()])
         .args(["--step-timeout", &STEP_TIMEOUT_S.to_string()])
@@ -64,7 +79,7 @@ async fn run_one(peers: &Peers, mode: &str, dir: &Path) -> Result<String, String
         .args(["--scenario-timeout", &SCENARIO_TIMEOUT_S.to_string()])
         .current_dir(&peers.workspace)
         .env("PYTHONUNBUFFERED", "1");
-    let mut run = DriverRun::spawn(&mut cmd, "py", dir, DRIVER_TIMEOUT)?;
+    let mut run = DriverRun::spawn(&mut cmd, driver.name(), dir, DRIVER_TIMEOUT)?;
     let mut problems = Vec::new();
     while let Some(name) = run.next_kill_point(&mut problems, &mut harness).await {
         if let Err(e) = at_kill_point(&name, "killing the stdio child", kill_child(tether_pid, &mut harness)).await {

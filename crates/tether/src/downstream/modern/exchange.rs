@@ -226,6 +226,8 @@ async fn drive(ctx: Ctx, mut rx: mpsc::Receiver<Outbound>, first: oneshot::Sende
                 Ok(Some(o)) => {
                     if o.fin {
                         let status = o.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+                        // A retry's own probe (the first round's settled with its `input_required`).
+                        ctx.probe.answered(&o.data);
                         let bytes = finalize(&ctx, &o.data);
                         send_final(&mut out, bytes, status).await;
                         return;
