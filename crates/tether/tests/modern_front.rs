@@ -5,9 +5,11 @@
 
 mod harness;
 
-use harness::{JSON_POST, echo_gateway, raw_post, within};
+use harness::{JSON_POST, config, echo_command, echo_gateway, kill9, only_child, raw_post, restart, start, within};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tether::config::StoreSpec;
+use tether::upstream::UpstreamSpec;
 
 const V: &str = "2026-07-28";
 
@@ -237,4 +239,39 @@ async fn logs_come_only_at_the_requests_level_on_its_stream() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["id"], 2, "{v}");
     gw.shutdown().await;
+}
+
+/// A modern binding is a stored session: after the upstream is killed, and after tether itself
+/// restarts (SQLite store), the same envelope finds the same binding, revived.
+#[tokio::test]
+async fn the_binding_survives_an_upstream_kill_and_a_tether_restart() {
+    let dir = std::env::temp_dir().join(format!("tether-modern-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = || {
+        let mut c = config(UpstreamSpec::Stdio { command: echo_command() });
+        c.store =
+            StoreSpec::Sqlite { path: dir.join("sessions.db"), commit_window: tether::store::DEFAULT_COMMIT_WINDOW };
+        c
+    };
+    let gw = start(cfg()).await;
+    let call = |n: u64| request(n, "tools/call", json!({"name": "echo", "arguments": {"message": format!("m{n}")}}));
+    let (status, v) = raw_post(&gw, &headers("tools/call", Some("echo")), call(1)).await;
+    assert_eq!((status, v["result"]["content"][0]["text"].as_str()), (StatusCode::OK, Some("m1")), "{v}");
+    let id = gw.manager.live()[0].id().to_owned();
+
+    kill9(only_child(&gw));
+    let (status, v) = raw_post(&gw, &headers("tools/call", Some("echo")), call(2)).await;
+    assert_eq!((status, v["result"]["content"][0]["text"].as_str()), (StatusCode::OK, Some("m2")), "{v}");
+    assert_eq!(gw.manager.live()[0].id(), id);
+    assert!(gw.manager.live()[0].revive_count() >= 1, "the binding was revived");
+
+    let gw = restart(gw, cfg()).await;
+    let (status, v) = raw_post(&gw, &headers("tools/call", Some("echo")), call(3)).await;
+    assert_eq!((status, v["result"]["content"][0]["text"].as_str()), (StatusCode::OK, Some("m3")), "{v}");
+    let live = gw.manager.live();
+    assert_eq!(live.len(), 1, "no second binding after the restart");
+    assert_eq!(live[0].id(), id, "the stored binding was found by its key");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,3 +197,31 @@ impl Front {
             .map_err(|m| GatewayError::HeaderMismatch { header: m.header, body: m.body })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_api_tells_eras_and_key_kinds_apart() {
+        let mut r = SessionRecord::new(Transport::StreamableHttp);
+        assert_eq!((era_of(&r), correlation_of(&r)), ("handshake", None));
+        r.transport = Transport::Modern;
+        assert_eq!((era_of(&r), correlation_of(&r)), ("modern", Some("envelope")));
+        r.principal = Some("p1.x".into());
+        assert_eq!(correlation_of(&r), Some("principal"));
+    }
+
+    #[test]
+    fn a_bindings_key_is_recomputed_from_its_record() {
+        let mut r = SessionRecord::new(Transport::Modern);
+        let params = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {"b": {}, "a": {}},
+            "clientInfo": {"name": "c", "version": "1"}});
+        r.client_init = Some(tether_protocol::message::raw_value(&params));
+        let k = binding::key_of(&r).expect("a key");
+        assert!(k.starts_with("e:"));
+        r.principal = Some("p1.x".into());
+        assert_eq!(binding::key_of(&r).as_deref(), Some("p:p1.x"));
+        assert_eq!(binding::key_of(&SessionRecord::new(Transport::StreamableHttp)), None);
+    }
+}
