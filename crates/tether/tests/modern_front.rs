@@ -5,7 +5,9 @@
 
 mod harness;
 
-use harness::{JSON_POST, config, echo_command, echo_gateway, kill9, only_child, raw_post, restart, start, within};
+use harness::{
+    JSON_POST, config, echo_command, echo_gateway, eventually, kill9, only_child, raw_post, restart, start, within,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tether::config::StoreSpec;
@@ -274,4 +276,29 @@ async fn the_binding_survives_an_upstream_kill_and_a_tether_restart() {
     assert_eq!(live[0].id(), id, "the stored binding was found by its key");
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In 2026-07-28 closing the response is the cancellation: the request stops waiting upstream.
+#[tokio::test]
+async fn a_response_the_client_closes_cancels_the_request_upstream() {
+    let gw = echo_gateway().await;
+    // A first request makes the binding, so that the slow one below is the only one pending.
+    let (status, _) = raw_post(&gw, &headers("tools/list", None), request(1, "tools/list", json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let session = gw.manager.live()[0].clone();
+    let slow = request(2, "tools/call", json!({"name": "sleep", "arguments": {"ms": 15000}}));
+    let post = reqwest::Client::new()
+        .post(format!("http://{}/mcp", gw.addr))
+        .headers(to_map(&headers("tools/call", Some("sleep"))))
+        .body(slow)
+        .send();
+    let task = tokio::spawn(post);
+    let s = session.clone();
+    eventually("the slow request is pending upstream", move || s.pending_requests() == 1).await;
+    task.abort();
+    // The client is gone: the request ends at the gateway (and a cancel goes upstream) well
+    // before the upstream would have answered it.
+    let s = session.clone();
+    eventually("the abandoned request is no longer pending", move || s.pending_requests() == 0).await;
+    gw.shutdown().await;
 }
