@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tether_protocol::modern::{self, Envelope, HEADER_CORRELATION_KEY, HeaderParam};
 use tether_protocol::{Kind, Message, method, version};
+use tracing::Instrument;
 
 use super::front_door::SessionRef;
 use super::guard::Accept;
@@ -127,6 +128,14 @@ pub async fn post(
     if method_name == method::TOOLS_CALL {
         front.check_param_headers(session.id(), &params, values).map_err(with_id)?;
     }
+    let span = tracing::info_span!(
+        "request",
+        session_id = %session.id(),
+        method = %method_name,
+        request_id = %id.as_deref().map(|i| i.get()).unwrap_or(""),
+        era = "modern",
+        correlation = kind.as_str(),
+    );
     let mut resp = match method_name.as_str() {
         method::SERVER_DISCOVER => {
             let init: Value =
@@ -145,6 +154,7 @@ pub async fn post(
         _ => {
             let principal = sref.caller.key().unwrap_or_default();
             exchange::run(app, &front, session.clone(), msg, params, env, accept, principal, probe.clone())
+                .instrument(span)
                 .await
                 .map_err(with_id)?
         }
