@@ -325,6 +325,8 @@ async def check_progress(client: Client, rec: Recorder, args: argparse.Namespace
 
 
 async def check_logging(client: Client, rec: Recorder, args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
+    if client.protocol_version == MODERN:
+        return await check_logging_modern(client, rec, args)
     level = args.log_level
     floor = LEVELS.index(level)
     get_stream = await await_get_stream(rec, args)
@@ -353,11 +355,43 @@ async def check_logging(client: Client, rec: Recorder, args: argparse.Namespace)
     }
 
 
+async def check_logging_modern(client: Client, rec: Recorder, args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
+    """2026-07-28 (an `auto` client that got the modern era through tether): `logging/setLevel`
+    is gone (the spec's 404 / -32601), and connection-scoped logs (server-everything's simulated
+    logging) reach no request; per-request `logLevel` is covered by tests/modern_front.rs."""
+    try:
+        await client.set_logging_level(args.log_level)
+        refused: Any = "accepted"
+    except Exception as e:  # noqa: BLE001 - the refusal is the expected outcome
+        refused = exc_text(e)
+    started = text_of(await client.call_tool(LOGGING_TOOL, {}))
+    await anyio.sleep(1.0)
+    stopped = text_of(await client.call_tool(LOGGING_TOOL, {}))
+    ok = "Method not found" in str(refused) and "Started" in started and "Stopped" in stopped and not rec.logs
+    return ok, {"set_level": refused, "toggle_on": started[:80], "toggle_off": stopped[:80], "logs": len(rec.logs)}
+
+
 async def check_subscribe(client: Client, rec: Recorder, args: argparse.Namespace) -> tuple[bool, dict[str, Any]]:
     resources = await client.list_resources()
     if not resources.resources:
         return False, {"error": "resources/list returned no resources"}
     uri = str(resources.resources[0].uri)
+    if client.protocol_version == MODERN:
+        # 2026-07-28: the subscription rides a `subscriptions/listen` stream.
+        async with client.listen(resource_subscriptions=[uri]) as sub:
+            started_text = text_of(await client.call_tool(SUBSCRIBE_TOOL, {}))
+            seen: list[str] = []
+            try:
+                with anyio.fail_after(args.wait):
+                    async for event in sub:
+                        seen.append(str(event))
+                        if uri in str(event):
+                            break
+            except TimeoutError:
+                pass
+            stopped = await client.call_tool(SUBSCRIBE_TOOL, {})
+        ok = "Started" in started_text and any(uri in e for e in seen) and "Stopped" in text_of(stopped)
+        return ok, {"uri": uri, "via": "subscriptions/listen", "events": seen[:5], "toggle_on": started_text[:80]}
     get_stream = await await_get_stream(rec, args)
     await client.subscribe_resource(uri)
     t_sub = rec.now()
@@ -384,6 +418,9 @@ async def check_subscribe(client: Client, rec: Recorder, args: argparse.Namespac
         "first_update_after_s": round(matching[0] - t_sub, 2) if matching else None,
         "toggle_on": started_text[:80],
     }
+
+
+MODERN = "2026-07-28"
 
 
 CHECKS: dict[str, Callable[[Client, Recorder, argparse.Namespace], Awaitable[tuple[bool, dict[str, Any]]]]] = {

@@ -31,3 +31,11 @@ pub const UPSTREAM_RESTARTED: i64 = -32011;
 pub const UPSTREAM_TIMEOUT: i64 = -32012;
 /// tether: the gateway is shutting down or refusing new work.
 pub const GATEWAY_UNAVAILABLE: i64 = -32013;
+/// 2026-07-28: an `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` or `Mcp-Param-*` header
+/// disagrees with the body, or is missing (data: `header`, `body`).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: the server needs a client capability this request did not declare (data:
+/// `requiredCapabilities`).
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
+/// Retired by 2026-07-28 ("resource not found"): answered as [`INVALID_PARAMS`] to modern clients.
+pub const RESOURCE_NOT_FOUND: i64 = -32002;

@@ -11,6 +11,7 @@ mod fuzz_targets;
 pub mod fuzzing;
 pub mod message;
 pub mod method;
+pub mod modern;
 pub mod params;
 pub mod session_error;
 pub mod sse;

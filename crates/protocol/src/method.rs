@@ -45,6 +45,9 @@ pub const NOTIFICATION_RESOURCES_UPDATED: &str = "notifications/resources/update
 /// 2026-07-28: a `subscriptions/listen` stream is established.
 pub const NOTIFICATION_SUBSCRIPTIONS_ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
 
+/// A log message from the server.
+pub const NOTIFICATION_MESSAGE: &str = "notifications/message";
+
 /// The list kinds a server can announce changes of (`notifications/<kind>/list_changed`).
 pub const LIST_KINDS: [&str; 3] = ["tools", "prompts", "resources"];
 

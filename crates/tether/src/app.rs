@@ -115,6 +115,7 @@ impl Gateway {
             shutdown: streams_end.clone(),
             hard_stop: hard_stop.clone(),
             auth,
+            modern: Default::default(),
         };
         let front = config.front.clone();
         let router = downstream::router(state);

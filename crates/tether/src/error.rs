@@ -61,12 +61,29 @@ pub enum GatewayError {
     /// `MCP-Protocol-Version` names a revision tether does not serve on this path.
     #[error("Unsupported protocol version: {0}")]
     UnsupportedVersion(String),
-    /// A 2026-07-28 request: tether answers so that the client falls back to the handshake.
-    #[error("Unsupported protocol version {requested}: this endpoint serves the initialize handshake")]
-    ModernNotServed {
+    /// 2026-07-28: the envelope names a revision tether does not serve.
+    #[error("Unsupported protocol version: {requested}")]
+    ModernVersionUnsupported {
         /// The revision the client asked for.
         requested: String,
     },
+    /// 2026-07-28: a routing header disagrees with the body, or is missing.
+    #[error("Header mismatch: {header} does not match the body")]
+    HeaderMismatch {
+        /// The header.
+        header: String,
+        /// What the body says.
+        body: String,
+    },
+    /// 2026-07-28: the request's `_meta` envelope or params are unusable.
+    #[error("Invalid params: {0}")]
+    InvalidEnvelope(String),
+    /// 2026-07-28: a method this revision does not have (or the server does not serve).
+    #[error("Method not found: {0}")]
+    ModernMethodNotFound(String),
+    /// 2026-07-28: a `requestState` that was forged, tampered with, is another's or expired.
+    #[error("Invalid or expired requestState")]
+    InvalidRequestState,
     /// The HTTP method is not served on this path.
     #[error("Method not allowed")]
     MethodNotAllowed,
@@ -169,12 +186,29 @@ impl GatewayError {
                 Some(json!({ "supported": version::HANDSHAKE_VERSIONS, "requested": v })),
                 Fault::Downstream,
             ),
-            E::ModernNotServed { requested } => w(
+            E::ModernVersionUnsupported { requested } => {
+                let mut supported: Vec<&str> = version::MODERN_VERSIONS.to_vec();
+                supported.extend(version::HANDSHAKE_VERSIONS.iter().rev());
+                w(
+                    StatusCode::BAD_REQUEST,
+                    code::UNSUPPORTED_PROTOCOL_VERSION,
+                    Some(json!({ "supported": supported, "requested": requested })),
+                    Fault::Downstream,
+                )
+            }
+            E::HeaderMismatch { header, body } => w(
                 StatusCode::BAD_REQUEST,
-                code::UNSUPPORTED_PROTOCOL_VERSION,
-                Some(json!({ "supported": version::HANDSHAKE_VERSIONS, "requested": requested })),
+                code::HEADER_MISMATCH,
+                Some(json!({ "mismatch": { "header": header, "body": body } })),
                 Fault::Downstream,
             ),
+            E::InvalidEnvelope(_) => w(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, None, Fault::Downstream),
+            E::ModernMethodNotFound(m) => {
+                w(StatusCode::NOT_FOUND, code::METHOD_NOT_FOUND, Some(json!(m)), Fault::Downstream)
+            }
+            E::InvalidRequestState => {
+                w(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, reason("invalid_request_state"), Fault::Downstream)
+            }
             E::MethodNotAllowed => w(StatusCode::METHOD_NOT_ALLOWED, code::INVALID_REQUEST, None, Fault::Downstream),
             E::UpstreamUnavailable(d) => w(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -232,22 +232,21 @@ async fn an_unsupported_protocol_version_header_is_400() {
 }
 
 #[tokio::test]
-async fn a_2026_discover_probe_is_told_to_use_the_handshake() {
+async fn a_2026_discover_is_answered_by_the_modern_front() {
     let gw = echo_gateway().await;
     let probe = json!({
         "jsonrpc": "2.0", "id": 1, "method": "server/discover",
-        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}
     });
     let headers =
         [JSON_POST[0], JSON_POST[1], ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "server/discover")];
     let (status, v) = raw_post(&gw, &headers, probe.to_string()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(code(&v), -32022);
+    assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["id"], json!(1));
     let supported: Vec<&str> =
-        v["error"]["data"]["supported"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
-    assert!(supported.contains(&"2025-11-25") && !supported.contains(&"2026-07-28"), "{supported:?}");
-    assert_eq!(gw.manager.live_count(), 0);
+        v["result"]["supportedVersions"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+    assert!(supported.contains(&"2025-11-25") && supported.contains(&"2026-07-28"), "{supported:?}");
     gw.shutdown().await;
 }
 

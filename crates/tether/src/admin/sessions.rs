@@ -208,6 +208,9 @@ fn summary(state: &AdminState, r: &SessionRecord, live: Option<&Arc<Session>>) -
         "principal": r.principal,
         "principalName": r.principal.as_deref().and_then(crate::auth::name_of),
         "protocolVersion": r.protocol_version,
+        // The client's era, and for a 2026-07-28 client how its binding is found.
+        "era": crate::downstream::modern::era_of(r),
+        "correlation": crate::downstream::modern::correlation_of(r),
         "client": client,
         "createdAtMs": r.created_at,
         "lastActiveMs": r.last_active,

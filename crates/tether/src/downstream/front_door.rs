@@ -131,7 +131,7 @@ impl SessionRef {
     pub fn id(&self, transport: Transport) -> Option<&str> {
         match transport {
             Transport::LegacySse => self.query_id.as_deref(),
-            Transport::StreamableHttp | Transport::Stdio => self.header_id.as_deref(),
+            Transport::StreamableHttp | Transport::Stdio | Transport::Modern => self.header_id.as_deref(),
         }
     }
 
@@ -140,7 +140,7 @@ impl SessionRef {
     pub async fn resolve(&self, app: &AppState, transport: Transport) -> Result<Arc<Session>, GatewayError> {
         let sid = self.id(transport).ok_or(match transport {
             Transport::LegacySse => GatewayError::MissingSessionQuery,
-            Transport::StreamableHttp | Transport::Stdio => GatewayError::MissingSessionId,
+            Transport::StreamableHttp | Transport::Stdio | Transport::Modern => GatewayError::MissingSessionId,
         })?;
         let session = app.manager.get(sid).await?;
         if session.transport() != transport {

@@ -7,6 +7,7 @@ mod guard;
 mod legacy_sse;
 pub mod listener;
 mod metered;
+pub mod modern;
 mod stream;
 mod streamable;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub hard_stop: CancellationToken,
     /// Checks credentials; `None` when the endpoint is open.
     pub auth: Option<Arc<Authenticator>>,
+    /// The 2026-07-28 front's bindings, sealed states and listen hubs.
+    pub modern: Arc<modern::Front>,
 }
 
 /// The client-facing HTTP routes.

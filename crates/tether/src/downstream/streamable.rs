@@ -1,6 +1,6 @@
 //! Streamable HTTP at `/mcp` (2025-03-26 … 2025-11-25): POST carries client messages and is
 //! answered with JSON or an SSE stream; GET opens the standalone stream; DELETE ends the
-//! session. A 2026-07-28 request is answered so that the client falls back to `initialize`.
+//! session. A request carrying the 2026-07-28 envelope goes to `super::modern`.
 
 use std::sync::Arc;
 
@@ -8,11 +8,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::time::Duration;
 use tether_protocol::method;
-use tether_protocol::version::{self, MODERN_ENVELOPE_KEY};
 use tether_protocol::{Kind, Message, error_code};
 
 use bytes::Bytes;
@@ -62,10 +60,11 @@ async fn post_inner(
     let id = msg.id().map(ToOwned::to_owned);
     let with_id = |e: GatewayError| (e, id.clone());
 
+    // Classified per request, body first: the 2026-07-28 envelope makes it modern.
+    if super::modern::is_modern(&msg, headers) {
+        return super::modern::post(app, sref, headers, msg, accept, probe).await;
+    }
     if sref.id(Transport::StreamableHttp).is_none() {
-        if let Some(requested) = modern_request(&msg, headers) {
-            return Err(with_id(GatewayError::ModernNotServed { requested }));
-        }
         if msg.kind() == Kind::Request && msg.is(method::INITIALIZE) {
             return initialize(app, sref, msg, accept, probe).await.map_err(with_id);
         }
@@ -90,28 +89,6 @@ async fn post_inner(
             Ok(StatusCode::ACCEPTED.into_response())
         }
     }
-}
-
-/// The revision a 2026-07-28 (or later) request asks for: from its `_meta` envelope, or from a
-/// modern `MCP-Protocol-Version` header on a request that is not `initialize`.
-fn modern_request(msg: &Message, headers: &HeaderMap) -> Option<String> {
-    #[derive(Deserialize)]
-    struct P {
-        #[serde(rename = "_meta")]
-        meta: Option<serde_json::Map<String, serde_json::Value>>,
-    }
-    if msg.is(method::INITIALIZE) {
-        return None;
-    }
-    if let Some(params) = msg.params()
-        && params.get().contains(MODERN_ENVELOPE_KEY)
-        && let Ok(p) = serde_json::from_str::<P>(params.get())
-        && let Some(v) = p.meta.as_ref().and_then(|m| m.get(MODERN_ENVELOPE_KEY))
-    {
-        return Some(v.as_str().unwrap_or("").to_owned());
-    }
-    let header = headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok())?;
-    (version::era(header) != Some(version::Era::Handshake)).then(|| header.to_owned())
 }
 
 /// `initialize` opens a session: tether issues the id and starts the upstream side.
@@ -269,6 +246,9 @@ fn cancelled(id: Option<&RawValue>) -> Response {
 /// finished one is replayed and ends; the standalone stream is replayed and continues. A
 /// cursor older than retention resumes from now, with a warning.
 pub async fn get(State(app): State<AppState>, sref: SessionRef, headers: HeaderMap) -> Response {
+    if super::modern::header_is_modern(&headers) {
+        return modern_not_allowed();
+    }
     let session = match stream_session(&app, &sref, &headers).await {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
@@ -403,11 +383,21 @@ async fn stream_session(app: &AppState, sref: &SessionRef, headers: &HeaderMap) 
 }
 
 /// DELETE /mcp — the client ends its session; the upstream side closes with it.
-pub async fn delete(State(app): State<AppState>, sref: SessionRef) -> Response {
+pub async fn delete(State(app): State<AppState>, sref: SessionRef, headers: HeaderMap) -> Response {
+    if super::modern::header_is_modern(&headers) {
+        return modern_not_allowed();
+    }
     let run = async {
         let session = sref.resolve(&app, Transport::StreamableHttp).await?;
         app.manager.close(session.id(), CloseReason::ClientClosed).await;
         Ok(StatusCode::OK.into_response())
     };
     run.await.unwrap_or_else(|e| error_response(&e, None))
+}
+
+/// GET and DELETE are not part of 2026-07-28: only POST is allowed to its clients.
+fn modern_not_allowed() -> Response {
+    let mut r = error_response(&GatewayError::MethodNotAllowed, None);
+    r.headers_mut().insert(axum::http::header::ALLOW, HeaderValue::from_static("POST"));
+    r
 }

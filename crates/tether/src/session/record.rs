@@ -16,6 +16,8 @@ pub enum Transport {
     LegacySse,
     /// The bridge's stdio front (one local client).
     Stdio,
+    /// 2026-07-28 clients on `/mcp`, sessionless: the binding their correlation key finds.
+    Modern,
 }
 
 impl Transport {
@@ -25,6 +27,7 @@ impl Transport {
             Transport::StreamableHttp => "streamable-http",
             Transport::LegacySse => "sse",
             Transport::Stdio => "stdio",
+            Transport::Modern => "modern-http",
         }
     }
 }

@@ -300,6 +300,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         transport: match transport.as_str() {
             "sse" => Transport::LegacySse,
             "stdio" => Transport::Stdio,
+            "modern-http" => Transport::Modern,
             _ => Transport::StreamableHttp,
         },
         protocol_version: r.get("protocol_version")?,

@@ -249,7 +249,12 @@ fn row(r: &SessionRecord, live: Option<&Arc<Session>>) -> Row {
         client: text("name"),
         client_version: text("version"),
         transport: r.transport.as_str(),
-        era: era(r.protocol_version.as_deref()),
+        // A modern client's binding speaks the handshake upstream: the client's era is shown.
+        era: if r.transport == crate::session::record::Transport::Modern {
+            "modern"
+        } else {
+            era(r.protocol_version.as_deref())
+        },
         protocol: r.protocol_version.clone().unwrap_or_default(),
         state,
         age: Duration::from_millis(now.saturating_sub(r.created_at)),
