@@ -123,7 +123,7 @@ impl PostgresStore {
         let wake = broadcast::channel(WAKE_BUFFER).0;
         let channel = format!("{namespace}_wake");
         let mut listen_cfg = cfg;
-        listen_cfg.application_name(&format!("tether-listen:{namespace}"));
+        listen_cfg.application_name(format!("tether-listen:{namespace}"));
         let (listening, ready) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(super::postgres_cluster::listen(listen_cfg, channel.clone(), wake.clone(), listening));
         if tokio::time::timeout(CONNECT_TIMEOUT, ready).await.is_err() {
