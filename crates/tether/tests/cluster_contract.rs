@@ -273,3 +273,29 @@ async fn an_unreachable_store_stops_startup_with_a_clear_error() {
     let err = within(RedisStore::open(&format!("redis://127.0.0.1:{port}"), "tether")).await.err().expect("refused");
     assert!(format!("{err:#}").contains(&format!("127.0.0.1:{port}")), "{err:#}");
 }
+
+#[tokio::test]
+async fn redis_closed_records_expire_and_open_ones_do_not() {
+    use tether::session::record::CloseReason;
+    use tether::session::store::SessionStore;
+    let ns = shared_stores::namespace("rdexp");
+    let store = RedisStore::open(&shared_stores::redis_url(), &ns).await.expect("open");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    let (open, closed) = (SessionRecord::new(Transport::StreamableHttp), SessionRecord::new(Transport::LegacySse));
+    within(async {
+        store.create(&open).await.expect("create");
+        store.create(&closed).await.expect("create");
+        store.close(&closed.id, tether::session::record::now_ms(), CloseReason::ClientClosed).await.expect("close");
+        let client = ::redis::Client::open(shared_stores::redis_url()).expect("client");
+        let mut c = client.get_multiplexed_async_connection().await.expect("connect");
+        let ttl = |id: &str| ::redis::cmd("PTTL").arg(format!("{ns}:rec:{id}")).to_owned();
+        let open_ttl: i64 = ttl(&open.id).query_async(&mut c).await.expect("pttl");
+        let closed_ttl: i64 = ttl(&closed.id).query_async(&mut c).await.expect("pttl");
+        assert_eq!(open_ttl, -1, "an open record never expires");
+        assert!(
+            closed_ttl > 0 && closed_ttl <= tether::store::redis::CLOSED_RECORD_TTL.as_millis() as i64,
+            "{closed_ttl}"
+        );
+    })
+    .await;
+}
