@@ -61,7 +61,10 @@ impl Gateway {
         // Claimed before the store is opened, and held until the gateway is gone.
         let store_lock = match &config.store {
             crate::store::StoreSpec::Sqlite { path, .. } => Some(crate::store::lock::StoreLock::acquire(path, addr)?),
-            crate::store::StoreSpec::Memory => None,
+            // Memory is private to the process; Postgres and Redis are shared on purpose.
+            crate::store::StoreSpec::Memory
+            | crate::store::StoreSpec::Postgres { .. }
+            | crate::store::StoreSpec::Redis { .. } => None,
         };
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");

@@ -30,9 +30,14 @@ pub struct ServeArgs {
     /// TOML config file
     #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Session store: `sqlite://PATH` or `memory` [default: sqlite in $XDG_STATE_HOME/tether/sessions.db]
+    /// Session store: `sqlite://PATH`, `memory`, `postgres://USER@HOST:PORT/DB` or
+    /// `redis://HOST:PORT[/N]` [default: sqlite in $XDG_STATE_HOME/tether/sessions.db]
     #[arg(long, env = "TETHER_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// With a Postgres or Redis store: the schema / key prefix, so that several deployments
+    /// share one server [default: tether]
+    #[arg(long, env = "TETHER_STORE_NAMESPACE", value_name = "NAME")]
+    pub store_namespace: Option<String>,
     /// A Streamable HTTP upstream (its MCP endpoint URL)
     #[arg(long, env = "TETHER_UPSTREAM", value_name = "URL", conflicts_with_all = ["upstream_sse", "command"])]
     pub upstream: Option<String>,
@@ -174,6 +179,7 @@ pub struct ServeArgs {
 pub struct FileConfig {
     listen: Option<String>,
     store: Option<String>,
+    store_namespace: Option<String>,
     upstream: Option<String>,
     upstream_sse: Option<String>,
     upstream_protocol: Option<String>,
@@ -312,6 +318,10 @@ impl Config {
                 reason,
             })?,
         };
+        let (set, namespace) = pick!(store_namespace);
+        let store = store
+            .with_namespace(namespace.as_deref().unwrap_or(crate::store::DEFAULT_NAMESPACE))
+            .map_err(|reason| ConfigError::Invalid { key: "store_namespace", source_name: src(set), reason })?;
 
         let command =
             if args.command.is_empty() { file.command.clone().unwrap_or_default() } else { args.command.clone() };

@@ -140,6 +140,9 @@ pub enum GatewayError {
     Store(String),
 }
 
+/// The `Retry-After` of a 503 for an unreachable session store.
+pub const STORE_RETRY_AFTER_S: u64 = 2;
+
 /// How an error goes on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wire {
@@ -273,6 +276,15 @@ impl GatewayError {
             E::Store(_) => {
                 w(StatusCode::SERVICE_UNAVAILABLE, code::INTERNAL_ERROR, reason("store_unavailable"), Fault::Internal)
             }
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`), for errors that pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            // A store that cannot be reached is usually back soon (a failover, a restart).
+            GatewayError::Store(_) => Some(STORE_RETRY_AFTER_S),
+            _ => None,
         }
     }
 

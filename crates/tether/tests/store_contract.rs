@@ -1,12 +1,16 @@
-//! The store contract: one suite, run against every backend (memory and a real SQLite file,
-//! with events committed before they are sent and with a commit window; Redis and Postgres join
-//! by adding a line to `backends!`). Then what only SQLite has: the commit window's promises
-//! (committed within the window without further calls, records never wait, a bound on what
-//! waits) and a clean close that leaves no `-wal`.
+//! The store contract: one suite, run against every backend (memory, a real SQLite file with
+//! events committed before they are sent and with a commit window, Postgres and Redis, each
+//! test of a shared store in its own namespace, dropped afterwards). The cluster primitives
+//! (`cluster_contract.rs`) run against memory, Postgres and Redis. Then what only SQLite has:
+//! the commit window's promises (committed within the window without further calls, records
+//! never wait, a bound on what waits) and a clean close that leaves no `-wal`.
+
+mod shared_stores;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shared_stores::{Cleanup, postgres, redis};
 use tether::session::record::{CloseReason, SessionRecord, SessionState, Transport, now_ms};
 use tether::session::store::{Activity, EventStore, Replay, Retention, SessionStore, Store};
 use tether::store::{MemoryStore, SqliteStore};
@@ -166,34 +170,42 @@ async fn concurrent_writes_all_commit(store: Arc<dyn Store>) {
     }
 }
 
+/// Each test body runs with its store, bounded in time, and the namespace of a shared store
+/// is dropped when the test ends (pass or fail).
 macro_rules! backends {
     ($($backend:ident => $make:expr;)*) => {$(
         mod $backend {
             use super::*;
+            async fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(Arc<dyn Store>) -> F) {
+                let (store, _cleanup): (Arc<dyn Store>, Cleanup) = $make;
+                shared_stores::within(f(store)).await
+            }
             #[tokio::test]
-            async fn records_round_trip() { super::records_round_trip($make).await }
+            async fn records_round_trip() { run(super::records_round_trip).await }
             #[tokio::test]
-            async fn listing_pages_open_sessions() { super::listing_pages_open_sessions($make).await }
+            async fn listing_pages_open_sessions() { run(super::listing_pages_open_sessions).await }
             #[tokio::test]
-            async fn events_replay_after_a_cursor() { super::events_replay_after_a_cursor($make).await }
+            async fn events_replay_after_a_cursor() { run(super::events_replay_after_a_cursor).await }
             #[tokio::test]
-            async fn retention_bounds_streams() { super::retention_bounds_streams($make).await }
+            async fn retention_bounds_streams() { run(super::retention_bounds_streams).await }
             #[tokio::test]
             async fn evicting_drops_a_finished_stream_in_the_same_write() {
-                super::evicting_drops_a_finished_stream_in_the_same_write($make).await
+                run(super::evicting_drops_a_finished_stream_in_the_same_write).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn concurrent_writes_all_commit() { super::concurrent_writes_all_commit($make).await }
+            async fn concurrent_writes_all_commit() { run(super::concurrent_writes_all_commit).await }
         }
     )*};
 }
 
 backends! {
-    memory => Arc::new(MemoryStore::new());
-    sqlite => Arc::new(SqliteStore::open(&temp_db("c")).await.expect("open sqlite"));
-    sqlite_window => Arc::new(
+    memory => (Arc::new(MemoryStore::new()), Cleanup::None);
+    sqlite => (Arc::new(SqliteStore::open(&temp_db("c")).await.expect("open sqlite")), Cleanup::None);
+    sqlite_window => (Arc::new(
         SqliteStore::open_with_window(&temp_db("w"), std::time::Duration::from_millis(5)).await.expect("open sqlite")
-    );
+    ), Cleanup::None);
+    postgres => { let (s, c) = postgres().await; (s as Arc<dyn Store>, c) };
+    redis => { let (s, c) = redis().await; (s as Arc<dyn Store>, c) };
 }
 
 #[tokio::test]

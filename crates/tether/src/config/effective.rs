@@ -25,6 +25,7 @@ impl Config {
         let file = FileConfig {
             listen: Some(self.listen.to_string()),
             store: Some(self.store.describe()),
+            store_namespace: Some(self.store.namespace().to_owned()),
             upstream,
             upstream_sse,
             upstream_protocol: Some(s.upstream.protocol.as_str().into()),
@@ -93,13 +94,7 @@ fn duration(d: Duration) -> String {
 
 /// A URL with its password, if any, replaced.
 fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some(REDACTED));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
+    crate::store::redact_url(url)
 }
 
 #[cfg(test)]
@@ -145,5 +140,22 @@ mod tests {
         let again = Config::load(&ServeArgs { config: Some(path), ..ServeArgs::default() }).expect("valid");
         assert_eq!(again.to_redacted_toml(), text);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_store_password_is_redacted_and_the_namespace_shown() {
+        let a = ServeArgs {
+            store: Some("postgres://app:pg-s3cret@db.internal:5432/tether".into()),
+            store_namespace: Some("blue".into()),
+            command: vec!["srv".into()],
+            ..ServeArgs::default()
+        };
+        let t = Config::load(&a).expect("valid").to_redacted_toml();
+        assert!(!t.contains("pg-s3cret"), "{t}");
+        assert!(t.contains("store = \"postgres://app:***@db.internal:5432/tether\""), "{t}");
+        assert!(t.contains("store_namespace = \"blue\""), "{t}");
+        let bad = ServeArgs { store_namespace: Some("Blue-1".into()), ..a };
+        let e = Config::load(&bad).expect_err("refused").to_string();
+        assert!(e.contains("store_namespace"), "{e}");
     }
 }

@@ -80,9 +80,27 @@ pub fn error_response(err: &GatewayError, id: Option<&RawValue>) -> Response {
         Fault::Upstream => warn!(status = wire.status.as_u16(), error = %err, "upstream failure"),
         Fault::Internal => error!(status = wire.status.as_u16(), error = %err, "internal failure"),
     }
-    json_response(wire.status, err.to_message(id).to_bytes())
+    let mut r = json_response(wire.status, err.to_message(id).to_bytes());
+    if let Some(s) = err.retry_after() {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+#[cfg(test)]
+mod store_error_tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_a_503_with_retry_after_never_a_404() {
+        let r = error_response(&GatewayError::Store("postgres: connection refused".into()), None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("2"));
+        let r = error_response(&GatewayError::SessionNotFound, None);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

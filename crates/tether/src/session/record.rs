@@ -30,6 +30,15 @@ impl Transport {
             Transport::Modern => "modern-http",
         }
     }
+
+    /// The transport a store's label names; an unknown label (a newer tether's) reads as
+    /// Streamable HTTP, the most common front.
+    pub fn from_label(label: &str) -> Transport {
+        [Transport::LegacySse, Transport::Stdio, Transport::Modern]
+            .into_iter()
+            .find(|t| t.as_str() == label)
+            .unwrap_or(Transport::StreamableHttp)
+    }
 }
 
 /// Session-scoped state the client set and a revive must replay.

@@ -14,9 +14,18 @@ use super::record::{CloseReason, SessionRecord, SessionState};
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed.
+    /// The backend failed (or cannot be reached): a 503 with `Retry-After`, never a 404.
     #[error("session store: {0}")]
     Backend(String),
+    /// A write carried a fencing epoch that is no longer the session's current lease (another
+    /// replica took the session over, or this one's lease expired): the write was not made.
+    #[error("session store: stale fencing epoch {epoch} for session {session}")]
+    Fenced {
+        /// The session.
+        session: String,
+        /// The epoch the write carried.
+        epoch: u64,
+    },
 }
 
 /// Which records [`SessionStore::list`] returns.

@@ -1,11 +1,18 @@
 //! Records and events in process memory: lost with the process. For tests and ephemeral use.
+//! It also implements the cluster primitives for one process (leases expire by tokio time), so
+//! the cluster contract runs against it too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use tokio::sync::broadcast;
+
+use super::cluster::{Claim, ClusterStore, Lease, ReplicaId, ReplicaInfo, WAKE_BUFFER, Wake};
+use crate::clock::Instant;
 use crate::session::record::{CloseReason, SessionRecord, SessionState};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
@@ -28,6 +35,28 @@ struct Inner {
     /// whole record.
     records: HashMap<String, Box<SessionRecord>>,
     events: HashMap<(String, String), StreamLog>,
+    /// Live or expired leases by session, until released.
+    leases: HashMap<String, MemLease>,
+    /// The last epoch of every session ever claimed: epochs never go back, even after a release.
+    epochs: HashMap<String, u64>,
+    /// Registered replicas by id: incarnation, address, last heartbeat.
+    replicas: HashMap<String, (ReplicaId, String, Instant)>,
+}
+
+struct MemLease {
+    owner: ReplicaId,
+    epoch: u64,
+    until: Instant,
+}
+
+impl MemLease {
+    fn view(&self, now: Instant) -> Lease {
+        Lease {
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            left_ms: self.until.saturating_duration_since(now).as_millis() as u64,
+        }
+    }
 }
 
 impl Inner {
@@ -44,15 +73,34 @@ impl Inner {
 }
 
 /// The in-memory backend.
-#[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    wake: broadcast::Sender<Wake>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { inner: Mutex::default(), wake: broadcast::channel(WAKE_BUFFER).0 }
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// Checks `epoch` against the live lease of `session`.
+    fn fence(m: &Inner, session: &str, epoch: u64) -> Result<(), StoreError> {
+        match m.leases.get(session) {
+            Some(l) if l.epoch == epoch && l.until > Instant::now() => Ok(()),
+            _ => Err(StoreError::Fenced { session: session.to_owned(), epoch }),
+        }
+    }
+
+    fn woke(&self, session: &str, stream: &str) {
+        // No receiver is not an error: nobody tails.
+        let _ = self.wake.send(Wake::Stream { session: session.to_owned(), stream: stream.to_owned() });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, StoreError> {
@@ -168,7 +216,9 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError> {
-        self.with(|m| m.push(session, stream, seq, data, fin))
+        self.with(|m| m.push(session, stream, seq, data, fin))?;
+        self.woke(session, stream);
+        Ok(())
     }
 
     async fn append_evicting(
@@ -183,7 +233,9 @@ impl EventStore for MemoryStore {
         self.with(|m| {
             m.push(session, stream, seq, data, fin);
             m.events.remove(&(session.to_owned(), evict.to_owned()));
-        })
+        })?;
+        self.woke(session, stream);
+        Ok(())
     }
 
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
@@ -215,5 +267,145 @@ impl EventStore for MemoryStore {
 
     async fn forget(&self, session: &str) -> Result<(), StoreError> {
         self.with(|m| m.events.retain(|(s, _), _| s != session))
+    }
+}
+
+#[async_trait]
+impl ClusterStore for MemoryStore {
+    async fn register(&self, me: &ReplicaId, addr: &str) -> Result<(), StoreError> {
+        self.with(|m| {
+            m.replicas.insert(me.id.clone(), (me.clone(), addr.to_owned(), Instant::now()));
+        })
+    }
+
+    async fn heartbeat(&self, me: &ReplicaId) -> Result<bool, StoreError> {
+        self.with(|m| match m.replicas.get_mut(&me.id) {
+            Some((r, _, at)) if r == me => {
+                *at = Instant::now();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        self.with(|m| {
+            let now = Instant::now();
+            let mut all: Vec<_> = m
+                .replicas
+                .values()
+                .map(|(r, addr, at)| ReplicaInfo {
+                    replica: r.clone(),
+                    addr: addr.clone(),
+                    heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+                })
+                .collect();
+            all.sort_by(|a, b| a.replica.id.cmp(&b.replica.id));
+            all
+        })
+    }
+
+    async fn deregister(&self, me: &ReplicaId) -> Result<(), StoreError> {
+        self.with(|m| {
+            if m.replicas.get(&me.id).is_some_and(|(r, _, _)| r == me) {
+                m.replicas.remove(&me.id);
+            }
+        })
+    }
+
+    async fn claim(&self, session: &str, me: &ReplicaId, ttl: Duration) -> Result<Claim, StoreError> {
+        self.with(|m| {
+            let now = Instant::now();
+            if let Some(l) = m.leases.get_mut(session) {
+                if l.owner == *me {
+                    l.until = now + ttl;
+                    return Claim::Won { epoch: l.epoch };
+                }
+                if l.until > now {
+                    return Claim::Held(l.view(now));
+                }
+            }
+            let epoch = m.epochs.entry(session.to_owned()).or_default();
+            *epoch += 1;
+            let epoch = *epoch;
+            m.leases.insert(session.to_owned(), MemLease { owner: me.clone(), epoch, until: now + ttl });
+            Claim::Won { epoch }
+        })
+    }
+
+    async fn renew_all(&self, me: &ReplicaId, ttl: Duration) -> Result<Vec<String>, StoreError> {
+        self.with(|m| {
+            let now = Instant::now();
+            let mut held: Vec<String> = m
+                .leases
+                .iter_mut()
+                .filter(|(_, l)| l.owner == *me && l.until > now)
+                .map(|(s, l)| {
+                    l.until = now + ttl;
+                    s.clone()
+                })
+                .collect();
+            held.sort();
+            held
+        })
+    }
+
+    async fn release(&self, session: &str, me: &ReplicaId) -> Result<bool, StoreError> {
+        self.with(|m| {
+            if m.leases.get(session).is_some_and(|l| l.owner == *me) {
+                m.leases.remove(session);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    async fn release_all(&self, me: &ReplicaId) -> Result<u64, StoreError> {
+        self.with(|m| {
+            let before = m.leases.len();
+            m.leases.retain(|_, l| l.owner != *me);
+            (before - m.leases.len()) as u64
+        })
+    }
+
+    async fn lease(&self, session: &str) -> Result<Option<Lease>, StoreError> {
+        self.with(|m| m.leases.get(session).map(|l| l.view(Instant::now())))
+    }
+
+    async fn append_fenced(
+        &self,
+        session: &str,
+        stream: &str,
+        seq: u64,
+        data: &[u8],
+        fin: bool,
+        evict: Option<&str>,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|m| {
+            Self::fence(m, session, epoch)?;
+            m.push(session, stream, seq, data, fin);
+            if let Some(e) = evict {
+                m.events.remove(&(session.to_owned(), e.to_owned()));
+            }
+            Ok(())
+        })??;
+        self.woke(session, stream);
+        Ok(())
+    }
+
+    async fn set_state_fenced(&self, id: &str, state: &SessionState, epoch: u64) -> Result<(), StoreError> {
+        self.with(|m| {
+            Self::fence(m, id, epoch)?;
+            if let Some(r) = m.records.get_mut(id) {
+                r.state = state.clone();
+            }
+            Ok(())
+        })?
+    }
+
+    fn wakeups(&self) -> broadcast::Receiver<Wake> {
+        self.wake.subscribe()
     }
 }

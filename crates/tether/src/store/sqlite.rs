@@ -297,12 +297,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let reason: Option<String> = r.get("close_reason")?;
     Ok(SessionRecord {
         id: r.get("id")?,
-        transport: match transport.as_str() {
-            "sse" => Transport::LegacySse,
-            "stdio" => Transport::Stdio,
-            "modern-http" => Transport::Modern,
-            _ => Transport::StreamableHttp,
-        },
+        transport: Transport::from_label(&transport),
         protocol_version: r.get("protocol_version")?,
         client_init: raw(r.get("client_init")?)?,
         upstream_init: raw(r.get("upstream_init")?)?,

@@ -1,0 +1,138 @@
+//! `tether serve --store postgres://…` and `--store redis://…` end to end, one replica: the
+//! real binary in front of tether-echo, a client over HTTP, tether killed (-9) and started
+//! again on the same store (its own namespace): the session, its replayed state and its
+//! stream's events survive, like on SQLite (`durable.rs`).
+
+mod harness;
+mod shared_stores;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use harness::{Client, Front, within};
+use serde_json::{Value, json};
+use shared_stores::Cleanup;
+use tokio::process::{Child, Command};
+
+struct Tether {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Tether {
+    async fn start(dir: &std::path::Path, port: u16, store: &str, ns: &str) -> Tether {
+        let log = dir.join(format!("tether-{}.log", rand::random::<u32>()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(store)
+            .arg("--store-namespace")
+            .arg(ns)
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_tether-echo"))
+            .env("XDG_STATE_HOME", dir)
+            .env_remove("TETHER_ADMIN_TOKEN")
+            .env_remove("TETHER_ADMIN_TOKEN_FILE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("spawn tether");
+        let t = Tether { child, port, log };
+        within(async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        t
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn kill9(mut self) -> String {
+        harness::kill9(self.child.id().expect("running"));
+        within(self.child.wait()).await.expect("reaped");
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text result in {answer}")).to_owned()
+}
+
+async fn a_session_and_its_stream_survive_a_restart(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-shared-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let t = Tether::start(&dir, port, store, ns).await;
+    let mut c = Client::for_base(t.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone();
+    assert!(c.request("logging/setLevel", json!({"level": "debug"})).await.answer["result"].is_object());
+    let mut stream = c.open_stream().await;
+    c.request("tools/call", json!({"name": "burst", "arguments": {"count": 5, "ms": 2}})).await;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let m = stream.next_message().await.expect("burst message");
+        assert_eq!(m["params"]["data"], i);
+        ids.push(stream.ids.last().expect("an id").clone());
+    }
+    drop(stream);
+    let mut closed = Client::for_base(t.base(), Front::Streamable);
+    closed.connect().await;
+    assert_eq!(closed.close().await, reqwest::StatusCode::OK);
+
+    let log = t.kill9().await;
+    assert!(log.contains("session store opened"), "{log}");
+    let t = Tether::start(&dir, port, store, ns).await;
+
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "after restart"}})).await;
+    assert_eq!(text_of(&r.answer), "after restart", "served on the old session id, no re-initialize");
+    assert_eq!(c.session, sid);
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(text_of(&r.answer), "logged at debug", "the log level was replayed from the store");
+    // The client saw only the first two events: resuming after the 2nd delivers 3..=5.
+    let mut resumed = c.resume_stream(Some(&ids[1])).await;
+    for i in 3..=5 {
+        let m = resumed.next_message().await.expect("replayed message");
+        assert_eq!(m["params"]["data"], i, "in order, none missing");
+    }
+    assert_eq!(&resumed.ids[..], &ids[2..], "the same ids: nothing doubled");
+    drop(resumed);
+    assert_eq!(
+        closed.request("tools/list", json!({})).await.status,
+        reqwest::StatusCode::NOT_FOUND,
+        "a session closed before the restart stays closed"
+    );
+    let log = t.kill9().await;
+    assert!(log.contains("live_sessions=1"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_sessions_survive_kill_9() {
+    let ns = shared_stores::namespace("serve");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(a_session_and_its_stream_survive_a_restart(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_sessions_survive_kill_9() {
+    let ns = shared_stores::namespace("serve");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(a_session_and_its_stream_survive_a_restart(&shared_stores::redis_url(), &ns)).await;
+}
