@@ -11,7 +11,7 @@ use tether_protocol::error_code;
 use tokio::sync::mpsc;
 
 use super::record::Transport;
-use super::{Deps, Manager, Outbound, Session, SessionConfig, Sink, StreamKind};
+use super::{Deps, Manager, Outbound, SessionConfig, SessionHandle, Sink, StreamKind};
 use crate::error::GatewayError;
 use crate::stats::Stats;
 use crate::store::memory::MemoryStore;
@@ -37,7 +37,7 @@ fn request(id: u64, method: &str, params: Value) -> Message {
 
 /// Sends a request on its own SSE stream; returns what the stream carried: the messages before
 /// the answer, and the answer.
-async fn call(s: &Arc<Session>, id: u64, method: &str, params: Value) -> (Vec<Value>, Value) {
+async fn call(s: &SessionHandle, id: u64, method: &str, params: Value) -> (Vec<Value>, Value) {
     let (sink, mut rx) = Sink::channel(s.next_stream(), StreamKind::Request);
     if let Err(e) = s.request(request(id, method, params), sink).await {
         return (Vec::new(), serde_json::from_slice(&e.to_message(None).to_bytes()).expect("json"));
@@ -61,7 +61,7 @@ async fn answer(rx: &mut mpsc::Receiver<Outbound>) -> (Vec<Value>, Value) {
 }
 
 /// An initialized session.
-async fn initialized(m: &Arc<Manager>) -> Arc<Session> {
+async fn initialized(m: &Arc<Manager>) -> SessionHandle {
     let s = m.create(Transport::StreamableHttp).await.expect("a session");
     let params =
         json!({ "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } });
