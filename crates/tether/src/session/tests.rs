@@ -328,3 +328,24 @@ async fn failed_sends_follow_the_policy() {
     let (_, d) = call(&s, 5, "tools/call", tool("down")).await;
     assert_eq!(d["error"]["data"]["reason"], "upstream_unavailable", "undelivered three times: {d}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_with_several_requests_in_flight_settles_each_by_the_policy() {
+    let script = Script::default().on(crash_on("write", 1, Act::CrashAfterRead)).on(|m, _, c| {
+        (m == "prompts/get" && c == 1).then(|| Act::Answer(Duration::from_secs(10), json!({ "late": true })))
+    });
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    call(&s, 1, "tools/list", json!({})).await;
+    // A safe request waits on the first upstream when an unsafe call crashes it.
+    let (sink, mut safe_rx) = Sink::channel(s.next_stream(), StreamKind::Request);
+    s.request(request(2, "prompts/get", json!({ "name": "p" })), sink).await.expect("sent");
+    let (_, unsafe_answer) = call(&s, 3, "tools/call", tool("write")).await;
+    assert_eq!(unsafe_answer["error"]["code"], error_code::UPSTREAM_RESTARTED, "{unsafe_answer}");
+    let (_, safe_answer) = answer(&mut safe_rx).await;
+    assert_eq!(safe_answer["result"]["echo"], "prompts/get", "retried on the revived upstream: {safe_answer}");
+    assert_eq!(safe_answer["id"], 2);
+    assert_eq!(script.received("prompts/get"), 2);
+    assert_eq!(script.received("tools/call"), 1, "the unsafe call is never repeated");
+    assert_eq!(s.revive_count(), 1, "one revive serves both");
+}
