@@ -2,8 +2,6 @@
 //! drain. Records come from the store — so sessions of another replica, or from before a
 //! restart, are seen too — and live sessions add their upstream and stream state.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,7 +12,7 @@ use tracing::info;
 
 use super::{AdminError, AdminState, json_response};
 use crate::error::GatewayError;
-use crate::session::Session;
+use crate::session::SessionHandle;
 use crate::session::record::{SessionRecord, now_ms};
 use crate::session::store::RecordFilter;
 
@@ -79,25 +77,29 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
         Some(s) => s.record(),
         None => load(&state, &id).await?,
     };
-    let upstream = live.as_ref().map(|s| {
+    let snap = match &live {
+        Some(s) => Some(s.inspect().await),
+        None => None,
+    };
+    let upstream = snap.as_ref().map(|s| {
         json!({
             "kind": state.manager().deps().spec.kind(),
-            "state": s.upstream_state().as_str(),
-            "alive": s.upstream_alive(),
-            "pid": s.upstream_pid(),
-            "revives": s.revive_count(),
-            "lastRevive": s.last_revive().map(|(at_ms, cause)| json!({ "atMs": at_ms, "cause": cause })),
+            "state": s.upstream_state.as_str(),
+            "alive": s.alive,
+            "pid": s.pid,
+            "revives": s.revives,
+            "lastRevive": s.last_revive.map(|(at_ms, cause)| json!({ "atMs": at_ms, "cause": cause })),
         })
     });
-    let streams = live.as_ref().map(|s| {
+    let streams = snap.as_ref().map(|s| {
         json!({
-            "opened": s.streams_opened(),
-            "standaloneOpen": s.has_standalone(),
-            "pendingRequests": s.pending_requests(),
+            "opened": s.streams_opened,
+            "standaloneOpen": s.standalone_open,
+            "pendingRequests": s.pending_requests,
         })
     });
     let last_error =
-        live.as_ref().and_then(|s| s.last_error()).map(|e| json!({ "atMs": e.at_ms, "message": e.message }));
+        snap.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| json!({ "atMs": e.at_ms, "message": e.message }));
     let body = json!({
         "session": summary(&state, &record, live.as_ref()),
         "record": record,
@@ -192,7 +194,7 @@ pub(super) async fn load(state: &AdminState, id: &str) -> Result<SessionRecord, 
 }
 
 /// One line of the list: what an operator scans for.
-fn summary(state: &AdminState, r: &SessionRecord, live: Option<&Arc<Session>>) -> Value {
+fn summary(state: &AdminState, r: &SessionRecord, live: Option<&SessionHandle>) -> Value {
     let ttl_ms = state.manager().deps().config.ttl.as_millis() as u64;
     let client = r.client_init.as_ref().and_then(|p| {
         let v: Value = serde_json::from_str(p.get()).ok()?;

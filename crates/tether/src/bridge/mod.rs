@@ -34,7 +34,7 @@ pub use args::{BridgeArgs, BridgeConfig, ProtocolChoice, TransportChoice};
 use crate::error::GatewayError;
 use crate::session::backoff::Backoff;
 use crate::session::record::Transport;
-use crate::session::{Deps, Manager, Session, SessionConfig, Sink, StreamKind};
+use crate::session::{Deps, Manager, SessionConfig, SessionHandle, Sink, StreamKind};
 use crate::stats::Stats;
 use crate::store::MemoryStore;
 use crate::upstream::UpstreamSpec;
@@ -47,7 +47,7 @@ const MAX_LINE: usize = 16 << 20;
 /// The bridge's one session, made when the client initializes.
 struct Live {
     manager: Arc<Manager>,
-    session: Arc<Session>,
+    session: SessionHandle,
     sink: Sink,
 }
 
@@ -200,7 +200,7 @@ impl Bridge {
     /// Sends the client's `initialize` through the session on a stream of its own and returns
     /// the answer (what else the remote sends meanwhile goes to the client). An answer saying
     /// the remote is unavailable is an error, so that it is retried.
-    async fn initialize_once(&self, session: &Arc<Session>, msg: Message) -> Result<Message, GatewayError> {
+    async fn initialize_once(&self, session: &SessionHandle, msg: Message) -> Result<Message, GatewayError> {
         let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
         session.request(msg, sink).await?;
         // The session ends every request (its sweep enforces --timeout); this bound is a backstop.
@@ -231,7 +231,7 @@ impl Bridge {
 
     /// The bridge's session, made on first use: the transport is resolved (probing when
     /// `auto`), then one session with a stdio-kind stream for everything the remote sends.
-    async fn session(self: &Arc<Self>) -> Result<(Arc<Session>, Sink), GatewayError> {
+    async fn session(self: &Arc<Self>) -> Result<(SessionHandle, Sink), GatewayError> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
             return Ok((l.session.clone(), l.sink.clone()));

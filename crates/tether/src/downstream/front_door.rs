@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
@@ -20,7 +19,7 @@ use tracing::{debug, warn};
 use super::{AppState, error_response, guard};
 use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
-use crate::session::Session;
+use crate::session::SessionHandle;
 use crate::session::record::Transport;
 
 /// Who is calling, as the front door established: `None` when authentication is off.
@@ -137,7 +136,7 @@ impl SessionRef {
 
     /// The named session, if it exists, was opened on `transport` and belongs to the caller;
     /// otherwise the error for a missing id, or 404 as for an unknown one.
-    pub async fn resolve(&self, app: &AppState, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+    pub async fn resolve(&self, app: &AppState, transport: Transport) -> Result<SessionHandle, GatewayError> {
         let sid = self.id(transport).ok_or(match transport {
             Transport::LegacySse => GatewayError::MissingSessionQuery,
             Transport::StreamableHttp | Transport::Stdio | Transport::Modern => GatewayError::MissingSessionId,
@@ -155,7 +154,7 @@ impl SessionRef {
     }
 
     /// Creates a session for the caller on `transport`.
-    pub async fn create(&self, app: &AppState, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+    pub async fn create(&self, app: &AppState, transport: Transport) -> Result<SessionHandle, GatewayError> {
         let session = app.manager.create_for(transport, self.caller.key()).await?;
         if self.caller.0.is_some() {
             tracing::info!(session_id = %session.id(), principal = %self.caller.name(), "session bound to its principal");
@@ -165,7 +164,7 @@ impl SessionRef {
     }
 
     /// With `--forward-auth`, the client's latest credential goes upstream with this session.
-    fn adopt(&self, session: &Session) {
+    fn adopt(&self, session: &SessionHandle) {
         if let Some(v) = &self.authorization {
             session.forwarded_auth().set(v);
         }

@@ -3,7 +3,6 @@
 //! where the revision wants one, and a `retry` hint before a stream is ended on purpose.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{Outbound, Session};
+use crate::session::{Outbound, SessionHandle};
 
 /// A body fed by a channel, and the response that carries it.
 pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Bytes>, Response) {
@@ -42,7 +41,7 @@ pub fn sse_response(extra: Option<(&'static str, String)>) -> (mpsc::Sender<Byte
 /// How a stream is written.
 pub struct Pump {
     /// The session the stream belongs to.
-    pub session: Arc<Session>,
+    pub session: SessionHandle,
     /// Write `event: message` and no ids (legacy HTTP+SSE).
     pub legacy: bool,
     /// Keep-alive interval.

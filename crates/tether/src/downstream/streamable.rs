@@ -25,7 +25,7 @@ use super::{AppState, error_response, json_response};
 use crate::error::GatewayError;
 use crate::session::record::{CloseReason, Transport};
 use crate::session::store::Replay;
-use crate::session::{Outbound, Session, Sink, StreamKind, event_id, parse_event_id, parse_stream_key};
+use crate::session::{Outbound, SessionHandle, Sink, StreamKind, event_id, parse_event_id, parse_stream_key};
 use crate::stats::{Outcome, RequestProbe};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -144,7 +144,7 @@ async fn initialize(
 /// Waits for the answer on a JSON stream; at the deadline the request is timed out and its
 /// error becomes the answer.
 async fn answer_of(
-    session: &Session,
+    session: &SessionHandle,
     rx: &mut mpsc::Receiver<Outbound>,
     gid: u64,
     deadline: Instant,
@@ -162,7 +162,7 @@ async fn answer_of(
     }
 }
 
-fn pump(app: &AppState, session: &Arc<Session>, out: mpsc::Sender<Bytes>, request_stream: bool) -> Pump {
+fn pump(app: &AppState, session: &SessionHandle, out: mpsc::Sender<Bytes>, request_stream: bool) -> Pump {
     Pump {
         session: session.clone(),
         legacy: false,
@@ -178,7 +178,7 @@ fn pump(app: &AppState, session: &Arc<Session>, out: mpsc::Sender<Bytes>, reques
 /// one (related notifications and server requests then travel with it), else as JSON.
 async fn forward(
     app: &AppState,
-    session: Arc<Session>,
+    session: SessionHandle,
     msg: Message,
     accept: Accept,
     probe: &Arc<RequestProbe>,
@@ -287,7 +287,7 @@ async fn standalone(
     session.detach_standalone(sink.stream);
 }
 
-async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
+async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response {
     let Some((key, after)) = parse_event_id(last) else {
         warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID not issued by tether; resuming from now");
         return fresh_standalone(app, session);
@@ -364,7 +364,7 @@ async fn resume(app: &AppState, session: Arc<Session>, last: &str) -> Response {
     resp
 }
 
-fn fresh_standalone(app: &AppState, session: Arc<Session>) -> Response {
+fn fresh_standalone(app: &AppState, session: SessionHandle) -> Response {
     let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
     // Before the stream is attached, so that everything it carries comes after it.
     let priming = session.next_event_id(&sink);
@@ -375,7 +375,7 @@ fn fresh_standalone(app: &AppState, session: Arc<Session>) -> Response {
     resp
 }
 
-async fn stream_session(app: &AppState, sref: &SessionRef, headers: &HeaderMap) -> Result<Arc<Session>, GatewayError> {
+async fn stream_session(app: &AppState, sref: &SessionRef, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
     guard::accept_for_stream(headers)?;
     sref.id(Transport::StreamableHttp).ok_or(GatewayError::MissingSessionId)?;
     guard::protocol_version(headers)?;

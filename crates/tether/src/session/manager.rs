@@ -11,12 +11,12 @@ use tracing::{info, warn};
 
 use super::record::{CloseReason, SessionRecord, Transport, now_ms};
 use super::store::StoreError;
-use super::{Deps, Session};
+use super::{Deps, Session, SessionHandle};
 use crate::error::GatewayError;
 
 /// Owns every live session.
 pub struct Manager {
-    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    sessions: RwLock<HashMap<String, SessionHandle>>,
     deps: Arc<Deps>,
     draining: AtomicBool,
     /// Cancelled when the gateway stops; every session holds a clone.
@@ -44,7 +44,7 @@ impl Manager {
     }
 
     /// Creates a session and stores its record.
-    pub async fn create(self: &Arc<Self>, transport: Transport) -> Result<Arc<Session>, GatewayError> {
+    pub async fn create(self: &Arc<Self>, transport: Transport) -> Result<SessionHandle, GatewayError> {
         self.create_for(transport, None).await
     }
 
@@ -54,7 +54,7 @@ impl Manager {
         self: &Arc<Self>,
         transport: Transport,
         principal: Option<String>,
-    ) -> Result<Arc<Session>, GatewayError> {
+    ) -> Result<SessionHandle, GatewayError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -67,7 +67,7 @@ impl Manager {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())
         })?;
-        let session = Session::new(record, self.deps.clone(), self.stopping.clone());
+        let session = SessionHandle::new(Session::new(record, self.deps.clone(), self.stopping.clone()));
         self.write().insert(session.id().to_owned(), session.clone());
         self.deps.stats.sessions_created.inc();
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
@@ -76,7 +76,7 @@ impl Manager {
 
     /// The live session with this id. A session not live in this process is loaded from the
     /// store; an unknown, closed or expired one is [`GatewayError::SessionNotFound`].
-    pub async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<Session>, GatewayError> {
+    pub async fn get(self: &Arc<Self>, id: &str) -> Result<SessionHandle, GatewayError> {
         let live = self.read().get(id).cloned();
         if let Some(s) = live {
             if s.is_closed() {
@@ -115,7 +115,7 @@ impl Manager {
             if live.len() >= max {
                 return Err(GatewayError::TooManySessions(max));
             }
-            let session = Session::new(record, self.deps.clone(), self.stopping.clone());
+            let session = SessionHandle::new(Session::new(record, self.deps.clone(), self.stopping.clone()));
             live.insert(id.to_owned(), session.clone());
             session
         };
@@ -129,10 +129,10 @@ impl Manager {
     pub async fn close(&self, id: &str, reason: CloseReason) -> bool {
         let session = self.write().remove(id);
         let Some(session) = session else { return false };
-        if let Some(a) = session.take_activity() {
+        if let Some(a) = session.session().take_activity() {
             let _ = self.deps.store.touch(id, a).await;
         }
-        session.shutdown().await;
+        session.session().shutdown().await;
         if let Err(e) = self.deps.store.close(id, now_ms(), reason).await {
             warn!(session_id = %id, error = %e, "closing the session record failed");
         }
@@ -202,7 +202,7 @@ impl Manager {
                 // A request may have loaded it meanwhile: that copy ends too.
                 let resumed = self.write().remove(id);
                 if let Some(s) = resumed {
-                    s.shutdown().await;
+                    s.session().shutdown().await;
                 }
                 Ok(true)
             }
@@ -243,12 +243,12 @@ impl Manager {
 
     /// A session whose client holds a standalone stream open is active: its TTL counts from
     /// the stream's close.
-    fn session_expired(&self, s: &Session) -> bool {
+    fn session_expired(&self, s: &SessionHandle) -> bool {
         !s.has_standalone() && self.expired(s.last_active())
     }
 
     /// The session with this id if it is live here, without loading or expiring anything.
-    pub fn live_session(&self, id: &str) -> Option<Arc<Session>> {
+    pub fn live_session(&self, id: &str) -> Option<SessionHandle> {
         self.read().get(id).filter(|s| !s.is_closed()).cloned()
     }
 
@@ -288,7 +288,7 @@ impl Manager {
     }
 
     /// The live sessions.
-    pub fn live(&self) -> Vec<Arc<Session>> {
+    pub fn live(&self) -> Vec<SessionHandle> {
         self.read().values().filter(|s| !s.is_closed()).cloned().collect()
     }
 
@@ -364,11 +364,12 @@ impl Manager {
     /// its binding: the client is waiting for what the server may send.
     pub async fn reap_idle_upstreams(&self) {
         let idle = self.deps.config.upstream_idle;
-        let sessions: Vec<Arc<Session>> = self.read().values().filter(|s| s.upstream_idle_for(idle)).cloned().collect();
+        let sessions: Vec<SessionHandle> =
+            self.read().values().filter(|s| s.session().upstream_idle_for(idle)).cloned().collect();
         for s in sessions {
             info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
             self.deps.stats.upstream_reaped.inc();
-            s.release_upstream().await;
+            s.session().release_upstream().await;
         }
     }
 
@@ -379,9 +380,9 @@ impl Manager {
         let refresh_ms = (self.deps.config.ttl.as_millis() / 2) as u64;
         for s in self.live() {
             if s.has_standalone() {
-                s.stream_activity(refresh_ms);
+                s.session().stream_activity(refresh_ms);
             }
-            if let Some(a) = s.take_activity()
+            if let Some(a) = s.session().take_activity()
                 && let Err(e) = self.deps.store.touch(s.id(), a).await
             {
                 warn!(session_id = %s.id(), error = %e, "writing session activity failed");
@@ -399,15 +400,15 @@ impl Manager {
         self.stopping.cancel();
         self.flush_activity().await;
         let sessions = self.live();
-        let closes = sessions.iter().map(|s| s.release_upstream());
+        let closes = sessions.iter().map(|s| s.session().release_upstream());
         futures_util::future::join_all(closes).await;
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Session>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, SessionHandle>> {
         self.sessions.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Session>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, SessionHandle>> {
         self.sessions.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

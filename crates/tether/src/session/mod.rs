@@ -17,6 +17,7 @@ pub mod store;
 
 mod breaker;
 mod client;
+mod handle;
 pub mod recovery;
 pub mod replay;
 mod revive;
@@ -46,6 +47,7 @@ use record::{SessionRecord, SessionState, Transport, now_ms};
 use store::{Activity, Retention, Store};
 
 pub use breaker::RestartPolicy;
+pub use handle::{SessionHandle, Snapshot};
 pub use manager::Manager;
 
 use breaker::Breaker;
@@ -316,7 +318,7 @@ pub(super) fn next_gid() -> u64 {
 }
 
 /// A live client session.
-pub struct Session {
+pub(crate) struct Session {
     id: String,
     transport: Transport,
     record: Mutex<SessionRecord>,

@@ -17,6 +17,16 @@ use super::recovery::{self, Failure, Fate, Loss};
 use super::{Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, rewrite_param};
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
+/// What the loss path did with a request.
+enum Settled {
+    /// It goes upstream again (after a revive, or once the tools are known).
+    Again,
+    /// It ended with an error on its stream.
+    Ended,
+    /// The upstream's own answer goes to the client.
+    Deliver(Box<Pending>),
+}
+
 impl Session {
     /// Reads one binding's events until it is gone.
     ///
@@ -103,32 +113,12 @@ impl Session {
             _ => None,
         };
         if let Some(loss) = loss {
-            let mut p = p;
-            match (recovery::decide(self.facts(&p), loss), self.current()) {
-                (Fate::Reopen, Some(up)) => {
-                    // The upstream did not process it: it forgot our session. Revive and send again.
-                    p.attempts += 1;
-                    let generation = p.generation;
-                    info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
-                    up.mark_lost();
-                    self.spawn_dispatch(gid, p, sink, Some(generation));
-                    return;
-                }
-                (Fate::Retry, _) => {
-                    // The upstream (another tether, say) restarted with the request in flight:
-                    // the same policy as when tether's own upstream dies.
-                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
-                    p.attempts += 1;
-                    self.deps.stats.requests_retried.inc();
-                    self.spawn_dispatch(gid, p, sink, None);
-                    return;
-                }
-                _ if loss == Loss::RemoteRestarted => {
-                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
-                }
-                _ => {}
+            // The upstream did not serve it (it forgot our session), or another gateway's
+            // upstream restarted with it in flight: the one loss path decides.
+            match self.lose(gid, p, sink.clone(), loss, None, "").await {
+                Settled::Deliver(p) => return self.answer_client(*p, sink, msg).await,
+                Settled::Again | Settled::Ended => return,
             }
-            return self.answer_client(p, sink, msg).await;
         }
         self.answer_client(p, sink, msg).await
     }
@@ -289,28 +279,19 @@ impl Session {
             self.note_error(format_args!("upstream connection lost: {reason}"));
         }
         let mut retried = false;
-        for (gid, mut p) in orphans {
+        for (gid, p) in orphans {
             let Reply::Client(sink) = &p.reply else { continue };
             let sink = sink.clone();
             let loss = if undelivered.contains(&gid) { Loss::NotDelivered } else { Loss::InFlight };
-            match recovery::decide(self.facts(&p), loss) {
-                Fate::Resend => self.spawn_dispatch(gid, p, sink, Some(generation)),
-                Fate::Retry => {
-                    p.attempts += 1;
-                    self.deps.stats.requests_retried.inc();
-                    self.spawn_dispatch(gid, p, sink, Some(generation));
-                }
-                // The tool's annotations are not known yet: learn them from the revived upstream.
-                Fate::LearnTools => self.spawn_decide_after_revive(gid, p, sink, generation),
-                Fate::Fail(failure) => {
-                    let err = self.failure(failure, reason.to_string());
+            match self.lose(gid, p, sink.clone(), loss, Some(generation), &reason.to_string()).await {
+                Settled::Again => retried = true,
+                Settled::Ended => {}
+                // Not an outcome of a binding's death (there is no answer to pass on).
+                Settled::Deliver(p) => {
+                    let err = self.failure(Failure::Restarted, reason.to_string());
                     self.end_with(&sink, &p.client_id, &err).await;
-                    continue;
                 }
-                // Not outcomes of a binding's death.
-                Fate::Reopen | Fate::Deliver => continue,
             }
-            retried = true;
         }
         if unexpected && !retried && self.has_standalone() && !self.is_closed() {
             let me = self.clone();
@@ -320,6 +301,58 @@ impl Session {
                 }
             });
         }
+    }
+
+    /// The one loss path for a request whose binding died with it, or whose answer says the
+    /// upstream did not serve it: the recovery policy decides, and its fate is carried out.
+    /// `stale` names the binding it was lost with, when that binding is gone; `detail` is what
+    /// a failure says.
+    async fn lose(
+        self: &Arc<Self>,
+        gid: u64,
+        mut p: Pending,
+        sink: Sink,
+        loss: Loss,
+        stale: Option<u64>,
+        detail: &str,
+    ) -> Settled {
+        match recovery::decide(self.facts(&p), loss) {
+            Fate::Resend => self.spawn_dispatch(gid, p, sink, stale),
+            Fate::Retry => {
+                if loss == Loss::RemoteRestarted {
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
+                }
+                p.attempts += 1;
+                self.deps.stats.requests_retried.inc();
+                self.spawn_dispatch(gid, p, sink, stale);
+            }
+            Fate::Reopen => {
+                let Some(up) = self.current() else { return Settled::Deliver(Box::new(p)) };
+                // The upstream did not process it: it forgot our session. Revive and send again.
+                info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
+                p.attempts += 1;
+                let generation = p.generation;
+                up.mark_lost();
+                self.spawn_dispatch(gid, p, sink, Some(generation));
+            }
+            // The tool's annotations are not known yet: learn them from the revived upstream.
+            Fate::LearnTools => {
+                let stale = stale.unwrap_or(p.generation);
+                self.spawn_decide_after_revive(gid, p, sink, stale);
+            }
+            Fate::Deliver => {
+                if loss == Loss::RemoteRestarted {
+                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
+                }
+                return Settled::Deliver(Box::new(p));
+            }
+            Fate::Fail(failure) => {
+                let err = self.failure(failure, detail.to_owned());
+                self.end_with(&sink, &p.client_id, &err).await;
+                return Settled::Ended;
+            }
+        }
+        Settled::Again
     }
 
     /// For a `tools/call` whose tool annotations were never seen: revive, list the tools, and

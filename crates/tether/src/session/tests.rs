@@ -11,7 +11,7 @@ use tether_protocol::error_code;
 use tokio::sync::mpsc;
 
 use super::record::Transport;
-use super::{Deps, Manager, Outbound, Session, SessionConfig, Sink, StreamKind};
+use super::{Deps, Manager, Outbound, SessionConfig, SessionHandle, Sink, StreamKind};
 use crate::error::GatewayError;
 use crate::stats::Stats;
 use crate::store::memory::MemoryStore;
@@ -37,7 +37,7 @@ fn request(id: u64, method: &str, params: Value) -> Message {
 
 /// Sends a request on its own SSE stream; returns what the stream carried: the messages before
 /// the answer, and the answer.
-async fn call(s: &Arc<Session>, id: u64, method: &str, params: Value) -> (Vec<Value>, Value) {
+async fn call(s: &SessionHandle, id: u64, method: &str, params: Value) -> (Vec<Value>, Value) {
     let (sink, mut rx) = Sink::channel(s.next_stream(), StreamKind::Request);
     if let Err(e) = s.request(request(id, method, params), sink).await {
         return (Vec::new(), serde_json::from_slice(&e.to_message(None).to_bytes()).expect("json"));
@@ -61,7 +61,7 @@ async fn answer(rx: &mut mpsc::Receiver<Outbound>) -> (Vec<Value>, Value) {
 }
 
 /// An initialized session.
-async fn initialized(m: &Arc<Manager>) -> Arc<Session> {
+async fn initialized(m: &Arc<Manager>) -> SessionHandle {
     let s = m.create(Transport::StreamableHttp).await.expect("a session");
     let params =
         json!({ "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } });
@@ -327,4 +327,25 @@ async fn failed_sends_follow_the_policy() {
     assert_eq!(c["error"]["code"], error_code::UPSTREAM_RESTARTED, "interrupted and unsafe: {c}");
     let (_, d) = call(&s, 5, "tools/call", tool("down")).await;
     assert_eq!(d["error"]["data"]["reason"], "upstream_unavailable", "undelivered three times: {d}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_with_several_requests_in_flight_settles_each_by_the_policy() {
+    let script = Script::default().on(crash_on("write", 1, Act::CrashAfterRead)).on(|m, _, c| {
+        (m == "prompts/get" && c == 1).then(|| Act::Answer(Duration::from_secs(10), json!({ "late": true })))
+    });
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    call(&s, 1, "tools/list", json!({})).await;
+    // A safe request waits on the first upstream when an unsafe call crashes it.
+    let (sink, mut safe_rx) = Sink::channel(s.next_stream(), StreamKind::Request);
+    s.request(request(2, "prompts/get", json!({ "name": "p" })), sink).await.expect("sent");
+    let (_, unsafe_answer) = call(&s, 3, "tools/call", tool("write")).await;
+    assert_eq!(unsafe_answer["error"]["code"], error_code::UPSTREAM_RESTARTED, "{unsafe_answer}");
+    let (_, safe_answer) = answer(&mut safe_rx).await;
+    assert_eq!(safe_answer["result"]["echo"], "prompts/get", "retried on the revived upstream: {safe_answer}");
+    assert_eq!(safe_answer["id"], 2);
+    assert_eq!(script.received("prompts/get"), 2);
+    assert_eq!(script.received("tools/call"), 1, "the unsafe call is never repeated");
+    assert_eq!(s.revive_count(), 1, "one revive serves both");
 }

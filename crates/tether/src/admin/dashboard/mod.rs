@@ -289,11 +289,11 @@ async fn session_page(State(state): State<AdminState>, headers: HeaderMap, Path(
 
 async fn upstreams_page(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     let Some(l) = state.dashboard().logins.of(&headers) else { return to_login() };
-    let body = html::section("upstream-table", &upstreams_fragment(&state));
+    let body = html::section("upstream-table", &upstreams_fragment(&state).await);
     html_response(StatusCode::OK, html::page("Upstreams", "upstreams", &l.csrf, "/ui/events?view=upstreams", &body))
 }
 
-fn upstreams_fragment(state: &AdminState) -> String {
+async fn upstreams_fragment(state: &AdminState) -> String {
     let p = state.manager().deps().config.restart;
     let policy = format!(
         "{} upstream. The first restart after a failure is immediate, later ones back off (up to {}); {} failures within {} open the crash-loop breaker for a {} cool-down.",
@@ -303,7 +303,7 @@ fn upstreams_fragment(state: &AdminState) -> String {
         html::ago(p.window),
         html::ago(p.cooldown),
     );
-    html::upstreams_table(&view::upstreams(state), &policy)
+    html::upstreams_table(&view::upstreams(state).await, &policy)
 }
 
 /// The query of the live-update stream: which page, and its filter.
@@ -326,7 +326,7 @@ async fn fragments(state: &AdminState, q: &LiveQuery) -> Result<Vec<(&'static st
             Ok(vec![("session-table", html::sessions_table(&rows, cut))])
         }
         "session" => Ok(vec![("session-detail", html::session_detail(&view::detail(state, &q.id).await?))]),
-        "upstreams" => Ok(vec![("upstream-table", upstreams_fragment(state))]),
+        "upstreams" => Ok(vec![("upstream-table", upstreams_fragment(state).await)]),
         other => Err(AdminError::BadRequest(format!("view {other:?}: use overview, sessions, session or upstreams"))),
     }
 }

@@ -2,7 +2,6 @@
 //! (through the data plane, with its deadline) and the sample rings — as plain data, so the
 //! HTML renderer and the JSON API (`GET /admin/overview`) read the same thing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,7 +12,7 @@ use crate::admin::health::UpstreamCounts;
 use crate::admin::{AdminError, AdminState};
 use crate::session::record::{SessionRecord, now_ms};
 use crate::session::store::RecordFilter;
-use crate::session::{Session, instance};
+use crate::session::{SessionHandle, instance};
 use crate::stats::{MethodClass, Outcome};
 
 /// The most sessions one list page shows.
@@ -235,7 +234,7 @@ pub async fn sessions(state: &AdminState, filter: &ListFilter) -> Result<(Vec<Ro
     Ok((rows, cut))
 }
 
-fn row(r: &SessionRecord, live: Option<&Arc<Session>>) -> Row {
+fn row(r: &SessionRecord, live: Option<&SessionHandle>) -> Row {
     let now = now_ms();
     let info = client_info(r);
     let text = |k: &str| info.as_ref().and_then(|i| i.get(k)).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -317,21 +316,24 @@ pub async fn detail(state: &AdminState, id: &str) -> Result<Detail, AdminError> 
         None => crate::admin::sessions::load(state, id).await?,
     };
     let row = row(&record, live.as_ref());
-    let live_detail = live.as_ref().map(|s| {
-        let (open_for, failures) = s.breaker_status();
-        LiveDetail {
-            upstream_state: s.upstream_state().as_str(),
-            pid: s.upstream_pid(),
-            upstream_session: s.upstream_session(),
-            generation: s.generation(),
-            revives: s.revive_count(),
-            in_flight: s.in_flight(DETAIL_IN_FLIGHT),
-            breaker_open_for: open_for,
-            consecutive_failures: failures,
-            streams_opened: s.streams_opened(),
-            standalone_open: s.has_standalone(),
+    let live_detail = match &live {
+        Some(s) => {
+            let snap = s.inspect().await;
+            Some(LiveDetail {
+                upstream_state: snap.upstream_state.as_str(),
+                pid: snap.pid,
+                upstream_session: snap.upstream_session,
+                generation: snap.generation,
+                revives: snap.revives,
+                in_flight: snap.in_flight.into_iter().take(DETAIL_IN_FLIGHT).collect(),
+                breaker_open_for: snap.breaker_open_for,
+                consecutive_failures: snap.consecutive_failures,
+                streams_opened: snap.streams_opened,
+                standalone_open: snap.standalone_open,
+            })
         }
-    });
+        None => None,
+    };
     let owner = match &live {
         Some(_) => format!("{} (this replica)", instance()),
         None => "none live: the next request revives it on the replica it reaches".to_owned(),
@@ -353,29 +355,25 @@ pub struct UpstreamRow {
 }
 
 /// The live sessions' upstream bindings, broken ones first, at most [`LIST_LIMIT`].
-pub fn upstreams(state: &AdminState) -> Vec<UpstreamRow> {
-    let mut rows: Vec<UpstreamRow> = state
-        .manager()
-        .live()
-        .iter()
-        .map(|s| {
-            let (open_for, failures) = s.breaker_status();
-            let name = client_info(&s.record())
-                .and_then(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            UpstreamRow {
-                session: s.id().to_owned(),
-                client: name,
-                state: s.upstream_state().as_str(),
-                pid: s.upstream_pid(),
-                upstream_session: s.upstream_session(),
-                generation: s.generation(),
-                revives: s.revive_count(),
-                breaker_open_for: open_for,
-                consecutive_failures: failures,
-            }
-        })
-        .collect();
+pub async fn upstreams(state: &AdminState) -> Vec<UpstreamRow> {
+    let mut rows: Vec<UpstreamRow> = Vec::new();
+    for s in state.manager().live() {
+        let snap = s.inspect().await;
+        let name = client_info(&snap.record)
+            .and_then(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        rows.push(UpstreamRow {
+            session: s.id().to_owned(),
+            client: name,
+            state: snap.upstream_state.as_str(),
+            pid: snap.pid,
+            upstream_session: snap.upstream_session,
+            generation: snap.generation,
+            revives: snap.revives,
+            breaker_open_for: snap.breaker_open_for,
+            consecutive_failures: snap.consecutive_failures,
+        });
+    }
     rows.sort_by_key(|r| (r.breaker_open_for.is_none(), r.state != "restarting", std::cmp::Reverse(r.revives)));
     rows.truncate(LIST_LIMIT);
     rows
