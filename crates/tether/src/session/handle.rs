@@ -105,6 +105,11 @@ impl SessionHandle {
         self.session.forwarded_auth()
     }
 
+    /// Whether the session completed a handshake, so an upstream has served it before.
+    pub fn has_bound(&self) -> bool {
+        self.session.has_bound()
+    }
+
     /// The principal the session is bound to (a fingerprint, see `crate::auth`), if any.
     pub fn principal(&self) -> Option<String> {
         self.session.principal()

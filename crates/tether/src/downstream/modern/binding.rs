@@ -9,7 +9,7 @@
 //! open records on first use, since every key can be recomputed from a record.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::downstream::{AppState, Caller};
 use crate::error::GatewayError;
 use crate::session::record::{CloseReason, SessionRecord, Transport};
-use crate::session::{Session, Sink, StreamKind};
+use crate::session::{SessionHandle, Sink, StreamKind};
 
 /// How a binding was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl Bindings {
         caller: &Caller,
         env: &Envelope,
         headers: &HeaderMap,
-    ) -> Result<(Arc<Session>, KeyKind), GatewayError> {
+    ) -> Result<(SessionHandle, KeyKind), GatewayError> {
         let (key, kind) = match caller.key() {
             Some(p) => (format!("p:{p}"), KeyKind::Principal),
             None => {
@@ -144,7 +144,7 @@ impl Bindings {
         Ok((session, kind))
     }
 
-    async fn lookup(&self, app: &AppState, key: &str) -> Option<Arc<Session>> {
+    async fn lookup(&self, app: &AppState, key: &str) -> Option<SessionHandle> {
         let id = lock(&self.keys).get(key).cloned()?;
         match app.manager.get(&id).await {
             Ok(s) if s.has_bound() => Some(s),
@@ -187,7 +187,7 @@ impl Bindings {
 
 /// Opens the upstream side of a new binding: `initialize` (recorded by the session, so that a
 /// revive replays it) and `notifications/initialized`.
-async fn initialize(session: &Arc<Session>, params: &Value) -> Result<(), GatewayError> {
+async fn initialize(session: &SessionHandle, params: &Value) -> Result<(), GatewayError> {
     let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
     let msg = Message::request(0, method::INITIALIZE, Some(&raw_value(params)));
     let gid = session.request(msg, sink).await?;

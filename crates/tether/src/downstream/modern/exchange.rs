@@ -30,7 +30,7 @@ use crate::downstream::stream::sse_response;
 use crate::downstream::{AppState, json_response};
 use crate::error::GatewayError;
 use crate::session::record::now_ms;
-use crate::session::{Outbound, Session, Sink, StreamKind};
+use crate::session::{Outbound, SessionHandle, Sink, StreamKind};
 use crate::stats::{Outcome, RequestProbe};
 
 /// The most upstream legs parked at once, waiting for a client's retry.
@@ -47,7 +47,7 @@ pub struct Parked {
 }
 
 struct Round {
-    session: Arc<Session>,
+    session: SessionHandle,
     rx: mpsc::Receiver<Outbound>,
     gid: u64,
     /// The id the request carries upstream (gateway-unique).
@@ -88,7 +88,7 @@ fn request_digest(method_name: &str, params: &Value) -> String {
 
 struct Ctx {
     front: Arc<Front>,
-    session: Arc<Session>,
+    session: SessionHandle,
     method: String,
     client_id: Box<RawValue>,
     unique: Box<RawValue>,
@@ -107,7 +107,7 @@ struct Ctx {
 pub async fn run(
     app: &AppState,
     front: &Arc<Front>,
-    session: Arc<Session>,
+    session: SessionHandle,
     msg: Message,
     params: Value,
     env: Envelope,
@@ -165,7 +165,7 @@ pub async fn run(
 
 /// Sets the binding's log level when a request asks for more than it is set to; each request
 /// then gets only what its own level admits.
-async fn apply_log_level(session: &Arc<Session>, level: &str) {
+async fn apply_log_level(session: &SessionHandle, level: &str) {
     let rec = session.record();
     let logs = rec
         .upstream_init

@@ -20,7 +20,7 @@ use super::Front;
 use crate::downstream::AppState;
 use crate::downstream::stream::sse_response;
 use crate::error::GatewayError;
-use crate::session::{Session, Sink, StreamKind};
+use crate::session::{SessionHandle, Sink, StreamKind};
 
 /// Messages a hub holds for a slow listen before it skips ahead.
 const HUB_BUFFER: usize = 256;
@@ -34,7 +34,7 @@ pub struct Hubs {
 }
 
 impl Hubs {
-    fn subscribe(&self, session: &Arc<Session>) -> broadcast::Receiver<Bytes> {
+    fn subscribe(&self, session: &SessionHandle) -> broadcast::Receiver<Bytes> {
         let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tx) = map.get(session.id())
             && tx.receiver_count() > 0
@@ -65,7 +65,7 @@ impl Hubs {
 pub async fn open(
     app: &AppState,
     front: &Arc<Front>,
-    session: Arc<Session>,
+    session: SessionHandle,
     msg: &Message,
     params: &Value,
 ) -> Result<Response, GatewayError> {
@@ -161,7 +161,7 @@ pub async fn open(
 }
 
 /// `resources/subscribe` on the binding; whether it succeeded.
-async fn subscribe(session: &Arc<Session>, uri: &str) -> bool {
+async fn subscribe(session: &SessionHandle, uri: &str) -> bool {
     let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
     let params = raw_value(&json!({ "uri": uri }));
     let Ok(gid) = session.request(Message::request(0, method::RESOURCES_SUBSCRIBE, Some(&params)), sink).await else {
