@@ -97,7 +97,16 @@ async fn exercise(front: Front, up: Up) {
     }
     assert_eq!(gw.manager.live_count(), 0, "{label}: the session is gone");
     if let Some(pid) = pid {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{label}: the stdio child {pid} was stopped");
+        // The session leaves the registry first, then its child is stopped (stdin closed, waited
+        // for, killed after a grace period): the child goes within the harness's timeout.
+        let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+        tokio::time::timeout(harness::WAIT, async {
+            while proc.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{label}: the stdio child {pid} was not stopped"));
     }
     if let Some(inner) = inner {
         // Closing the client session closes the upstream session too (DELETE, or the SSE stream).
