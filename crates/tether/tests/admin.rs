@@ -227,6 +227,8 @@ async fn a_session_is_listed_inspected_counted_and_terminated_and_the_client_the
     assert!(m.declares("tether_sessions_created", "counter"), "{}", m.text);
     assert_eq!(m.value("tether_sessions_created_total", &[]), 1.0);
     assert_eq!(m.value("tether_sessions_active", &[]), 1.0);
+    assert_eq!(m.value("tether_sessions_live", &[("transport", "streamable-http")]), 1.0);
+    assert_eq!(m.value("tether_sessions_live", &[("transport", "modern-http")]), 0.0);
     assert_eq!(m.value("tether_upstreams", &[("state", "alive")]), 1.0);
     let ok = |class| [("method_class", class), ("outcome", "ok")];
     assert_eq!(m.value("tether_requests_total", &ok("initialize")), 1.0);

@@ -73,6 +73,13 @@ async fn discover_list_and_call_are_served_modern_on_one_binding() {
     assert_eq!(gw.manager.live_count(), 1);
     let s = &gw.manager.live()[0];
     assert_eq!(s.transport().as_str(), "modern-http");
+    let by_transport = gw.manager.live_by_transport();
+    assert_eq!(
+        by_transport[tether::session::record::Transport::Modern as usize],
+        1,
+        "counted as modern-http in metrics"
+    );
+    assert_eq!(by_transport.iter().sum::<usize>(), 1);
     assert_eq!(s.record().protocol_version.as_deref(), Some("2025-11-25"));
     gw.shutdown().await;
 }

@@ -18,6 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::health::UpstreamCounts;
 use super::{AdminError, AdminState};
 use crate::session::Manager;
+use crate::session::record::Transport;
 use crate::stats::{HistogramSnapshot, MethodClass, Outcome, Stats, StoreOp};
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
@@ -71,6 +72,15 @@ impl Collector for TetherCollector {
         gauge(e, "tether_draining", "1 while new sessions are refused (drain).", None, u8::from(m.is_draining()))?;
 
         gauge(e, "tether_sessions_active", "Client sessions live in this process.", None, m.live_count() as f64)?;
+        let mut f = e.encode_descriptor(
+            "tether_sessions_live",
+            "Client sessions live in this process by client transport (modern-http: the bindings of 2026-07-28 clients).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, n) in Transport::ALL.into_iter().zip(m.live_by_transport()) {
+            ConstGauge::new(n as f64).encode(f.encode_family(&[("transport", t.as_str())])?)?;
+        }
         counter(e, "tether_sessions_created", "Client sessions created.", &s.sessions_created)?;
         counter(e, "tether_sessions_closed", "Sessions closed by the client or an operator.", &s.sessions_closed)?;
         counter(e, "tether_sessions_expired", "Sessions ended by the idle TTL.", &s.sessions_expired)?;

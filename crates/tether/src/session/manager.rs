@@ -287,6 +287,16 @@ impl Manager {
         self.read().values().filter(|s| !s.is_closed()).count()
     }
 
+    /// Live sessions by client transport, in [`Transport::ALL`] order (metrics: the modern
+    /// front's bindings are `modern-http`).
+    pub fn live_by_transport(&self) -> [usize; Transport::ALL.len()] {
+        let mut n = [0; Transport::ALL.len()];
+        for s in self.read().values().filter(|s| !s.is_closed()) {
+            n[s.transport() as usize] += 1;
+        }
+        n
+    }
+
     /// The live sessions.
     pub fn live(&self) -> Vec<SessionHandle> {
         self.read().values().filter(|s| !s.is_closed()).cloned().collect()

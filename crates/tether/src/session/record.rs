@@ -21,6 +21,10 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in declaration order.
+    pub const ALL: [Transport; 4] =
+        [Transport::StreamableHttp, Transport::LegacySse, Transport::Stdio, Transport::Modern];
+
     /// The label used in logs, metrics and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,10 +38,7 @@ impl Transport {
     /// The transport a store's label names; an unknown label (a newer tether's) reads as
     /// Streamable HTTP, the most common front.
     pub fn from_label(label: &str) -> Transport {
-        [Transport::LegacySse, Transport::Stdio, Transport::Modern]
-            .into_iter()
-            .find(|t| t.as_str() == label)
-            .unwrap_or(Transport::StreamableHttp)
+        Transport::ALL.into_iter().find(|t| t.as_str() == label).unwrap_or(Transport::StreamableHttp)
     }
 }
 
