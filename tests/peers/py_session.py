@@ -70,8 +70,12 @@ async def main(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - every failure is reported to the test
             return {"ok": False, "error": error_text(e), "statuses": statuses[start:]}
 
+    # The handshake era: the dashboard test watches a Streamable HTTP session that an operator
+    # terminates (the client's next call then gets 404). In `auto` mode the SDK would get
+    # 2026-07-28 through tether, which has no client session to terminate.
     client = Client(
         transport(),
+        mode="legacy",
         read_timeout_seconds=CALL_TIMEOUT_S,
         client_info=types.Implementation(name=args.name, version=args.version),
     )
