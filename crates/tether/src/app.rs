@@ -45,6 +45,7 @@ pub struct Gateway {
     /// The generated admin token's file, claimed while this gateway runs.
     _token_file: Option<crate::admin::token::TokenFile>,
     _store_lock: Option<crate::store::lock::StoreLock>,
+    namespace_lease: Option<crate::store::namespace::NamespaceLease>,
 }
 
 impl Gateway {
@@ -66,6 +67,11 @@ impl Gateway {
             | crate::store::StoreSpec::Postgres { .. }
             | crate::store::StoreSpec::Redis { .. } => None,
         };
+        // Stops the gateway when set; also set by a lost namespace lease.
+        let stop = CancellationToken::new();
+        // A shared store serves one tether per namespace until cluster mode exists.
+        let namespace_lease =
+            crate::store::namespace::NamespaceLease::acquire(&config.store, addr, stop.clone()).await?;
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");
         let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
@@ -91,7 +97,6 @@ impl Gateway {
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
         // Sessions from before the restart count toward --max-sessions until they close.
         manager.expect_resumes(stored);
-        let stop = CancellationToken::new();
         let streams_end = CancellationToken::new();
         // Before anything serves: a token file or JWKS file that fails here stops the start.
         let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
@@ -165,6 +170,7 @@ impl Gateway {
             admin,
             _token_file: token_file,
             _store_lock: store_lock,
+            namespace_lease,
         })
     }
 
@@ -173,6 +179,10 @@ impl Gateway {
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.done.await;
+        // After the last session is stopped: the next tether may take the namespace at once.
+        if let Some(lease) = self.namespace_lease {
+            lease.release().await;
+        }
         if let Some(admin) = self.admin {
             admin.stop().await;
         }
@@ -197,8 +207,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gw = Gateway::start_with(config, listeners, log).await?;
-    shutdown.await;
+    let stopping = gw.stop.clone();
+    // The gateway stops itself only when it lost its store namespace (logged where it happened).
+    let lost = tokio::select! {
+        _ = shutdown => false,
+        _ = stopping.cancelled() => true,
+    };
     info!("shutting down");
     gw.shutdown().await;
+    if lost {
+        anyhow::bail!("stopped serving: another tether took the store namespace, or the store was unreachable");
+    }
     Ok(())
 }

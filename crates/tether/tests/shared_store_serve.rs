@@ -28,6 +28,18 @@ fn free_port() -> u16 {
 impl Tether {
     async fn start(dir: &std::path::Path, port: u16, store: &str, ns: &str) -> Tether {
         let log = dir.join(format!("tether-{}.log", rand::random::<u32>()));
+        let child = Tether::command(dir, port, store, ns, &log).spawn().expect("spawn tether");
+        let t = Tether { child, port, log };
+        within(async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        t
+    }
+
+    fn command(dir: &std::path::Path, port: u16, store: &str, ns: &str, log: &std::path::Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
         cmd.arg("serve")
             .arg("--listen")
@@ -46,17 +58,9 @@ impl Tether {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::create(log).expect("log file"))
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn tether");
-        let t = Tether { child, port, log };
-        within(async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        t
+        cmd
     }
 
     fn base(&self) -> String {
@@ -127,12 +131,55 @@ async fn a_session_and_its_stream_survive_a_restart(store: &str, ns: &str) {
 async fn postgres_sessions_survive_kill_9() {
     let ns = shared_stores::namespace("serve");
     let _cleanup = Cleanup::Postgres(ns.clone());
-    within(a_session_and_its_stream_survive_a_restart(&shared_stores::pg_url(), &ns)).await;
+    shared_stores::within(a_session_and_its_stream_survive_a_restart(&shared_stores::pg_url(), &ns)).await;
 }
 
 #[tokio::test]
 async fn redis_sessions_survive_kill_9() {
     let ns = shared_stores::namespace("serve");
     let _cleanup = Cleanup::Redis(ns.clone());
-    within(a_session_and_its_stream_survive_a_restart(&shared_stores::redis_url(), &ns)).await;
+    shared_stores::within(a_session_and_its_stream_survive_a_restart(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// Until cluster mode exists: a second tether on a namespace that a live tether serves waits
+/// out one lease TTL, then refuses to start and says why; once the first is killed (-9), a
+/// tether started on the namespace takes it within the TTL and serves the first one's session.
+async fn one_tether_serves_a_namespace(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-shared-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let first = Tether::start(&dir, port, store, ns).await;
+    let mut c = Client::for_base(first.base(), Front::Streamable);
+    c.connect().await;
+
+    let log = dir.join("second.log");
+    let mut second = Tether::command(&dir, free_port(), store, ns, &log).spawn().expect("spawn tether");
+    let status = shared_stores::within(second.wait()).await.expect("reaped");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "the second tether must not serve the namespace: {said}");
+    assert!(said.contains("another tether") && said.contains("--store-namespace"), "{said}");
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "still here"}})).await;
+    assert_eq!(text_of(&r.answer), "still here", "the first one serves on");
+
+    first.kill9().await;
+    let third = Tether::start(&dir, port, store, ns).await;
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "taken over"}})).await;
+    assert_eq!(text_of(&r.answer), "taken over", "the namespace was taken after the lease expired");
+    let log = third.kill9().await;
+    assert!(log.contains("holding the store namespace"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_namespace_has_one_tether() {
+    let ns = shared_stores::namespace("owner");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    shared_stores::within(one_tether_serves_a_namespace(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_namespace_has_one_tether() {
+    let ns = shared_stores::namespace("owner");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    shared_stores::within(one_tether_serves_a_namespace(&shared_stores::redis_url(), &ns)).await;
 }

@@ -11,6 +11,7 @@ pub mod cluster;
 mod group_commit;
 pub mod lock;
 pub mod memory;
+pub mod namespace;
 pub mod postgres;
 mod postgres_cluster;
 pub mod redis;
