@@ -136,6 +136,12 @@ pub async fn run(
         }
         let unique = string_id(&format!("tether-m-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let mut upstream = msg;
+        let mut forwarded = params.clone();
+        if modern::strip_envelope(&mut forwarded) {
+            let name = upstream.method().unwrap_or_default().to_owned();
+            let raw = raw_value(&forwarded);
+            upstream = Message::request(0, &name, forwarded.is_object().then_some(&raw));
+        }
         upstream.set_id(unique.clone());
         // A stream that carries related messages, but is not resumed (2026-07-28 has no
         // resumption): no event is stored for it.
