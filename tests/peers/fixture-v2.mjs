@@ -20,10 +20,13 @@
 // FIXTURE_STATE_KEY (the HMAC key sealing `requestState`; default: random per process).
 //
 // HTTP: Host must name localhost, 127.0.0.1 or [::1] and Origin, when present, one of them
-// (else 403, DNS-rebinding protection); only /mcp exists (404 elsewhere).
+// (else 403, DNS-rebinding protection); only /mcp exists (404 elsewhere). The handshake era is
+// served statefully (an `initialize` opens a session with an Mcp-Session-Id, so the server can
+// send its elicitation, sampling and roots requests on the call's stream); every other request
+// goes to the SDK's per-request handler (2026-07-28, and sessionless legacy requests).
 
 import http from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   Server,
   createMcpHandler,
@@ -34,13 +37,14 @@ import {
   ProtocolError
 } from '@modelcontextprotocol/server';
 import { serveStdio } from '@modelcontextprotocol/server/stdio';
-import { toNodeHandler } from '@modelcontextprotocol/node';
+import { NodeStreamableHTTPServerTransport, toNodeHandler } from '@modelcontextprotocol/node';
 import { PNG_1X1_BASE64, WAV_BASE64 } from './fixture-media.mjs';
 
 const SERVER_INFO = { name: 'tether-conformance-fixture-v2', version: '2.0.0' };
 const RESOURCE_NOT_FOUND = -32002;
 const INVALID_PARAMS = -32602;
 const CLIENT_CAPS_KEY = 'io.modelcontextprotocol/clientCapabilities';
+const PROTOCOL_VERSION_KEY = 'io.modelcontextprotocol/protocolVersion';
 
 const quiet = process.env.FIXTURE_QUIET === '1';
 const log = (...args) => {
@@ -470,6 +474,50 @@ function serveHttp() {
     onerror: (e) => log('error:', e?.message ?? e)
   });
   const node = toNodeHandler(handler, { onerror: (e) => log('adapter error:', e?.message ?? e) });
+  const sessions = new Map(); // Mcp-Session-Id -> NodeStreamableHTTPServerTransport
+  const MAX_SESSIONS = 1000;
+  const readBody = (req) =>
+    new Promise((resolve, reject) => {
+      const parts = [];
+      let size = 0;
+      req.on('data', (c) => {
+        size += c.length;
+        if (size > 4 * 1024 * 1024) reject(new Error('body too large'));
+        else parts.push(c);
+      });
+      req.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
+      req.on('error', reject);
+    });
+  const handle = async (req, res, refuse) => {
+    const sid = req.headers['mcp-session-id'];
+    if (typeof sid === 'string') {
+      const t = sessions.get(sid);
+      if (!t) return refuse(404, 'Session not found');
+      const body = req.method === 'POST' ? JSON.parse((await readBody(req)) || 'null') : undefined;
+      return t.handleRequest(req, res, body);
+    }
+    if (req.method !== 'POST') return node(req, res);
+    let body;
+    try {
+      body = JSON.parse(await readBody(req));
+    } catch {
+      return refuse(400, 'Parse error');
+    }
+    // A 2026-07-28 request (its envelope names the revision) goes to the per-request handler,
+    // which refuses `initialize` as a removed method.
+    const modern = body?.params?._meta?.[PROTOCOL_VERSION_KEY] !== undefined;
+    if (body?.method !== 'initialize' || modern) return node(req, res, body);
+    if (sessions.size >= MAX_SESSIONS) return refuse(503, 'Too many sessions');
+    const transport = new NodeStreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      onsessioninitialized: (id) => sessions.set(id, transport)
+    });
+    transport.onclose = () => {
+      if (transport.sessionId) sessions.delete(transport.sessionId);
+    };
+    await createFixtureServer().connect(transport);
+    return transport.handleRequest(req, res, body);
+  };
   const httpServer = http.createServer((req, res) => {
     const refuse = (status, message) => {
       res.writeHead(status, { 'content-type': 'application/json' });
@@ -478,7 +526,7 @@ function serveHttp() {
     if (!LOCAL_HOSTS.has(hostnameOf(req.headers.host ?? ''))) return refuse(403, 'Host not allowed');
     if (req.headers.origin !== undefined && !localOrigin(req.headers.origin)) return refuse(403, 'Origin not allowed');
     if (new URL(req.url ?? '/', 'http://localhost').pathname !== '/mcp') return refuse(404, 'Not found');
-    node(req, res).catch((e) => {
+    handle(req, res, refuse).catch((e) => {
       log('request failed:', e?.message ?? e);
       if (!res.headersSent) refuse(500, 'Internal error');
       else res.end();
