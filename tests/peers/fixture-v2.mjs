@@ -17,7 +17,10 @@
 // picks a free port). Everything else goes to stderr.
 //
 // Environment: PORT (default 3000), FIXTURE_QUIET=1 (no log lines on stderr),
-// FIXTURE_STATE_KEY (the HMAC key sealing `requestState`; default: random per process).
+// FIXTURE_STATE_KEY (the HMAC key sealing `requestState`; default: random per process),
+// FIXTURE_LEGACY=stateless (http: serve the handshake era only with the SDK's sessionless
+// per-request handler, which takes any request carrying the envelope for a 2026-07-28 one and
+// cannot send server->client requests; default: sessions, below).
 //
 // HTTP: Host must name localhost, 127.0.0.1 or [::1] and Origin, when present, one of them
 // (else 403, DNS-rebinding protection); only /mcp exists (404 elsewhere). The handshake era is
@@ -488,7 +491,9 @@ function serveHttp() {
       req.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
       req.on('error', reject);
     });
+  const stateless = process.env.FIXTURE_LEGACY === 'stateless';
   const handle = async (req, res, refuse) => {
+    if (stateless) return node(req, res);
     const sid = req.headers['mcp-session-id'];
     if (typeof sid === 'string') {
       const t = sessions.get(sid);
