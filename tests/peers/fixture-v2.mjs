@@ -9,6 +9,10 @@
 // through tether and the two scores compared (scripts/conformance-parity). The handshake-era
 // fixture for conformance 0.1.16 is tests/peers/fixture.mjs.
 //
+// Packages: @modelcontextprotocol/server 2.4.0 (pinned in scripts/setup-peers) and
+// @modelcontextprotocol/node 2.0.0 (its Node HTTP adapter; installed with the pinned
+// supergateway 4.0.0, which depends on exactly that version).
+//
 // Usage:
 //   node tests/peers/fixture-v2.mjs stdio          newline-delimited JSON-RPC on stdin/stdout
 //   PORT=N node tests/peers/fixture-v2.mjs http    Streamable HTTP at http://127.0.0.1:N/mcp
