@@ -64,7 +64,7 @@ pub fn correlation_of(r: &SessionRecord) -> Option<&'static str> {
 /// Whether a request to `/mcp` is of the modern era: its body claims the envelope, or its
 /// `MCP-Protocol-Version` header names a modern revision and it carries no session (so a
 /// request of that revision whose envelope is missing or broken is refused as the revision
-/// says, -32602, and an `initialize` is a removed method, not a handshake).
+/// says, -32602, and an `initialize` carrying the envelope is a removed method).
 pub fn is_modern(msg: &Message, headers: &HeaderMap) -> bool {
     if modern::claims_modern(msg.method(), msg.params().map(|p| p.get())) {
         return true;
@@ -73,7 +73,14 @@ pub fn is_modern(msg: &Message, headers: &HeaderMap) -> bool {
     match msg.kind() {
         // A notification has no envelope in this revision: its header says.
         Kind::Notification => header_is_modern(headers),
-        Kind::Request => sessionless && header_names_modern(headers),
+        // An `initialize` is the handshake unless it carries the envelope too (an `auto`
+        // client's fallback handshake may name its preferred revision in the header).
+        Kind::Request => {
+            sessionless
+                && header_names_modern(headers)
+                && (msg.method() != Some(method::INITIALIZE)
+                    || msg.params().is_some_and(|p| p.get().contains(modern::META_PROTOCOL_VERSION)))
+        }
         _ => false,
     }
 }
