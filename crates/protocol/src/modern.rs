@@ -330,6 +330,26 @@ pub fn discover_from_initialize(init: &Value) -> Value {
     out
 }
 
+/// The prefix of the reserved `_meta` keys of the 2026-07-28 envelope.
+pub const META_RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
+
+/// Takes the 2026-07-28 envelope out of a request's params before it goes to a handshake-era
+/// session: its reserved `io.modelcontextprotocol/*` keys (the session's `initialize` already
+/// carries their meaning), and `_meta` itself when nothing else is left in it. A server of
+/// both eras would otherwise take the request for a modern one. Other `_meta` keys (e.g.
+/// `progressToken`) stay. Says whether anything was removed.
+pub fn strip_envelope(params: &mut Value) -> bool {
+    let Some(obj) = params.as_object_mut() else { return false };
+    let Some(meta) = obj.get_mut("_meta").and_then(Value::as_object_mut) else { return false };
+    let before = meta.len();
+    meta.retain(|k, _| !k.starts_with(META_RESERVED_PREFIX));
+    let changed = meta.len() != before;
+    if meta.is_empty() {
+        obj.remove("_meta");
+    }
+    changed
+}
+
 /// Stamps a listen frame's params with the listen's id.
 pub fn stamp_subscription(params: &mut Value, listen_id: &Value) {
     if !params.is_object() {
@@ -473,5 +493,21 @@ mod tests {
         let mut p = json!({"uri": "x"});
         stamp_subscription(&mut p, &json!("L1"));
         assert_eq!(p["_meta"][META_SUBSCRIPTION_ID], "L1");
+    }
+
+    #[test]
+    fn strip_envelope_keeps_other_meta() {
+        let mut p = serde_json::json!({
+            "name": "t",
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "progressToken": 7}
+        });
+        assert!(strip_envelope(&mut p));
+        assert_eq!(p, serde_json::json!({"name": "t", "_meta": {"progressToken": 7}}));
+        let mut only = serde_json::json!({"_meta": {"io.modelcontextprotocol/clientCapabilities": {}}});
+        assert!(strip_envelope(&mut only));
+        assert_eq!(only, serde_json::json!({}));
+        let mut none = serde_json::json!({"uri": "test://x"});
+        assert!(!strip_envelope(&mut none));
+        assert_eq!(none, serde_json::json!({"uri": "test://x"}));
     }
 }

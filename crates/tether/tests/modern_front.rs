@@ -170,6 +170,23 @@ async fn bad_modern_input_gets_its_status_and_code() {
     let (status, v) = raw_post(&gw, &headers("ping", None), request(11, "ping", json!({}))).await;
     assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, -32601), "{v}");
 
+    // A request whose header names 2026-07-28 but whose body has no envelope: the revision's
+    // -32602, not the handshake era's "Mcp-Session-Id required".
+    let bare = json!({"jsonrpc": "2.0", "id": 15, "method": "tools/list", "params": {}});
+    let (status, v) = raw_post(&gw, &headers("tools/list", None), bare.to_string()).await;
+    assert_eq!((status, code(&v)), (StatusCode::BAD_REQUEST, -32602), "{v}");
+    assert_eq!(v["id"], 15);
+
+    // `initialize` from a 2026-07-28 client is a removed method.
+    let init = request(16, "initialize", json!({}));
+    let (status, v) = raw_post(&gw, &headers("initialize", None), init).await;
+    assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, -32601), "{v}");
+
+    // A method the upstream does not know: its -32601 comes with the revision's 404.
+    let (status, v) = raw_post(&gw, &headers("no/such-method", None), request(17, "no/such-method", json!({}))).await;
+    assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, -32601), "{v}");
+    assert_eq!(v["id"], 17);
+
     // A forged requestState, and one whose params were changed since it was issued.
     let forged = request(
         12,

@@ -136,6 +136,12 @@ pub async fn run(
         }
         let unique = string_id(&format!("tether-m-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let mut upstream = msg;
+        let mut forwarded = params.clone();
+        if modern::strip_envelope(&mut forwarded) {
+            let name = upstream.method().unwrap_or_default().to_owned();
+            let raw = raw_value(&forwarded);
+            upstream = Message::request(0, &name, forwarded.is_object().then_some(&raw));
+        }
         upstream.set_id(unique.clone());
         // A stream that carries related messages, but is not resumed (2026-07-28 has no
         // resumption): no event is stored for it.
@@ -229,6 +235,7 @@ async fn drive(ctx: Ctx, mut rx: mpsc::Receiver<Outbound>, first: oneshot::Sende
                         // A retry's own probe (the first round's settled with its `input_required`).
                         ctx.probe.answered(&o.data);
                         let bytes = finalize(&ctx, &o.data);
+                        let status = error_status(&bytes).unwrap_or(status);
                         send_final(&mut out, bytes, status).await;
                         return;
                     }
@@ -339,6 +346,18 @@ fn finalize(ctx: &Ctx, data: &[u8]) -> Vec<u8> {
             let message = e["message"].as_str().unwrap_or("error");
             Message::error(Some(&ctx.client_id), code, message, e.get("data").cloned()).to_bytes()
         }
+    }
+}
+
+/// The HTTP status 2026-07-28 gives a final error answer: 404 for an unknown method, 400 for
+/// a missing client capability (the upstream's handshake-era answer came with 200).
+fn error_status(bytes: &[u8]) -> Option<StatusCode> {
+    let m = Message::parse(bytes).ok().filter(|m| m.kind() == Kind::Error)?;
+    let e: Value = m.error_object().and_then(|e| serde_json::from_str(e.get()).ok())?;
+    match e["code"].as_i64()? {
+        error_code::METHOD_NOT_FOUND => Some(StatusCode::NOT_FOUND),
+        error_code::MISSING_REQUIRED_CLIENT_CAPABILITY => Some(StatusCode::BAD_REQUEST),
+        _ => None,
     }
 }
 

@@ -61,13 +61,37 @@ pub fn correlation_of(r: &SessionRecord) -> Option<&'static str> {
         .then(|| if r.principal.is_some() { KeyKind::Principal } else { KeyKind::Envelope }.as_str())
 }
 
-/// Whether a request to `/mcp` is of the modern era: its body claims the envelope.
+/// Whether a request to `/mcp` is of the modern era: its body claims the envelope, or its
+/// `MCP-Protocol-Version` header names a modern revision and it carries no session (so a
+/// request of that revision whose envelope is missing or broken is refused as the revision
+/// says, -32602, and an `initialize` carrying the envelope is a removed method).
 pub fn is_modern(msg: &Message, headers: &HeaderMap) -> bool {
     if modern::claims_modern(msg.method(), msg.params().map(|p| p.get())) {
         return true;
     }
-    // A notification has no envelope in this revision: its header says.
-    msg.kind() == Kind::Notification && header_is_modern(headers)
+    let sessionless = !headers.contains_key("mcp-session-id");
+    match msg.kind() {
+        // A notification has no envelope in this revision: its header says.
+        Kind::Notification => header_is_modern(headers),
+        // An `initialize` is the handshake unless it carries the envelope too (an `auto`
+        // client's fallback handshake may name its preferred revision in the header).
+        Kind::Request => {
+            sessionless
+                && header_names_modern(headers)
+                && (msg.method() != Some(method::INITIALIZE)
+                    || msg.params().is_some_and(|p| p.get().contains(modern::META_PROTOCOL_VERSION)))
+        }
+        _ => false,
+    }
+}
+
+/// Whether `MCP-Protocol-Version` names a revision of the modern era (not merely an unknown
+/// one: an unknown version with no envelope stays with the handshake era's checks).
+fn header_names_modern(headers: &HeaderMap) -> bool {
+    headers
+        .get(modern::HEADER_PROTOCOL_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| version::era(v) == Some(version::Era::Modern))
 }
 
 /// Whether `MCP-Protocol-Version` names a revision that is not of the handshake era (GET and

@@ -1,0 +1,139 @@
+//! A 2026-07-28 client through `tether serve --upstream` in front of a server of both eras: the
+//! project's dual-era fixture (`tests/peers/fixture-v2.mjs`, TypeScript SDK v2 2.4.0) over
+//! Streamable HTTP. tether speaks the handshake era to it, so the request must reach it without
+//! the modern envelope: the SDK's sessionless handler (`FIXTURE_LEGACY=stateless`) would take
+//! it for a 2026-07-28 request whose header says 2025-11-25 (-32020). With sessions (the
+//! fixture's default), the server's elicitation, asked on the handshake session, comes back to
+//! the client as an `input_required` round, and the retry completes it. Driven with raw HTTP.
+//! Logs: `target/peer-logs/modern-dual/run-<pid>/`.
+
+mod peer_support;
+
+use std::time::Duration;
+
+use peer_support::*;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const V: &str = "2026-07-28";
+const STEP: Duration = Duration::from_secs(30);
+
+fn request(id: u64, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": V,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-dual-test", "version": "1"}
+    });
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// POSTs one modern request (with the headers a conforming client sends) and reads its answer,
+/// the last JSON-RPC message of an SSE body or the JSON body.
+async fn post(url: &str, body: &Value) -> Result<(u16, Value), String> {
+    let method = body["method"].as_str().unwrap_or_default();
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", V)
+        .header("mcp-method", method);
+    if let Some(name) = body["params"]["name"].as_str() {
+        req = req.header("mcp-name", name);
+    }
+    let send = async {
+        let resp = req.body(body.to_string()).send().await.map_err(|e| format!("{method}: {e}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| format!("{method} body: {e}"))?;
+        Ok::<_, String>((status, text))
+    };
+    let (status, text) =
+        tokio::time::timeout(STEP, send).await.map_err(|_| format!("{method}: no answer in {STEP:?}"))??;
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .rfind(|m| m.get("id").is_some())
+        .or_else(|| serde_json::from_str(&text).ok())
+        .ok_or_else(|| format!("{method}: no JSON-RPC answer in {text:?}"))?;
+    Ok((status, json))
+}
+
+/// The fixture (with `legacy` as its FIXTURE_LEGACY) and tether in front of it; runs `steps`
+/// against tether's /mcp, then stops both.
+async fn through_tether(name: &str, legacy: &str, steps: impl AsyncFnOnce(String) -> Result<(), String>) {
+    let dir = run_logs(Some("modern-dual")).join(name);
+    std::fs::create_dir_all(&dir).expect("log folder");
+    let p = peers(dir.clone(), &[]);
+    let fixture = p.workspace.join("tests/peers/fixture-v2.mjs");
+    assert!(fixture.exists(), "no dual-era fixture at {}", fixture.display());
+    let log = dir.join("fixture-v2.log");
+    let (mut upstream, port) = on_free_port("fixture-v2", "the dual-era fixture", async |port| {
+        let mut cmd = Command::new(&p.node);
+        cmd.arg(&fixture).arg("http").env("PORT", port.to_string()).env("FIXTURE_QUIET", "1");
+        cmd.env("FIXTURE_LEGACY", legacy);
+        let mut proc = Proc::spawn("fixture-v2", &mut cmd, &log, &log)?;
+        let marker = format!("listening on http://127.0.0.1:{port}/mcp");
+        let how =
+            Readiness { taken: &["EADDRINUSE"], port: Some(port), new_only: false, poll: Duration::from_millis(50) };
+        Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
+    })
+    .await
+    .expect("fixture-v2");
+    let args = vec!["--upstream".to_owned(), format!("http://127.0.0.1:{port}/mcp")];
+    let (mut tether, tport) = start_tether(&p, &args, &dir).await.expect("tether");
+    let outcome = steps(format!("http://127.0.0.1:{tport}/mcp")).await;
+    let stop_t = tether.terminate(Duration::from_secs(20)).await;
+    let stop_u = upstream.terminate(Duration::from_secs(10)).await;
+    if let Err(e) = outcome {
+        panic!("{e}\n{}", report(name, &dir, "a step failed", &[dir.join("tether.log"), log], true));
+    }
+    stop_t.expect("tether stops");
+    stop_u.expect("fixture stops");
+}
+
+async fn simple_call(url: &str) -> Result<(), String> {
+    let (status, v) =
+        post(url, &request(1, "tools/call", json!({"name": "test_simple_text", "arguments": {}}))).await?;
+    if status != 200 || v["result"]["content"][0]["text"] != "This is a simple text response for testing." {
+        return Err(format!("test_simple_text: HTTP {status} {v}"));
+    }
+    if v["result"]["resultType"] != "complete" {
+        return Err(format!("test_simple_text: not a complete 2026-07-28 result: {v}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_envelope_does_not_reach_a_sessionless_dual_era_upstream() {
+    through_tether("stateless", "stateless", async |url| simple_call(&url).await).await;
+}
+
+#[tokio::test]
+async fn an_elicitation_of_a_dual_era_upstream_is_an_input_required_round() {
+    through_tether("sessions", "sessions", async |url| {
+        simple_call(&url).await?;
+        let call = json!({"name": "test_input_required_result_elicitation", "arguments": {}});
+        let (status, v) = post(&url, &request(2, "tools/call", call.clone())).await?;
+        let r = &v["result"];
+        if status != 200 || r["resultType"] != "input_required" {
+            return Err(format!("elicitation round 1: HTTP {status} {v}"));
+        }
+        let inputs = r["inputRequests"].as_object().ok_or(format!("no inputRequests: {v}"))?;
+        let (key, asked) = inputs.iter().next().ok_or(format!("empty inputRequests: {v}"))?;
+        if inputs.len() != 1
+            || asked["method"] != "elicitation/create"
+            || asked["params"]["message"] != "What is your name?"
+        {
+            return Err(format!("elicitation round 1 asked: {v}"));
+        }
+        let mut retry = call;
+        retry["inputResponses"] = json!({ key.clone(): {"action": "accept", "content": {"name": "Ada"}} });
+        retry["requestState"] = r["requestState"].clone();
+        let (status, v) = post(&url, &request(3, "tools/call", retry)).await?;
+        if status != 200 || v["result"]["content"][0]["text"] != "Hello, Ada!" {
+            return Err(format!("elicitation round 2: HTTP {status} {v}"));
+        }
+        Ok(())
+    })
+    .await;
+}
