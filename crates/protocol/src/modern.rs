@@ -68,10 +68,18 @@ pub fn log_rank(level: &str) -> Option<usize> {
     LOG_LEVELS.iter().position(|l| *l == level)
 }
 
-/// Whether a body claims the modern era: its params carry the envelope's version key (the key
-/// alone is the signal), and it is not `initialize`.
+/// Whether a body claims the modern era: its `params._meta` carries the envelope's version key
+/// (the key alone is the signal), and it is not `initialize`.
 pub fn claims_modern(method_name: Option<&str>, params: Option<&str>) -> bool {
-    method_name != Some(method::INITIALIZE) && params.is_some_and(|p| p.contains(META_PROTOCOL_VERSION))
+    // The substring test keeps the handshake era's hot path to one scan; only a body that
+    // names the key is parsed, so that a tool argument quoting it is not taken for an envelope.
+    method_name != Some(method::INITIALIZE)
+        && params.is_some_and(|p| {
+            p.contains(META_PROTOCOL_VERSION)
+                && serde_json::from_str::<Value>(p)
+                    .ok()
+                    .is_some_and(|v| v.get("_meta").and_then(|m| m.get(META_PROTOCOL_VERSION)).is_some())
+        })
 }
 
 /// The envelope of one request, as the client sent it.
@@ -405,6 +413,9 @@ mod tests {
             Some(r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"x"}}"#)
         ));
         assert!(!claims_modern(Some("tools/list"), Some("{}")));
+        // The key quoted in a handshake-era tool argument is not an envelope.
+        let quoted = r#"{"name":"echo","arguments":{"message":"io.modelcontextprotocol/protocolVersion"}}"#;
+        assert!(!claims_modern(Some("tools/call"), Some(quoted)));
         assert!(!claims_modern(Some("tools/list"), None));
     }
 
