@@ -408,7 +408,15 @@ async def check_subscribe(client: Client, rec: Recorder, args: argparse.Namespac
     await rec.wait_for(lambda: [u for u in updates() if u[1] == uri], args.wait)
     got = updates()
     stopped = await client.call_tool(SUBSCRIBE_TOOL, {})
+    acks_before = len(unsubscribe_acks(rec))
     await client.unsubscribe_resource(uri)
+    if subscribe_acks(rec):
+        # server-everything acknowledges (un)subscribe with a log message that is not tied to the
+        # request, so a Streamable HTTP upstream sends it on its GET stream and it can reach the
+        # client after the result. Closing before it lands trips the Python SDK's sse_client,
+        # whose reader raises BrokenResourceError when a message arrives mid-close; wait for it.
+        await rec.wait_for(lambda: len(unsubscribe_acks(rec)) > acks_before, args.wait)
+    unsubscribe_acked = len(unsubscribe_acks(rec)) > acks_before
     matching = [t for t, u in got if u == uri]
     ok = "Started" in started_text and len(matching) >= 1 and "Stopped" in text_of(stopped)
     return ok, {
@@ -417,7 +425,20 @@ async def check_subscribe(client: Client, rec: Recorder, args: argparse.Namespac
         "updates": [{"t": t, "uri": u} for t, u in got],
         "first_update_after_s": round(matching[0] - t_sub, 2) if matching else None,
         "toggle_on": started_text[:80],
+        "unsubscribe_acked": unsubscribe_acked,
     }
+
+
+def resource_acks(rec: Recorder, word: str) -> list[str]:
+    return [str(p.data) for _, p in rec.logs if str(p.data).startswith(f"Received {word} Resource request")]
+
+
+def subscribe_acks(rec: Recorder) -> list[str]:
+    return resource_acks(rec, "Subscribe")
+
+
+def unsubscribe_acks(rec: Recorder) -> list[str]:
+    return resource_acks(rec, "Unsubscribe")
 
 
 MODERN = "2026-07-28"
