@@ -127,6 +127,19 @@ impl Gateway {
         };
         let front = config.front.clone();
         let router = downstream::router(state);
+        if let crate::upstream::UpstreamSpec::Stdio { command } = &config.upstream
+            && let Some((program, args)) = command.split_first()
+            && config.session.upstream.supervisor.spares.want() > 0
+        {
+            // The first session's child is started already.
+            let (sup, program, args, env) = (
+                config.session.upstream.supervisor.clone(),
+                program.clone(),
+                args.to_vec(),
+                config.session.upstream.env.clone(),
+            );
+            tokio::spawn(async move { sup.spares.fill(&program, &args, &env) });
+        }
         info!(
             listen = %addr,
             upstream = config.upstream.kind(),
@@ -140,6 +153,7 @@ impl Gateway {
             let manager3 = manager2.clone();
             let serve = downstream::listener::serve(listener, router, &front, async move {
                 signal.cancelled().await;
+                manager3.deps().config.upstream.supervisor.spares.drain();
                 manager3.drain();
                 streams_end.cancel();
             });

@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// Most live sessions [default: 10000]
     #[arg(long, env = "TETHER_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<usize>,
+    /// With a stdio upstream: children kept started ahead of need, so that a new session or a
+    /// revive does not wait for the command to start (at most 8) [default: 0]
+    #[arg(long, env = "TETHER_STDIO_SPARE", value_name = "N")]
+    pub stdio_spare: Option<usize>,
     /// Log filter (RUST_LOG syntax) [default: info]
     #[arg(long, env = "TETHER_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -203,6 +207,7 @@ pub struct FileConfig {
     header_timeout: Option<String>,
     max_connections: Option<usize>,
     max_sessions: Option<usize>,
+    stdio_spare: Option<usize>,
     log_level: Option<String>,
     log_format: Option<String>,
     admin_listen: Option<String>,
@@ -469,6 +474,22 @@ impl Config {
             }
             upstream_options.protocol = protocol;
         }
+        let stdio_spare = args.stdio_spare.or(file.stdio_spare).unwrap_or(0);
+        if stdio_spare > 0 {
+            let invalid = |reason: String| ConfigError::Invalid {
+                key: "stdio_spare",
+                source_name: src(args.stdio_spare.is_some()),
+                reason,
+            };
+            if !matches!(upstream, UpstreamSpec::Stdio { .. }) {
+                return Err(invalid("spare children are for a stdio upstream (a command)".into()));
+            }
+            if stdio_spare > crate::upstream::spare::MAX_SPARES {
+                return Err(invalid(format!("at most {}", crate::upstream::spare::MAX_SPARES)));
+            }
+            upstream_options.supervisor =
+                std::sync::Arc::new(crate::upstream::supervisor::Supervisor::with_spares(stdio_spare));
+        }
 
         Ok(Config {
             listen,
@@ -555,6 +576,23 @@ mod tests {
         assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
         let a = ServeArgs { upstream: Some("ftp://x".into()), ..ServeArgs::default() };
         assert!(Config::load(&a).expect_err("invalid").to_string().contains("`upstream`"));
+    }
+
+    #[test]
+    fn stdio_spares_are_off_by_default_bounded_and_for_a_command() {
+        assert_eq!(Config::load(&args(&["server"])).expect("valid").session.upstream.supervisor.spares.want(), 0);
+        let mut a = args(&["server"]);
+        a.stdio_spare = Some(2);
+        let c = Config::load(&a).expect("valid");
+        assert_eq!(c.session.upstream.supervisor.spares.want(), 2);
+        assert!(c.to_redacted_toml().contains("stdio_spare = 2"));
+        a.stdio_spare = Some(9);
+        let e = Config::load(&a).expect_err("too many").to_string();
+        assert!(e.contains("`stdio_spare`") && e.contains("at most 8"), "{e}");
+        let a =
+            ServeArgs { upstream: Some("http://127.0.0.1:1/mcp".into()), stdio_spare: Some(1), ..ServeArgs::default() };
+        let e = Config::load(&a).expect_err("http").to_string();
+        assert!(e.contains("`stdio_spare`") && e.contains("stdio"), "{e}");
     }
 
     #[test]

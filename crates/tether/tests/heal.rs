@@ -63,6 +63,43 @@ async fn a_killed_stdio_child_is_revived_between_calls() {
     gw.shutdown().await;
 }
 
+/// Whether a process runs (a zombie has exited).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test]
+async fn a_spare_child_serves_the_next_session_and_the_next_revive() {
+    let mut cfg = stdio_config();
+    let supervisor = std::sync::Arc::new(tether::upstream::supervisor::Supervisor::with_spares(1));
+    cfg.session.upstream.supervisor = supervisor.clone();
+    let gw = start(cfg).await;
+    let spares = &supervisor.spares;
+    eventually("a spare is started with the gateway", || spares.ready() == 1).await;
+    let first = spares.pids()[0];
+
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    set_state(&mut c).await;
+    assert_eq!(only_child(&gw), first, "the session took the started child");
+    eventually("another spare is started", || spares.pids().first().is_some_and(|p| *p != first)).await;
+    let second = spares.pids()[0];
+
+    kill9(first);
+    eventually("the child's death is noticed", || !gw.manager.live()[0].upstream_alive()).await;
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "after"})).await), "after");
+    assert_state_replayed(&mut c).await;
+    assert_eq!(only_child(&gw), second, "the revive took the spare");
+    assert_eq!(supervisor.spares_taken_total.get(), 2);
+    eventually("a third spare is started", || spares.ready() == 1).await;
+    let third = spares.pids()[0];
+
+    gw.shutdown().await;
+    eventually("the waiting spare is killed at shutdown", || !runs(third)).await;
+    eventually("the session's child is closed at shutdown", || !runs(second)).await;
+}
+
 #[tokio::test]
 async fn in_flight_calls_end_as_documented_when_the_child_dies() {
     let gw = start(stdio_config()).await;

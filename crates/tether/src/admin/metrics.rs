@@ -119,6 +119,19 @@ impl Collector for TetherCollector {
             "Stdio children that exited before writing a message.",
             &sup.quick_exits_total,
         )?;
+        gauge(
+            e,
+            "tether_upstream_spares_ready",
+            "Stdio children started ahead of need and waiting for a session (`--stdio-spare`).",
+            None,
+            u32::try_from(sup.spares.ready()).unwrap_or(u32::MAX),
+        )?;
+        counter(
+            e,
+            "tether_upstream_spares_taken",
+            "Sessions and revives that took a started spare child instead of starting one.",
+            &sup.spares_taken_total,
+        )?;
         counter(
             e,
             "tether_upstream_spawns_refused",

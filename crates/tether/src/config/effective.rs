@@ -49,6 +49,7 @@ impl Config {
             header_timeout: Some(duration(self.front.header_timeout)),
             max_connections: Some(self.front.max_connections),
             max_sessions: Some(s.max_sessions),
+            stdio_spare: Some(s.upstream.supervisor.spares.want()),
             log_level: Some(self.log_level.clone()),
             log_format: Some(match self.log_format {
                 LogFormat::Plain => "plain".into(),

@@ -10,6 +10,7 @@ pub mod era;
 pub mod fake;
 pub(crate) mod lines;
 pub mod modern;
+pub mod spare;
 pub mod sse;
 pub mod stdio;
 pub mod streamable;

@@ -10,7 +10,6 @@
 //! task owns the process: it reports the exit and, on close, runs "close stdin → wait → kill
 //! the group". Every child's fate is reported to the command's [`Supervisor`].
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,12 +21,13 @@ use tether_protocol::Message;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, info, warn};
 
 use super::lines::{BoundedLines, Frame, response_id};
+use super::spare::Started;
 use super::supervisor::{ChildOutcome, LogLimiter, LogVerdict, Supervisor};
 use super::{ConnectContext, ConnectError, Origin, QuitReason, SendError, UpstreamEvent};
 
@@ -51,18 +51,20 @@ impl Handle {
             return Err(ConnectError::BackingOff { command: program.clone(), retry_after_s: left.as_secs().max(1) });
         }
         let spawn_err = |e: std::io::Error| ConnectError::Spawn { command: program.clone(), reason: e.to_string() };
-        let (stdin_read, stdin_write) = std::io::pipe().map_err(spawn_err)?;
-        let unread = stdin_read.try_clone().map_err(spawn_err)?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(ctx.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(OwnedFd::from(stdin_read)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child =
-            cmd.spawn().map_err(|e| ConnectError::Spawn { command: program.clone(), reason: e.to_string() })?;
+        let started = match supervisor.spares.take() {
+            Some(s) => {
+                supervisor.spares_taken_total.inc();
+                s
+            }
+            None => Started::start(program, args, &ctx.options.env).map_err(spawn_err)?,
+        };
+        if supervisor.spares.want() > 0 {
+            // The next session's child starts now, off this session's path.
+            let (sup, program, args, env) =
+                (supervisor.clone(), program.clone(), args.to_vec(), ctx.options.env.clone());
+            tokio::spawn(async move { sup.spares.fill(&program, &args, &env) });
+        }
+        let Started { mut child, stdin_write, unread } = started;
         let pid = child.id().unwrap_or(0);
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid);
         let alive = Arc::new(AtomicBool::new(true));
@@ -70,7 +72,7 @@ impl Handle {
 
         let (stdin_tx, stdin_rx) = mpsc::channel::<Line>(64);
         let stop_writer = Arc::new(Notify::new());
-        let stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin_write)).map_err(spawn_err)?;
+        let stdin = pipe::Sender::from_owned_fd(stdin_write).map_err(spawn_err)?;
         let writer = Some(tokio::spawn(
             write_stdin(stdin, stdin_rx, alive.clone(), stop_writer.clone()).instrument(span.clone()),
         ));
@@ -96,7 +98,7 @@ impl Handle {
             grace: ctx.options.close_grace,
             writer,
             stop_writer,
-            unread: Some(OwnedFd::from(unread)),
+            unread: Some(unread),
             answered,
             supervisor,
         };

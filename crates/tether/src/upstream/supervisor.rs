@@ -8,6 +8,7 @@
 //! sessions) stop spawning for a backoff that doubles while it goes on (1 s … 60 s). The first
 //! child that answers ends it.
 
+use super::spare::Spares;
 use crate::stats::Counter;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -57,9 +58,18 @@ pub struct Supervisor {
     pub stderr_truncated_total: Counter,
     /// Stderr and junk stdout lines not logged because of the rate limit.
     pub log_lines_suppressed_total: Counter,
+    /// Children started ahead of need (`--stdio-spare`).
+    pub spares: Spares,
+    /// Sessions that took a spare instead of starting a child.
+    pub spares_taken_total: Counter,
 }
 
 impl Supervisor {
+    /// A supervisor that keeps `spares` children started ahead of need.
+    pub fn with_spares(spares: usize) -> Supervisor {
+        Supervisor { spares: Spares::new(spares), ..Supervisor::default() }
+    }
+
     /// `Err(time left)` while spawning is stopped.
     pub fn admit(&self) -> Result<(), Duration> {
         let now = Instant::now();
