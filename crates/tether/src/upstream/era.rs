@@ -388,6 +388,32 @@ mod tests {
         assert!(UpstreamProtocol::parse("2026").expect_err("bad").contains("auto"));
     }
 
+    #[test]
+    fn a_forwarded_request_on_a_handshake_era_connection_loses_its_envelope_or_is_refused() {
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "progressToken": 7});
+        let call = |extra: Value| {
+            let mut p = json!({"name": "greet", "arguments": {}, "_meta": meta});
+            if let (Some(o), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            Message::request(5, "tools/call", Some(&raw_value(&p)))
+        };
+        let plain = Message::request(5, "tools/call", Some(&raw_value(&json!({"name": "greet"}))));
+        assert!(for_handshake(&plain, Some(5)).is_none(), "a handshake-era request goes as it is");
+        let Some(Ok(stripped)) = for_handshake(&call(json!({})), Some(5)) else { panic!("stripped") };
+        let p: Value = serde_json::from_str(stripped.params().expect("params").get()).expect("json");
+        assert_eq!(p, json!({"name": "greet", "arguments": {}, "_meta": {"progressToken": 7}}));
+        for extra in [json!({"requestState": "s"}), json!({"inputResponses": {"k": {}}})] {
+            let Some(Err(answer)) = for_handshake(&call(extra), Some(5)) else { panic!("refused") };
+            let e: Value = serde_json::from_str(answer.error_object().expect("error").get()).expect("json");
+            assert_eq!(
+                (e["code"].as_i64(), e["data"]["reason"].as_str()),
+                (Some(-32602), Some("invalid_request_state"))
+            );
+            assert_eq!(answer.id().map(|i| i.get().to_owned()).as_deref(), Some("5"));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn verdicts_expire_and_stay_bounded() {
         let cache = EraCache::default();
