@@ -5,12 +5,17 @@
 //! them: the server's own `input_required` round (its key, its `requestState` if any) comes back
 //! unchanged and the client's retry completes it. The server is served in both of its legacy
 //! modes (`FIXTURE_LEGACY=stateless` and `sessions`), which must not matter to a modern client.
+//! The server is SIGKILLed and restarted on its port between calls and while it is down (a call
+//! made then completes once it is back), and its rounds are still its own after the revive.
 //! Driven with raw HTTP.
 //! Logs: `target/peer-logs/modern-dual/run-<pid>/`.
 
 mod peer_support;
 
+use std::path::Path;
 use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use peer_support::*;
 use serde_json::{Value, json};
@@ -238,4 +243,106 @@ async fn a_handshake_era_binding_keeps_tethers_sealed_rounds() {
         Ok(())
     })
     .await;
+}
+
+/// fixture-v2 (sessions mode) on `port`, its `n`-th instance: waits while the port is still
+/// held by the instance before it.
+async fn fixture_on(p: &Peers, dir: &Path, port: u16, n: usize) -> Result<Result<Proc, Ready>, String> {
+    let log = dir.join(format!("fixture-v2.{n}.log"));
+    let mut cmd = Command::new(&p.node);
+    cmd.arg(p.workspace.join("tests/peers/fixture-v2.mjs")).arg("http");
+    cmd.env("PORT", port.to_string()).env("FIXTURE_QUIET", "1").env("FIXTURE_LEGACY", "sessions");
+    let mut proc = Proc::spawn("fixture-v2", &mut cmd, &log, &log)?;
+    let marker = format!("listening on http://127.0.0.1:{port}/mcp");
+    let how = Readiness { taken: &["EADDRINUSE"], port: Some(port), new_only: false, poll: Duration::from_millis(50) };
+    Ok(wait_ready(&mut proc, &log, &marker, how).await.map(|()| proc))
+}
+
+async fn restart_fixture(p: &Peers, dir: &Path, port: u16, n: usize) -> Result<Proc, String> {
+    for _ in 0..40 {
+        match fixture_on(p, dir, port, n).await? {
+            Ok(proc) => return Ok(proc),
+            Err(Ready::PortTaken(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(Ready::Failed(e)) => return Err(format!("fixture-v2 #{n} did not start: {e}")),
+        }
+    }
+    Err(format!("fixture-v2 #{n} could not listen on port {port}"))
+}
+
+async fn sigkill(proc: &mut Proc) -> Result<(), String> {
+    let pid = proc.child.id().ok_or("the fixture had already exited")? as i32;
+    signal(pid, Signal::SIGKILL);
+    tokio::time::timeout(DEATH_TIMEOUT, proc.child.wait())
+        .await
+        .map_err(|_| "the fixture did not die after SIGKILL".to_owned())?
+        .map_err(|e| format!("waiting for the fixture: {e}"))?;
+    Ok(())
+}
+
+/// The server's batched round, checked to be the server's (its keys).
+async fn servers_round(url: &str, id: u64) -> Result<(), String> {
+    let caps = json!({"elicitation": {}, "sampling": {}, "roots": {}});
+    let call = json!({"name": "test_input_required_result_multiple_inputs", "arguments": {}});
+    let (status, v) = post(url, &request_with(id, "tools/call", call, caps)).await?;
+    let keys = v["result"]["inputRequests"].as_object().map(|o| o.len());
+    if status != 200 || keys != Some(3) || v["result"]["inputRequests"].get("user_name").is_none() {
+        return Err(format!("the server's round: HTTP {status} {v}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_modern_client_is_served_across_restarts_of_a_dual_era_upstream() {
+    let dir = run_logs(Some("modern-dual")).join("restarts");
+    std::fs::create_dir_all(&dir).expect("log folder");
+    let p = peers(dir.clone(), &[]);
+    let (first, port) =
+        on_free_port("fixture-v2", "the dual-era fixture", async |port| fixture_on(&p, &dir, port, 1).await)
+            .await
+            .expect("fixture-v2");
+    let args = vec![
+        "--upstream".to_owned(),
+        format!("http://127.0.0.1:{port}/mcp"),
+        "--restart-max-failures".to_owned(),
+        "50".to_owned(),
+    ];
+    let (mut tether, tport) = start_tether(&p, &args, &dir).await.expect("tether");
+    let url = format!("http://127.0.0.1:{tport}/mcp");
+    let mut current = Some(first);
+    let steps = async {
+        simple_call(&url).await?;
+        servers_round(&url, 2).await?;
+        // Between calls.
+        sigkill(current.as_mut().ok_or("no fixture")?).await?;
+        current = Some(restart_fixture(&p, &dir, port, 2).await?);
+        simple_call(&url).await.map_err(|e| format!("after a restart between calls: {e}"))?;
+        servers_round(&url, 3).await.map_err(|e| format!("after a restart between calls: {e}"))?;
+        // While it is down: the call waits for it (it never reached the server).
+        sigkill(current.as_mut().ok_or("no fixture")?).await?;
+        let call = tokio::spawn({
+            let url = url.clone();
+            async move { simple_call(&url).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        current = Some(restart_fixture(&p, &dir, port, 3).await?);
+        let done = tokio::time::timeout(STEP, call)
+            .await
+            .map_err(|_| format!("the call made while down: no answer in {STEP:?}"))?;
+        done.map_err(|e| format!("the call made while down: {e}"))?
+            .map_err(|e| format!("the call made while down: {e}"))?;
+        servers_round(&url, 4).await.map_err(|e| format!("after a restart while down: {e}"))
+    };
+    let outcome: Result<(), String> = steps.await;
+    let stop_t = tether.terminate(Duration::from_secs(20)).await;
+    if let Some(mut f) = current {
+        let _ = f.terminate(Duration::from_secs(10)).await;
+    }
+    if let Err(e) = outcome {
+        let logs: Vec<_> = [dir.join("tether.log")]
+            .into_iter()
+            .chain((1..=3).map(|n| dir.join(format!("fixture-v2.{n}.log"))))
+            .collect();
+        panic!("{e}\n{}", report("restarts", &dir, "a step failed", &logs, true));
+    }
+    stop_t.expect("tether stops");
 }
