@@ -19,6 +19,10 @@
 //! * `serve_follows_an_era_flip` / `bridge_follows_an_era_flip` — one client session (raw
 //!   JSON-RPC over HTTP; raw JSON lines on the bridge's stdio) calls `echo` while the remote on
 //!   one port is server-everything, then the modern server, then server-everything again.
+//! * `serve_modern_client_across_an_era_flip` — a 2026-07-28 client (raw HTTP) in front of the
+//!   modern server gets the server's own `input_required` round; the remote then comes back as
+//!   server-everything before the retry, which must get HTTP 400 `invalid_request_state` (the
+//!   round cannot be continued), not hang; a fresh call is then served in the handshake era.
 //!
 //! Peers come from `scripts/setup-peers` (`TETHER_PEERS`); when they are missing the tests fail.
 //! Logs: `target/peer-logs/upstream-eras/run-<pid>/<test>/`.
@@ -530,6 +534,112 @@ async fn bridge_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
     }
     if problems.is_empty() {
         Ok("handshake → modern → handshake, one bridge".into())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A 2026-07-28 client across an era flip
+
+const MODERN_ENVELOPE: &str = "2026-07-28";
+
+/// A 2026-07-28 request (its envelope declares elicitation).
+fn modern_body(id: u64, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN_ENVELOPE,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-modern", "version": "1"}
+    });
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+/// POSTs one 2026-07-28 `tools/call` with the headers the revision requires.
+async fn modern_post(http: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value), String> {
+    let name = body["params"]["name"].as_str().unwrap_or_default();
+    let req = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", MODERN_ENVELOPE)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .body(body.to_string());
+    let resp = tokio::time::timeout(CALL_TIMEOUT, req.send())
+        .await
+        .map_err(|_| format!("no answer to {body} within {CALL_TIMEOUT:?}"))?
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = tokio::time::timeout(CALL_TIMEOUT, resp.text())
+        .await
+        .map_err(|_| "the answer's body did not end in time".to_owned())?
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let answer = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .chain(std::iter::once(text.as_str()))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .ok_or_else(|| format!("HTTP {status} without a JSON-RPC answer: {text:.300}"))?;
+    Ok((status, answer))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_modern_client_across_an_era_flip() {
+    let (p, dir) = paths("serve-modern-flip");
+    let label = "serve --upstream <modern, then handshake on one port>, a 2026-07-28 client";
+    run_in_slot(label, &dir.clone(), "create the log dir", serve_modern_flip(p, dir), diagnose).await;
+}
+
+async fn serve_modern_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
+    let mut harness = Harness::open(&dir)?;
+    let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+    let mut remote = Remote::new(&p, &dir, free_port()?);
+    remote.start(Era::Modern).await?;
+    let args = vec!["--upstream".into(), remote.url(), "--restart-max-failures".into(), "50".into()];
+    let (mut tether, port) = start_tether(&p, &args, &dir).await?;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let greet = json!({"name": "greet", "arguments": {}});
+    let (status, answer) = modern_post(&http, &url, &modern_body(1, greet.clone())).await?;
+    let r = &answer["result"];
+    let key = match r["inputRequests"].as_object() {
+        Some(inputs) if status == 200 && r["resultType"] == "input_required" && inputs.len() == 1 => {
+            inputs.keys().next().cloned().unwrap_or_default()
+        }
+        _ => return Err(format!("greet, round 1: HTTP {status} {answer}")),
+    };
+    // The modern upstream kind's own questions are named `tether-input-…`: the server's key
+    // means the round came through as the server made it.
+    if key.starts_with("tether-") {
+        return Err(format!("greet, round 1 is tether's, not the server's: {answer}"));
+    }
+    remote.kill().await?;
+    remote.start(Era::Handshake).await?;
+    harness.note(&format!("remote {} is handshake-era", remote.instance));
+    let mut retry = greet;
+    retry["inputResponses"] = json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
+    if let Some(state) = r.get("requestState") {
+        retry["requestState"] = state.clone();
+    }
+    let mut problems = Vec::new();
+    let (status, answer) = modern_post(&http, &url, &modern_body(2, retry)).await?;
+    if status != 400
+        || answer["error"]["code"] != -32602
+        || answer["error"]["data"]["reason"] != "invalid_request_state"
+    {
+        problems.push(format!("the stale retry: HTTP {status} {answer}"));
+    }
+    let echo = json!({"name": "echo", "arguments": {"message": "after the flip"}});
+    let (status, answer) = modern_post(&http, &url, &modern_body(3, echo)).await?;
+    if status != 200
+        || echo_text(&answer) != Some("Echo: after the flip")
+        || answer["result"]["resultType"] != "complete"
+    {
+        problems.push(format!("a fresh call after the flip: HTTP {status} {answer}"));
+    }
+    tether.terminate(SHUTDOWN_TIMEOUT).await?;
+    if problems.is_empty() {
+        Ok("the server's round, then a clear error for its stale retry".into())
     } else {
         Err(problems.join("\n"))
     }

@@ -225,6 +225,11 @@ impl SessionHandle {
         self.session.upstream_alive()
     }
 
+    /// The era the current upstream connection speaks (`None`: stdio, legacy SSE, or none yet).
+    pub fn upstream_era(&self) -> Option<crate::upstream::era::Era> {
+        self.session.upstream_era()
+    }
+
     /// How many times the upstream side was rebuilt.
     pub fn revive_count(&self) -> u64 {
         self.session.revive_count()

@@ -121,6 +121,12 @@ impl Session {
         self.current().map(|u| u.generation())
     }
 
+    /// The era the current upstream connection speaks: `None` for stdio and legacy SSE
+    /// (handshake era only) and before a first connection.
+    pub fn upstream_era(&self) -> Option<crate::upstream::era::Era> {
+        self.current().and_then(|u| u.era())
+    }
+
     /// The upstream's own session id, for a Streamable HTTP binding.
     pub fn upstream_session(&self) -> Option<String> {
         self.current().filter(super::Upstream::is_alive).and_then(|u| u.upstream_session())

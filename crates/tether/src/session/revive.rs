@@ -96,6 +96,7 @@ impl Session {
             options: self.deps.config.upstream.clone(),
             http: self.deps.http.clone(),
             forwarded: self.forwarded_auth().clone(),
+            prefer_modern: self.transport() == super::record::Transport::Modern,
         };
         let up = match Upstream::connect(&self.deps.spec, generation, ctx).await {
             Ok(u) => u,

@@ -19,6 +19,18 @@
 //! wrong is probed again at once, on that connection. A server that is merely down teaches
 //! nothing and leaves the verdict as it was.
 //!
+//! A 2026-07-28 client's request that the modern front forwarded as is, because the connection
+//! spoke 2026-07-28 when it was sent, may reach a connection that speaks the handshake era now
+//! (sent again after a revive to a server that changed era): it goes out without its envelope,
+//! and a retry that continues the former server's `input_required` round is answered with a
+//! clear error, since no one can continue it ([`for_handshake`]).
+//!
+//! A session whose client speaks 2026-07-28 (a modern binding, [`ConnectContext::prefer_modern`])
+//! probes the other way round in `auto`: `server/discover` first, whatever the cache says, so
+//! that its requests reach a server of both eras as the client sent them; it teaches the cache
+//! only a handshake-era verdict (that the server serves 2026-07-28 too says nothing about what
+//! the handshake-era sessions should speak to it).
+//!
 //! `handshake` and `modern` fix the era; a server that refuses it is a clear error
 //! ([`SendError::Refused`], HTTP 502 to the client) naming the flag that fixes it, never its
 //! -32022 passed on as a successful answer.
@@ -27,13 +39,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tether_protocol::{Kind, Message, method};
+use serde_json::{Value, json};
+use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::{Kind, Message, error_code, method};
 use tokio::sync::mpsc;
 use tracing::info;
 
 use super::modern::{self, Discovered};
 use super::streamable::{self, Sent};
-use super::{ConnectContext, SendError, UpstreamEvent, UpstreamOptions, credentials::ForwardedAuth};
+use super::{ConnectContext, Origin, SendError, UpstreamEvent, UpstreamOptions, credentials::ForwardedAuth};
 use crate::clock::Instant;
 
 /// How long an era verdict is trusted before the next connection probes from scratch.
@@ -156,6 +170,7 @@ struct Parts {
     options: UpstreamOptions,
     http: reqwest::Client,
     forwarded: ForwardedAuth,
+    prefer_modern: bool,
 }
 
 impl Parts {
@@ -166,6 +181,7 @@ impl Parts {
             options: self.options.clone(),
             http: self.http.clone(),
             forwarded: self.forwarded.clone(),
+            prefer_modern: self.prefer_modern,
         }
     }
 }
@@ -183,6 +199,7 @@ impl Handle {
         let era = match ctx.options.protocol {
             UpstreamProtocol::Handshake => Era::Handshake,
             UpstreamProtocol::Modern => Era::Modern,
+            UpstreamProtocol::Auto if ctx.prefer_modern => Era::Modern,
             UpstreamProtocol::Auto => ctx.options.eras.get(url).unwrap_or(Era::Handshake),
         };
         let parts = Parts {
@@ -191,6 +208,7 @@ impl Handle {
             options: ctx.options,
             http: ctx.http,
             forwarded: ctx.forwarded,
+            prefer_modern: ctx.prefer_modern,
         };
         let current = Mutex::new(make(url, era, &parts));
         Handle { url: url.to_owned(), parts, current }
@@ -217,7 +235,16 @@ impl Handle {
             return self.initialize(msg, gid).await;
         }
         match self.current() {
-            Current::Handshake(h) => h.send(msg, gid).await,
+            Current::Handshake(h) => match for_handshake(msg, gid) {
+                None => h.send(msg, gid).await,
+                Some(Ok(stripped)) => h.send(&stripped, gid).await,
+                Some(Err(answer)) => {
+                    info!(session_id = %self.parts.session_id, url = %self.url, "a 2026-07-28 retry reached an upstream that now speaks the handshake era; its requestState is stale");
+                    let origin = gid.map_or(Origin::Unrelated, Origin::Request);
+                    let _ = self.parts.events.send(UpstreamEvent::Message(origin, answer)).await;
+                    Ok(())
+                }
+            },
             Current::Modern(h) => h.send(msg, gid).await,
         }
     }
@@ -261,7 +288,7 @@ impl Handle {
     }
 
     fn learn(&self, era: Era) -> Result<(), SendError> {
-        if self.parts.options.protocol == UpstreamProtocol::Auto {
+        if self.parts.options.protocol == UpstreamProtocol::Auto && !(self.parts.prefer_modern && era == Era::Modern) {
             self.parts.options.eras.set(&self.url, era);
         }
         Ok(())
@@ -315,6 +342,33 @@ impl Handle {
     }
 }
 
+/// What becomes of a request on a handshake-era connection: `None` for an ordinary one; a
+/// 2026-07-28 client's forwarded request without its envelope; or, for a retry that continues
+/// an `input_required` round of the server as it was, the answer that says so (the error of a
+/// stale `requestState`: -32602, reason `invalid_request_state`).
+fn for_handshake(msg: &Message, gid: Option<u64>) -> Option<Result<Message, Message>> {
+    if msg.kind() != Kind::Request
+        || !tether_protocol::modern::claims_modern(msg.method(), msg.params().map(|p| p.get()))
+    {
+        return None;
+    }
+    let mut params: Value = serde_json::from_str(msg.params()?.get()).ok()?;
+    if modern::continues_round(&params) {
+        let id = gid.map(numeric_id).or_else(|| msg.id().map(ToOwned::to_owned));
+        return Some(Err(Message::error(
+            id.as_deref(),
+            error_code::INVALID_PARAMS,
+            "Invalid or expired requestState: the upstream no longer speaks 2026-07-28, so the round it \
+             started cannot be continued; send the request again without inputResponses and requestState",
+            Some(json!({ "reason": "invalid_request_state" })),
+        )));
+    }
+    tether_protocol::modern::strip_envelope(&mut params);
+    let mut stripped = msg.clone();
+    stripped.set_params(raw_value(&params));
+    Some(Ok(stripped))
+}
+
 fn make(url: &str, era: Era, parts: &Parts) -> Current {
     match era {
         Era::Handshake => Current::Handshake(Arc::new(streamable::Handle::new(url, parts.context()))),
@@ -332,6 +386,32 @@ mod tests {
             assert_eq!(UpstreamProtocol::parse(p.as_str()), Ok(p));
         }
         assert!(UpstreamProtocol::parse("2026").expect_err("bad").contains("auto"));
+    }
+
+    #[test]
+    fn a_forwarded_request_on_a_handshake_era_connection_loses_its_envelope_or_is_refused() {
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "progressToken": 7});
+        let call = |extra: Value| {
+            let mut p = json!({"name": "greet", "arguments": {}, "_meta": meta});
+            if let (Some(o), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            Message::request(5, "tools/call", Some(&raw_value(&p)))
+        };
+        let plain = Message::request(5, "tools/call", Some(&raw_value(&json!({"name": "greet"}))));
+        assert!(for_handshake(&plain, Some(5)).is_none(), "a handshake-era request goes as it is");
+        let Some(Ok(stripped)) = for_handshake(&call(json!({})), Some(5)) else { panic!("stripped") };
+        let p: Value = serde_json::from_str(stripped.params().expect("params").get()).expect("json");
+        assert_eq!(p, json!({"name": "greet", "arguments": {}, "_meta": {"progressToken": 7}}));
+        for extra in [json!({"requestState": "s"}), json!({"inputResponses": {"k": {}}})] {
+            let Some(Err(answer)) = for_handshake(&call(extra), Some(5)) else { panic!("refused") };
+            let e: Value = serde_json::from_str(answer.error_object().expect("error").get()).expect("json");
+            assert_eq!(
+                (e["code"].as_i64(), e["data"]["reason"].as_str()),
+                (Some(-32602), Some("invalid_request_state"))
+            );
+            assert_eq!(answer.id().map(|i| i.get().to_owned()).as_deref(), Some("5"));
+        }
     }
 
     #[tokio::test(start_paused = true)]

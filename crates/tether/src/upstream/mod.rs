@@ -224,6 +224,10 @@ pub struct ConnectContext {
     pub http: reqwest::Client,
     /// The client's credential, for upstream requests when `forward_auth` is on.
     pub forwarded: credentials::ForwardedAuth,
+    /// The session's client speaks 2026-07-28 (a modern binding): with `--upstream-protocol
+    /// auto`, an HTTP connection probes that era first, so that a server serving both eras is
+    /// spoken to in the client's ([`era`]).
+    pub prefer_modern: bool,
 }
 
 enum Kind {

@@ -21,6 +21,11 @@
 //! * results lose the fields a handshake-era client does not know (`resultType`, `ttlMs`,
 //!   `cacheScope`, the `_meta` stamps).
 //!
+//! A request that already carries the envelope is a 2026-07-28 client's, forwarded by the
+//! modern front: it goes out as the client sent it (its envelope, `inputResponses` and
+//! `requestState`) and its answer comes back as the server gave it, `input_required` included
+//! (the client answers the server's rounds itself).
+//!
 //! It owns no session state beyond that translation: ids, retries and revives stay in the
 //! session layer. HTTP plumbing (SSE reading, error classification) is shared with
 //! [`super::streamable`].
@@ -44,8 +49,8 @@ pub(crate) mod wire;
 use listen::{Dedup, Filter, listen};
 
 pub use wire::{
-    ClientProfile, HeaderParam, MODERN_VERSION, encode_header_value, header_params, initialize_result,
-    refuses_handshake, request_headers, strip_modern_fields, with_envelope,
+    ClientProfile, HeaderParam, MODERN_VERSION, continues_round, encode_header_value, header_params, initialize_result,
+    is_enveloped, refuses_handshake, request_headers, strip_modern_fields, with_envelope,
 };
 
 use super::streamable::{SseMessages, content_type, describe, post_error};
@@ -220,7 +225,10 @@ impl Handle {
             Some(p) => serde_json::from_str(p.get()).unwrap_or(Value::Null),
             None => Value::Null,
         };
+        let forwarded = is_enveloped(&params);
         match method.as_str() {
+            // A modern client's request is the server's to answer, whatever it is.
+            _ if forwarded => {}
             "initialize" => {
                 return match self.initialize(&params, gid).await? {
                     Discovered::Served => Ok(()),
@@ -264,7 +272,7 @@ impl Handle {
             }
             _ => {}
         }
-        let exchange = Exchange { gid, method, params };
+        let exchange = Exchange { gid, method, params, forwarded };
         let resp = shared.post_request(&exchange, &exchange.params).await?;
         // A refusal without a JSON-RPC answer is the sender's to report, like the other kinds.
         if !resp.status().is_success() && !content_type(resp.headers()).starts_with("application/json") {
@@ -298,7 +306,7 @@ impl Handle {
     async fn initialize(&self, params: &Value, gid: u64) -> Result<Discovered, SendError> {
         let shared = &self.shared;
         shared.state().profile = Some(ClientProfile::from_initialize(params));
-        let exchange = Exchange { gid, method: "server/discover".into(), params: json!({}) };
+        let exchange = Exchange { gid, method: "server/discover".into(), params: json!({}), forwarded: false };
         let resp = shared.post_request(&exchange, &exchange.params).await?;
         let answer = match shared.read_answer(resp, gid).await {
             Ok(a) => a,
@@ -358,8 +366,10 @@ impl Drop for Handle {
 struct Exchange {
     gid: u64,
     method: String,
-    /// The client's params, without the envelope.
+    /// The client's params, without the envelope unless `forwarded`.
     params: Value,
+    /// A modern client's request, envelope and all: sent and answered as is.
+    forwarded: bool,
 }
 
 impl Shared {
@@ -423,8 +433,9 @@ impl Shared {
         });
     }
 
-    /// The body and headers of one POST for `method` with `params` (the envelope is added).
-    fn build(&self, method: &str, params: &Value) -> (Value, HeaderMap) {
+    /// The body and headers of one POST for `method` with `params` (the envelope is added
+    /// unless the client's is `forwarded`).
+    fn build(&self, method: &str, params: &Value, forwarded: bool) -> (Value, HeaderMap) {
         let (profile, level, header_params) = {
             let st = self.state();
             let tool = if method == "tools/call" { params.get("name").and_then(Value::as_str) } else { None };
@@ -434,7 +445,7 @@ impl Shared {
                 tool.and_then(|t| st.header_params.get(t).cloned()).unwrap_or_default(),
             )
         };
-        let params = with_envelope(params, &profile, level.as_deref());
+        let params = if forwarded { params.clone() } else { with_envelope(params, &profile, level.as_deref()) };
         let mut headers = self.forwarded.headers();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -449,7 +460,7 @@ impl Shared {
     /// POSTs one round of `exchange` with `params`. A failure is only reported: the session
     /// replaces this connection (discovering again, waiting for an away remote) and sends again.
     async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<reqwest::Response, SendError> {
-        let (params, headers) = self.build(&exchange.method, params);
+        let (params, headers) = self.build(&exchange.method, params, exchange.forwarded);
         let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
         self.http.post(&self.url).headers(headers).body(body.to_string()).send().await.map_err(|e| post_error(&e))
@@ -531,7 +542,10 @@ impl Shared {
                         break;
                     }
                 }
-                Some(result) if result.get("resultType").and_then(Value::as_str) == Some("input_required") => {
+                Some(result)
+                    if !exchange.forwarded
+                        && result.get("resultType").and_then(Value::as_str) == Some("input_required") =>
+                {
                     round += 1;
                     if round > MAX_ROUNDS {
                         let why = format!("the server asked for input more than {MAX_ROUNDS} times");
@@ -554,6 +568,14 @@ impl Shared {
                             break;
                         }
                     }
+                }
+                Some(result) if exchange.forwarded => {
+                    if exchange.method == "tools/list" {
+                        // Learnt for the headers of later calls; the client sees the list as is.
+                        self.learn_tools(&mut result.clone());
+                    }
+                    self.answer(gid, result).await;
+                    break;
                 }
                 Some(mut result) => {
                     if exchange.method == "tools/list" {
@@ -688,7 +710,7 @@ impl Shared {
                 Some(c) => json!({ "cursor": c }),
                 None => json!({}),
             };
-            let exchange = Exchange { gid, method: "tools/list".into(), params };
+            let exchange = Exchange { gid, method: "tools/list".into(), params, forwarded: false };
             let Ok(resp) = self.post_request(&exchange, &exchange.params).await else { return };
             let Ok(answer) = self.read_answer(resp, gid).await else { return };
             let Some(mut result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {

@@ -4,6 +4,13 @@
 //! with `input_required`: the upstream leg is parked here, and the client's retry, with
 //! `inputResponses` and the sealed `requestState`, answers it and continues. The client closing
 //! the response (or the request's connection) cancels the request upstream.
+//!
+//! When the binding's upstream connection speaks 2026-07-28 itself, the request is forwarded
+//! as the client sent it (envelope, `inputResponses`, `requestState`) and the server's answer
+//! comes back as it gave it, `input_required` rounds included, keyed and batched by the server:
+//! the client's retry carries the server's `requestState`, which tether cannot open and need
+//! not, and goes through the binding as a fresh request. It still travels through the binding,
+//! so a restart of the upstream is healed and a request that never reached it is sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +39,7 @@ use crate::error::GatewayError;
 use crate::session::record::now_ms;
 use crate::session::{Outbound, SessionHandle, Sink, StreamKind};
 use crate::stats::{Outcome, RequestProbe};
+use crate::upstream::era::Era;
 
 /// The most upstream legs parked at once, waiting for a client's retry.
 const MAX_PARKED: usize = 1024;
@@ -98,6 +106,8 @@ struct Ctx {
     digest: String,
     principal: String,
     probe: Arc<RequestProbe>,
+    /// Sent as the client sent it to an upstream of its own era: answered as the server answers.
+    forwarded: bool,
     keepalive: Duration,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -120,34 +130,44 @@ pub async fn run(
     let digest = request_digest(&method_name, &params);
     let state = params.get("requestState");
     let responses = params.get("inputResponses");
-    let (session, rx, gid, unique) = if state.is_some() || responses.is_some() {
-        let text = state.and_then(Value::as_str).ok_or(GatewayError::InvalidRequestState)?;
-        let claims = front.sealer.open(text, &digest, &principal, now_ms()).ok_or(GatewayError::InvalidRequestState)?;
+    // Decided now, from the connection the binding has: one that changes era before the
+    // request reaches it strips the envelope, or refuses a stale round (`upstream::era`).
+    let forwarded = session.upstream_era() == Some(Era::Modern);
+    let sealed = state.and_then(Value::as_str).and_then(|t| front.sealer.open(t, &digest, &principal, now_ms()));
+    let continuing = state.is_some() || responses.is_some();
+    let (session, rx, gid, unique, forwarded) = if let Some(claims) = sealed.filter(|_| continuing) {
+        // A round tether started (the binding's upstream was of the handshake era then).
         let round = front.parked.take(claims.handle).ok_or(GatewayError::InvalidRequestState)?;
         let answer = match responses.and_then(|r| r.get(&round.key)) {
             Some(v) => Message::response(&round.asked, &raw_value(v)),
             None => Message::error(Some(&round.asked), error_code::INTERNAL_ERROR, "the client gave no response", None),
         };
         round.session.answer(answer).await?;
-        (round.session, round.rx, round.gid, round.unique)
+        (round.session, round.rx, round.gid, round.unique, false)
+    } else if continuing && !forwarded {
+        // Not one of tether's (forged, expired, another's), and no server of the client's era
+        // behind the binding that could have issued it.
+        return Err(GatewayError::InvalidRequestState);
     } else {
-        if let Some(level) = &env.log_level {
-            apply_log_level(&session, level).await;
-        }
         let unique = string_id(&format!("tether-m-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let mut upstream = msg;
-        let mut forwarded = params.clone();
-        if modern::strip_envelope(&mut forwarded) {
-            let name = upstream.method().unwrap_or_default().to_owned();
-            let raw = raw_value(&forwarded);
-            upstream = Message::request(0, &name, forwarded.is_object().then_some(&raw));
+        if !forwarded {
+            if let Some(level) = &env.log_level {
+                apply_log_level(&session, level).await;
+            }
+            let mut stripped = params.clone();
+            if modern::strip_envelope(&mut stripped) {
+                let name = upstream.method().unwrap_or_default().to_owned();
+                let raw = raw_value(&stripped);
+                upstream = Message::request(0, &name, stripped.is_object().then_some(&raw));
+            }
         }
         upstream.set_id(unique.clone());
         // A stream that carries related messages, but is not resumed (2026-07-28 has no
         // resumption): no event is stored for it.
         let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
         let gid = session.request(upstream, sink.probed(probe.clone())).await?;
-        (session, rx, gid, unique)
+        (session, rx, gid, unique, forwarded)
     };
     let ctx = Ctx {
         front: front.clone(),
@@ -162,6 +182,7 @@ pub async fn run(
         digest,
         principal,
         probe,
+        forwarded,
         stop: app.hard_stop.clone(),
     };
     let (first_tx, first_rx) = oneshot::channel();
@@ -329,6 +350,10 @@ fn finalize(ctx: &Ctx, data: &[u8]) -> Vec<u8> {
             if ctx.method == method::TOOLS_LIST {
                 ctx.front.learn_tools(ctx.session.id(), &result);
             }
+            if ctx.forwarded && result.get("resultType").is_some() {
+                // The server's own 2026-07-28 answer (an `input_required` one too), as it gave it.
+                return Message::response(&ctx.client_id, &raw_value(&result)).to_bytes();
+            }
             let init = ctx.session.record().upstream_init;
             let info = init
                 .and_then(|i| serde_json::from_str::<Value>(i.get()).ok())
@@ -340,7 +365,7 @@ fn finalize(ctx: &Ctx, data: &[u8]) -> Vec<u8> {
             let e: Value = m.error_object().and_then(|e| serde_json::from_str(e.get()).ok()).unwrap_or(json!({}));
             let mut code = e["code"].as_i64().unwrap_or(error_code::INTERNAL_ERROR);
             // Retired in 2026-07-28: "resource not found" is invalid params.
-            if code == error_code::RESOURCE_NOT_FOUND {
+            if code == error_code::RESOURCE_NOT_FOUND && !ctx.forwarded {
                 code = error_code::INVALID_PARAMS;
             }
             let message = e["message"].as_str().unwrap_or("error");
@@ -356,6 +381,8 @@ fn error_status(bytes: &[u8]) -> Option<StatusCode> {
     let e: Value = m.error_object().and_then(|e| serde_json::from_str(e.get()).ok())?;
     match e["code"].as_i64()? {
         error_code::METHOD_NOT_FOUND => Some(StatusCode::NOT_FOUND),
+        // A retry of a round the upstream can no longer continue (it changed era).
+        error_code::INVALID_PARAMS if e["data"]["reason"] == "invalid_request_state" => Some(StatusCode::BAD_REQUEST),
         error_code::MISSING_REQUIRED_CLIENT_CAPABILITY => Some(StatusCode::BAD_REQUEST),
         _ => None,
     }

@@ -4,6 +4,9 @@
 //! requests forwarded with their results made modern, the upstream's server→client requests
 //! turned into `input_required` rounds with a sealed `requestState` ([`seal`]), and
 //! `subscriptions/listen` carried on the binding's standalone stream ([`listen`]).
+//! When the binding's upstream connection itself speaks 2026-07-28, requests go to it as the
+//! client sent them and its answers, `input_required` rounds included, come back as it gave
+//! them ([`exchange`]); the binding still carries them, for its revives and replays.
 //!
 //! It does not own sessions or the upstream; the handshake era on the same endpoint is
 //! `super::streamable`.

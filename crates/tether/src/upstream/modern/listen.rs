@@ -157,7 +157,7 @@ impl Shared {
     /// POSTs `subscriptions/listen` for `filter` and reads up to its acknowledgement.
     async fn open_listen(&self, filter: &Filter) -> Result<SseMessages, OpenFailure> {
         let method = "subscriptions/listen";
-        let (params, mut headers) = self.build(method, &json!({ "notifications": filter.to_json() }));
+        let (params, mut headers) = self.build(method, &json!({ "notifications": filter.to_json() }), false);
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream, application/json"));
         let wire_id = format!("tether-listen-{}", self.wire_ids.fetch_add(1, Ordering::Relaxed));
         let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": method, "params": params});

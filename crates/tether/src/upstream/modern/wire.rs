@@ -91,6 +91,18 @@ pub fn with_envelope(params: &Value, profile: &ClientProfile, log_level: Option<
     params
 }
 
+/// Whether `params` already carry the 2026-07-28 envelope: a modern client's request that the
+/// modern front forwards as the client sent it (sent as is, answered as is; [`super`]).
+pub fn is_enveloped(params: &Value) -> bool {
+    params.get("_meta").and_then(|m| m.get(META_VERSION)).is_some()
+}
+
+/// Whether `params` continue an `input_required` round (`inputResponses`, `requestState`): the
+/// server that issued them is the only one that can go on with them.
+pub fn continues_round(params: &Value) -> bool {
+    params.get("inputResponses").is_some() || params.get("requestState").is_some()
+}
+
 /// The routing headers of one request: `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` (for
 /// `tools/call`, `prompts/get`, `resources/read`) and `Mcp-Param-*` for the tool's
 /// `x-mcp-header` arguments that are present. Values are encoded as the revision says.
