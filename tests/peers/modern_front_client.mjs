@@ -4,7 +4,7 @@
 // profiles and kill points as tests/peers/modern_front_client.py (its docstring lists them):
 //
 //   node tests/peers/modern_front_client.mjs --url URL --mode pin|auto
-//       [--upstream everything|fixture|modern]
+//       [--upstream everything|fixture|modern] [--known-gap CHECK]...
 //       [--request-timeout 30] [--step-timeout 60] [--kill-timeout 90] [--scenario-timeout 240]
 //
 // Prints one JSON line per check ({"check", "ok", "detail"}), {"skip", "reason"} for a check the
@@ -56,13 +56,14 @@ const UPSTREAMS = {
 };
 
 function parseArgs(argv) {
-  const a = { url: null, mode: "pin", upstream: "everything", requestTimeout: 30, stepTimeout: 60, killTimeout: 90, scenarioTimeout: 240 };
+  const a = { url: null, mode: "pin", upstream: "everything", knownGap: [], requestTimeout: 30, stepTimeout: 60, killTimeout: 90, scenarioTimeout: 240 };
   for (let i = 0; i < argv.length; i++) {
     const v = () => argv[++i];
     switch (argv[i]) {
       case "--url": a.url = v(); break;
       case "--mode": a.mode = v(); break;
       case "--upstream": a.upstream = v(); break;
+      case "--known-gap": a.knownGap.push(v()); break;
       case "--request-timeout": a.requestTimeout = Number(v()); break;
       case "--step-timeout": a.stepTimeout = Number(v()); break;
       case "--kill-timeout": a.killTimeout = Number(v()); break;
@@ -111,12 +112,19 @@ function within(ms, p, what) {
 }
 
 async function step(name, fn) {
+  let ok, detail;
   try {
-    const [ok, detail] = await within(args.stepTimeout * 1000, fn(), name);
-    record(name, ok, detail);
+    [ok, detail] = await within(args.stepTimeout * 1000, fn(), name);
   } catch (e) {
-    record(name, false, String(e?.stack ?? e));
+    [ok, detail] = [false, String(e?.stack ?? e)];
   }
+  if (args.knownGap.includes(name.split(":").slice(1).join(":"))) {
+    // A listed gap is reported as such while it fails, and fails the run once it passes.
+    if (ok) record(name, false, `listed with --known-gap but passed, take it off: ${JSON.stringify(detail)}`);
+    else skip(name, `known gap: ${JSON.stringify(detail).slice(0, 300)}`);
+    return;
+  }
+  record(name, ok, detail);
 }
 
 const lines = createInterface({ input: process.stdin });

@@ -24,7 +24,8 @@ call in flight: it is retried and succeeds). The driver prints `{"event": "kill-
 N}` and waits for `go`.
 
 Output: one JSON line per check `{"check", "ok", "detail"}`, `{"skip", "reason"}` for a check
-this upstream cannot be asked (never counted as passed), then `N passed, N failed`.
+this upstream cannot be asked or a `--known-gap NAME` check that failed (never counted as passed;
+a known gap that passes is a failure), then `N passed, N failed`.
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ class Driver:
                 ok, detail = await fn()
         except Exception as e:  # noqa: BLE001 - every failure is a reported result
             ok, detail = False, f"{type(e).__name__}: {e}"
+        if name.split(":", 1)[-1] in self.args.known_gap:
+            # A listed gap is reported as such while it fails, and fails the run once it passes,
+            # so that the list cannot outlive the bug.
+            if ok:
+                self.record(name, False, f"listed with --known-gap but passed, take it off: {detail}")
+            else:
+                self.skip(name, f"known gap: {json.dumps(detail, default=str)[:300]}")
+            return
         self.record(name, ok, detail)
 
     async def kill_point(self, name: str) -> None:
@@ -314,6 +323,7 @@ def main() -> None:
     ap.add_argument("--url", required=True)
     ap.add_argument("--mode", default="2026-07-28", choices=["2026-07-28", "auto", "legacy"])
     ap.add_argument("--upstream", default="everything", choices=sorted(UPSTREAMS))
+    ap.add_argument("--known-gap", action="append", default=[], help="a check (name after the colon) known to fail")
     ap.add_argument("--request-timeout", type=float, default=30)
     ap.add_argument("--step-timeout", type=float, default=60)
     ap.add_argument("--kill-timeout", type=float, default=90)
