@@ -24,7 +24,13 @@
 // FIXTURE_STATE_KEY (the HMAC key sealing `requestState`; default: random per process),
 // FIXTURE_LEGACY=stateless (http: serve the handshake era only with the SDK's sessionless
 // per-request handler, which takes any request carrying the envelope for a 2026-07-28 one and
-// cannot send server->client requests; default: sessions, below).
+// cannot send server->client requests; default: sessions, below), FIXTURE_EXTRAS=1 (also serve
+// what tether's era-matrix tests need and the conformance scenarios do not call, so that the
+// scored surface stays as it is without it: the tools `tether_slow {seconds}` (read-only,
+// idempotent: sleeps, then "slow done") and `tether_bump` (publishes resources/updated for
+// test://static-text), the logging capability (logging/setLevel for the handshake era), and
+// resources/subscribe + unsubscribe for the handshake era; a
+// 2026-07-28 client watches the URI on `subscriptions/listen` over HTTP).
 //
 // HTTP: Host must name localhost, 127.0.0.1 or [::1] and Origin, when present, one of them
 // (else 403, DNS-rebinding protection); only /mcp exists (404 elsewhere). The handshake era is
@@ -54,6 +60,12 @@ const CLIENT_CAPS_KEY = 'io.modelcontextprotocol/clientCapabilities';
 const PROTOCOL_VERSION_KEY = 'io.modelcontextprotocol/protocolVersion';
 
 const quiet = process.env.FIXTURE_QUIET === '1';
+const extras = process.env.FIXTURE_EXTRAS === '1';
+const BUMPED_URI = 'test://static-text';
+// Handshake-era instances with their subscribed URIs (a session's or a stdio connection's), and
+// the publisher of 2026-07-28 listen streams (set by the HTTP entry): where `tether_bump` tells.
+const subscribers = new Map();
+let publishModern = () => {};
 const log = (...args) => {
   if (!quiet) console.error('[fixture-v2]', ...args);
 };
@@ -86,7 +98,13 @@ const clientCaps = (server, ctx) => {
 
 function createFixtureServer() {
   const server = new Server(SERVER_INFO, {
-    capabilities: { tools: {}, resources: {}, prompts: {}, completions: {} },
+    capabilities: {
+      tools: {},
+      resources: extras ? { subscribe: true } : {},
+      prompts: {},
+      completions: {},
+      ...(extras ? { logging: {} } : {})
+    },
     instructions: 'Dual-era conformance fixture for tether tests (test_* / test://*).',
     requestState: { verify: (state, ctx) => codec.verify(state, ctx) }
   });
@@ -324,11 +342,54 @@ function createFixtureServer() {
       }
     ]
   ];
+  const described = tools.map(([name]) => ({ name, description: `Conformance tool ${name}.`, inputSchema: noArgs }));
+  if (extras) {
+    tools.push(
+      [
+        'tether_slow',
+        async (args) => {
+          await sleep(Math.min(Number(args.seconds ?? 1), 30) * 1000);
+          return { content: [text('slow done')] };
+        }
+      ],
+      [
+        'tether_bump',
+        async () => {
+          let told = 0;
+          for (const [peer, uris] of subscribers) {
+            if (!uris.has(BUMPED_URI)) continue;
+            told++;
+            await peer.sendResourceUpdated({ uri: BUMPED_URI }).catch((e) => log('resources/updated failed:', e?.message ?? e));
+          }
+          publishModern(BUMPED_URI);
+          return { content: [text(`bumped ${BUMPED_URI} (${told} handshake subscriber(s))`)] };
+        }
+      ]
+    );
+    described.push(
+      {
+        name: 'tether_slow',
+        description: 'Sleeps for `seconds`, then answers; safe to repeat.',
+        inputSchema: { type: 'object', properties: { seconds: { type: 'number' } } },
+        annotations: { readOnlyHint: true, idempotentHint: true }
+      },
+      { name: 'tether_bump', description: `Publishes resources/updated for ${BUMPED_URI}.`, inputSchema: noArgs }
+    );
+    server.setRequestHandler('resources/subscribe', async (request) => {
+      const uris = subscribers.get(server) ?? new Set();
+      uris.add(request.params.uri);
+      subscribers.set(server, uris);
+      return {};
+    });
+    server.setRequestHandler('resources/unsubscribe', async (request) => {
+      subscribers.get(server)?.delete(request.params.uri);
+      return {};
+    });
+    server.onclose = () => subscribers.delete(server);
+  }
   const toolsByName = new Map(tools);
 
-  server.setRequestHandler('tools/list', async () => ({
-    tools: tools.map(([name]) => ({ name, description: `Conformance tool ${name}.`, inputSchema: noArgs }))
-  }));
+  server.setRequestHandler('tools/list', async () => ({ tools: described }));
 
   server.setRequestHandler('tools/call', async (request, ctx) => {
     const run = toolsByName.get(request.params.name);
@@ -480,6 +541,7 @@ function serveHttp() {
     legacy: 'stateless',
     onerror: (e) => log('error:', e?.message ?? e)
   });
+  publishModern = (uri) => handler.notify.resourceUpdated(uri);
   const node = toNodeHandler(handler, { onerror: (e) => log('adapter error:', e?.message ?? e) });
   const sessions = new Map(); // Mcp-Session-Id -> NodeStreamableHTTPServerTransport
   const MAX_SESSIONS = 1000;

@@ -17,6 +17,13 @@ use super::recovery::{self, Failure, Fate, Loss};
 use super::{Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, rewrite_param};
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
+/// `notifications/resources/updated` and the `notifications/*/list_changed` family.
+fn is_change_notification(msg: &Message) -> bool {
+    msg.method().is_some_and(|m| {
+        m == method::NOTIFICATION_RESOURCES_UPDATED || (m.starts_with("notifications/") && m.ends_with("/list_changed"))
+    })
+}
+
 /// What the loss path did with a request.
 enum Settled {
     /// It goes upstream again (after a revive, or once the tools are known).
@@ -87,6 +94,12 @@ impl Session {
                 }
             }
         }
+        // A change notification is about the session, not about whichever request is in flight:
+        // from a channel that does not say (stdio, legacy SSE) it goes to the standalone stream
+        // when the client has one (a 2026-07-28 client's `subscriptions/listen` reads only that),
+        // else, as before, to the newest request's stream.
+        let origin =
+            if origin == Origin::Unrelated && is_change_notification(&msg) { Origin::Standalone } else { origin };
         let target = self.target(origin, by_token.as_deref());
         self.deliver(target, msg).await;
     }

@@ -349,3 +349,34 @@ async fn a_crash_with_several_requests_in_flight_settles_each_by_the_policy() {
     assert_eq!(script.received("tools/call"), 1, "the unsafe call is never repeated");
     assert_eq!(s.revive_count(), 1, "one revive serves both");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_change_notification_from_stdio_goes_to_the_standalone_stream_not_the_call_in_flight() {
+    let notify = |tool_name: &'static str, name: &'static str, params: Value| {
+        move |m: &str, p: &Value, _: u64| {
+            (m == "tools/call" && p["name"] == tool_name)
+                .then(|| Act::NotifyThenAnswer(name, params.clone(), json!({ "content": [] })))
+        }
+    };
+    let script = Script::default()
+        .on(notify("bump", "notifications/resources/updated", json!({ "uri": "test://a" })))
+        .on(notify("log", "notifications/message", json!({ "level": "info", "data": "x" })));
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    let (standalone, mut standalone_rx) = Sink::channel(s.next_stream(), StreamKind::Standalone);
+    drop(s.attach_standalone(standalone));
+    let (before, a) = call(&s, 1, "tools/call", tool("bump")).await;
+    assert!(a["result"].is_object(), "{a}");
+    assert!(before.is_empty(), "the update is about the session, not the call: {before:?}");
+    let out = tokio::time::timeout(Duration::from_secs(5), standalone_rx.recv())
+        .await
+        .expect("the update on the standalone stream")
+        .expect("the standalone stream stays open");
+    let v: Value = serde_json::from_slice(&out.data).expect("json");
+    assert_eq!(v["method"], "notifications/resources/updated", "{v}");
+    assert_eq!(v["params"]["uri"], "test://a", "{v}");
+    // Anything else from stdio still goes to the request in flight, as it may well be its.
+    let (before, _) = call(&s, 2, "tools/call", tool("log")).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["method"], "notifications/message", "{before:?}");
+}

@@ -34,6 +34,9 @@ pub enum Act {
     CrashMidStream(u32),
     /// Never answer.
     Silence,
+    /// Send this notification (method, params), as a stdio server does with no word of what it
+    /// relates to, then answer with this result.
+    NotifyThenAnswer(&'static str, Value, Value),
 }
 
 type Rule = Box<dyn Fn(&str, &Value, u64) -> Option<Act> + Send + Sync>;
@@ -182,6 +185,12 @@ impl Handle {
                         let _ = events.send(UpstreamEvent::Message(Origin::Unrelated, answer)).await;
                     }
                 });
+            }
+            Act::NotifyThenAnswer(name, note, result) => {
+                let note = Message::notification(name, Some(&raw_value(&note)));
+                let _ = self.events.send(UpstreamEvent::Message(Origin::Unrelated, note)).await;
+                let answer = Message::response(&id, &raw_value(&result));
+                let _ = self.events.send(UpstreamEvent::Message(Origin::Unrelated, answer)).await;
             }
             Act::Error(code, text, data) => {
                 let answer = Message::error(Some(&id), code, text, data);
