@@ -13,9 +13,8 @@
 //! log level, receives a resource update, and at its kill points this test kills the upstream —
 //! a stdio child is SIGKILLed (tether revives it), an HTTP server is SIGKILLed and started again
 //! on its port: with nothing in flight (`between`) and during a read-only, idempotent call
-//! (`during`, retried on the revived upstream). A check a driver cannot ask of an upstream, or
-//! one listed in [`known_gaps`] that failed, is printed as a skip and reported here, never
-//! counted as passed.
+//! (`during`, retried on the revived upstream). A check a driver cannot ask of an upstream is
+//! printed as a skip and reported here, never counted as passed.
 //! Logs: `target/peer-logs/modern-front/<upstream>/<client>/`.
 
 mod peer_support;
@@ -171,9 +170,6 @@ async fn run_one(peers: &Peers, up: Up, client: Client, dir: &Path) -> Result<St
         .args(["--scenario-timeout", &SCENARIO_TIMEOUT_S.to_string()])
         .current_dir(&peers.workspace)
         .env("PYTHONUNBUFFERED", "1");
-    for gap in known_gaps(up, client) {
-        cmd.args(["--known-gap", gap]);
-    }
     let mut run = DriverRun::spawn(&mut cmd, client.name(), dir, DRIVER_TIMEOUT)?;
     let mut problems = Vec::new();
     while let Some(name) = run.next_kill_point(&mut problems, &mut harness).await {
@@ -235,20 +231,6 @@ async fn run_one(peers: &Peers, up: Up, client: Client, dir: &Path) -> Result<St
     let skipped = skips(&end.output);
     let skipped = if skipped.is_empty() { String::new() } else { format!("\n  SKIPPED (not passed): {skipped}") };
     Ok(format!("{summary}; {revived} revives{skipped}"))
-}
-
-/// Checks known to fail in a cell because of a product bug not fixed yet: the driver reports
-/// each as a skip while it fails, and fails the run once it passes (then take it off here).
-fn known_gaps(up: Up, client: Client) -> &'static [&'static str] {
-    match (up, client) {
-        // A 2026-07-28 client's per-request logLevel reaches a handshake-era binding as
-        // `logging/setLevel` only when the upstream's capabilities name `logging`
-        // (downstream/modern/exchange.rs, apply_log_level); for a modern-only upstream those are
-        // its `server/discover` capabilities (upstream/modern.rs), where 2026-07-28 servers need
-        // not declare `logging`, so no level is set and no log reaches the client.
-        (Up::ModernHttp, Client::PyPinned | Client::PyAuto | Client::TsPinned | Client::TsAuto) => &["log-level"],
-        _ => &[],
-    }
 }
 
 /// The driver's `{"skip", "reason"}` lines, as one line.

@@ -242,9 +242,16 @@ pub fn initialize_result(discover: &Value, requested: Option<&str>) -> Value {
         .filter(|v| v.is_object())
         .cloned()
         .unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
+    let mut capabilities = discover.get("capabilities").filter(|c| c.is_object()).cloned().unwrap_or_else(|| json!({}));
+    if let Some(c) = capabilities.as_object_mut() {
+        // `logging/setLevel` is answered on this side (the level then rides every request as
+        // the envelope's logLevel), so it works whether or not the 2026-07-28 server names
+        // `logging`, which that revision no longer needs.
+        c.entry("logging").or_insert_with(|| json!({}));
+    }
     let mut out = json!({
         "protocolVersion": version,
-        "capabilities": discover.get("capabilities").filter(|c| c.is_object()).cloned().unwrap_or_else(|| json!({})),
+        "capabilities": capabilities,
         "serverInfo": server_info,
     });
     if let Some(i) = discover.get("instructions").filter(|i| i.is_string()) {
@@ -417,7 +424,7 @@ mod tests {
         assert_eq!(
             i,
             json!({
-                "protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": true}},
+                "protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": true}, "logging": {}},
                 "serverInfo": {"name": "modern", "version": "2"}, "instructions": "be kind"
             })
         );
