@@ -326,3 +326,45 @@ async fn a_response_the_client_closes_cancels_the_request_upstream() {
     eventually("the abandoned request is no longer pending", move || s.pending_requests() == 0).await;
     gw.shutdown().await;
 }
+
+/// A listen's resource subscriptions last while a listen holds them: the binding stays
+/// subscribed while one of two listens on a URI is open, and is unsubscribed (in its record,
+/// so a revive does not bring the subscription back) when the last one ends.
+#[tokio::test]
+async fn a_subscription_ends_with_the_last_listen_that_holds_it() {
+    let gw = echo_gateway().await;
+    let (status, _) = raw_post(&gw, &headers("tools/list", None), request(1, "tools/list", json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let session = gw.manager.live()[0].clone();
+    let uri = "echo://counter";
+    let listen = |id: u64| {
+        let body = request(id, "subscriptions/listen", json!({"notifications": {"resourceSubscriptions": [uri]}}));
+        reqwest::Client::new()
+            .post(format!("http://{}/mcp", gw.addr))
+            .headers(to_map(&headers("subscriptions/listen", None)))
+            .body(body)
+            .send()
+    };
+    let mut first = harness::SseStream::new(within(listen(10)).await.expect("listen"));
+    let ack = within(first.next_message()).await.expect("an acknowledgement");
+    assert_eq!(ack["params"]["notifications"]["resourceSubscriptions"], json!([uri]), "{ack}");
+    assert!(session.record().state.subscriptions.contains(uri), "subscribed on the binding");
+    let mut second = harness::SseStream::new(within(listen(11)).await.expect("listen"));
+    within(second.next_message()).await.expect("an acknowledgement");
+
+    drop(first);
+    // The second listen still holds the URI: an update reaches it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let bump = request(12, "tools/call", json!({"name": "bump", "arguments": {}}));
+    let (status, _) = raw_post(&gw, &headers("tools/call", Some("bump")), bump).await;
+    assert_eq!(status, StatusCode::OK);
+    let update = within(second.next_message()).await.expect("an update");
+    assert_eq!(update["method"], "notifications/resources/updated", "{update}");
+    assert_eq!(update["params"]["uri"], uri);
+    assert!(session.record().state.subscriptions.contains(uri), "still subscribed");
+
+    drop(second);
+    let s = session.clone();
+    eventually("the last listen's URI is unsubscribed", move || !s.record().state.subscriptions.contains(uri)).await;
+    gw.shutdown().await;
+}

@@ -2,7 +2,10 @@
 //! once (a hub) and fanned out to every listen of it; each listen gets the acknowledgement of
 //! what the upstream can deliver, then the change notifications it asked for, stamped with its
 //! id. Resource subscriptions become `resources/subscribe` on the binding (recorded, so a
-//! revive replays them).
+//! revive replays them) and last as long as a listen of the binding asks for them: when a
+//! listen ends, the binding's recorded subscriptions that no open listen holds are
+//! unsubscribed (which also clears those left from before a tether restart). A gateway
+//! shutting down keeps them: the clients listen again after the restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,15 +30,50 @@ const HUB_BUFFER: usize = 256;
 /// The most URIs one listen may subscribe to.
 const MAX_URIS: usize = 256;
 
-/// One fan-out per binding.
+/// One fan-out per binding, and the resource URIs its open listens hold.
 #[derive(Default)]
 pub struct Hubs {
     map: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    /// Binding id → URI → open listens that asked for it.
+    held: Mutex<HashMap<String, HashMap<String, usize>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Hubs {
+    fn hold(&self, session: &str, uris: &BTreeSet<String>) {
+        let mut held = lock(&self.held);
+        let counts = held.entry(session.to_owned()).or_default();
+        for u in uris {
+            *counts.entry(u.clone()).or_default() += 1;
+        }
+    }
+
+    fn is_held(&self, session: &str, uri: &str) -> bool {
+        lock(&self.held).get(session).is_some_and(|c| c.contains_key(uri))
+    }
+
+    /// Lets go of a listen's URIs; the ones no open listen of the binding holds now.
+    fn release(&self, session: &str, uris: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut held = lock(&self.held);
+        let Some(counts) = held.get_mut(session) else { return BTreeSet::new() };
+        for u in uris {
+            if let Some(n) = counts.get_mut(u) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        counts.retain(|_, n| *n > 0);
+        let still: BTreeSet<String> = counts.keys().cloned().collect();
+        if counts.is_empty() {
+            held.remove(session);
+        }
+        still
+    }
+
     fn subscribe(&self, session: &SessionHandle) -> broadcast::Receiver<Bytes> {
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = lock(&self.map);
         if let Some(tx) = map.get(session.id())
             && tx.receiver_count() > 0
             && session.has_standalone()
@@ -89,12 +127,16 @@ pub async fn open(
     let mut uris = BTreeSet::new();
     if caps["resources"]["subscribe"] == Value::Bool(true) {
         let asked = filter.get("resourceSubscriptions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let recorded = session.record().state.subscriptions;
         for uri in asked.iter().filter_map(Value::as_str).take(MAX_URIS) {
-            if subscribe(&session, uri).await {
+            if recorded.contains(uri) || subscribe(&session, uri).await {
                 uris.insert(uri.to_owned());
             }
         }
     }
+    // Held from here: the guard lets go when the listen's task ends, however it ends.
+    front.hubs.hold(session.id(), &uris);
+    let held = Held { front: front.clone(), session: session.clone(), uris: uris.clone(), keep: false };
     if filter.contains_key("resourceSubscriptions") {
         honored.insert("resourceSubscriptions".into(), json!(uris));
     }
@@ -104,6 +146,8 @@ pub async fn open(
     let keepalive = session.config().keepalive;
     let stop = app.shutdown.clone();
     tokio::spawn(async move {
+        // The whole guard moves into the task (a closure would capture only the field it sets).
+        let mut held = held;
         let frame = |m: &str, mut p: Value| {
             modern::stamp_subscription(&mut p, &listen_id);
             let mut buf = Vec::new();
@@ -144,6 +188,7 @@ pub async fn open(
                     }
                 }
                 _ = stop.cancelled() => {
+                    held.keep = true;
                     let mut meta = Map::new();
                     meta.insert(modern::META_SUBSCRIPTION_ID.into(), listen_id.clone());
                     let result = json!({ "resultType": RESULT_COMPLETE, "_meta": meta });
@@ -160,11 +205,49 @@ pub async fn open(
     Ok(resp)
 }
 
+/// A listen's hold on its URIs.
+struct Held {
+    front: Arc<Front>,
+    session: SessionHandle,
+    uris: BTreeSet<String>,
+    /// The gateway is stopping: subscriptions stay for the clients that listen again.
+    keep: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let still = self.front.hubs.release(self.session.id(), &self.uris);
+        if self.keep || self.session.is_closed() {
+            return;
+        }
+        let stale: Vec<String> = self.session.record().state.subscriptions.difference(&still).cloned().collect();
+        if stale.is_empty() {
+            return;
+        }
+        let (session, front) = (self.session.clone(), self.front.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for uri in stale {
+                    // A listen that opened meanwhile holds it again.
+                    if !front.hubs.is_held(session.id(), &uri) {
+                        call(&session, method::RESOURCES_UNSUBSCRIBE, &uri).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// `resources/subscribe` on the binding; whether it succeeded.
 async fn subscribe(session: &SessionHandle, uri: &str) -> bool {
+    call(session, method::RESOURCES_SUBSCRIBE, uri).await
+}
+
+/// `resources/subscribe` or `unsubscribe` of `uri` on the binding; whether it succeeded.
+async fn call(session: &SessionHandle, name: &str, uri: &str) -> bool {
     let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
     let params = raw_value(&json!({ "uri": uri }));
-    let Ok(gid) = session.request(Message::request(0, method::RESOURCES_SUBSCRIBE, Some(&params)), sink).await else {
+    let Ok(gid) = session.request(Message::request(0, name, Some(&params)), sink).await else {
         return false;
     };
     let timeout = session.config().request_timeout.min(std::time::Duration::from_secs(30));
