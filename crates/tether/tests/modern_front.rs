@@ -368,3 +368,29 @@ async fn a_subscription_ends_with_the_last_listen_that_holds_it() {
     eventually("the last listen's URI is unsubscribed", move || !s.record().state.subscriptions.contains(uri)).await;
     gw.shutdown().await;
 }
+
+/// First requests that arrive together: one binding per correlation key, however many requests
+/// carry it at once (creation is serialised per key, not across keys).
+#[tokio::test]
+async fn first_requests_at_once_make_one_binding_per_key() {
+    let gw = echo_gateway().await;
+    let post = |id: u64, client: &str| {
+        let mut params = json!({});
+        params["_meta"] = envelope();
+        params["_meta"]["io.modelcontextprotocol/clientInfo"]["name"] = json!(client);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params}).to_string();
+        let h = headers("tools/list", None);
+        let gw = &gw;
+        async move { raw_post(gw, &h, body).await }
+    };
+    let answers = within(futures_util::future::join_all(
+        (0..8u64).map(|i| post(i, if i % 2 == 0 { "client-a" } else { "client-b" })),
+    ))
+    .await;
+    for (status, v) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{v}");
+        assert!(v["result"]["tools"].is_array(), "{v}");
+    }
+    assert_eq!(gw.manager.live_count(), 2, "one binding for each of the two envelopes");
+    gw.shutdown().await;
+}

@@ -9,7 +9,7 @@
 //! open records on first use, since every key can be recomputed from a record.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -53,8 +53,11 @@ const MAX_KEYS: usize = 65_536;
 #[derive(Default)]
 pub struct Bindings {
     keys: Mutex<HashMap<String, String>>,
-    /// One creation at a time, so that two first requests with one key make one binding.
-    create: tokio::sync::Mutex<bool>,
+    /// The index is rebuilt from the store once, before the first binding is made.
+    loaded: tokio::sync::OnceCell<()>,
+    /// One creation at a time per key, so that two first requests with one key make one
+    /// binding, while clients with other keys are bound meanwhile.
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The key of a record of a modern binding (what [`Bindings::bind`] would look it up by).
@@ -106,11 +109,30 @@ impl Bindings {
         if let Some(s) = self.lookup(app, &key).await {
             return Ok((s, kind));
         }
-        let mut loaded = self.create.lock().await;
-        if !*loaded {
-            self.load(app).await;
-            *loaded = true;
+        self.loaded.get_or_init(|| self.load(app)).await;
+        let gate = lock(&self.creating).entry(key.clone()).or_default().clone();
+        let _creating = gate.lock().await;
+        let made = self.create(app, caller, env, key.clone(), kind).await;
+        {
+            let mut creating = lock(&self.creating);
+            // The last waiter for this key takes the gate away (the map holds one reference,
+            // this request another).
+            if creating.get(&key).is_some_and(|g| Arc::strong_count(g) <= 2) {
+                creating.remove(&key);
+            }
         }
+        made
+    }
+
+    /// The binding for `key` made now, unless a request with the same key made it meanwhile.
+    async fn create(
+        &self,
+        app: &AppState,
+        caller: &Caller,
+        env: &Envelope,
+        key: String,
+        kind: KeyKind,
+    ) -> Result<(SessionHandle, KeyKind), GatewayError> {
         if let Some(s) = self.lookup(app, &key).await {
             return Ok((s, kind));
         }
