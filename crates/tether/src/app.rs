@@ -20,6 +20,8 @@ use crate::stats::Stats;
 use crate::store::timed::TimedStore;
 use crate::telemetry::LogControl;
 
+mod standby;
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -57,6 +59,17 @@ impl Gateway {
     /// Starts serving on `listeners`. `log`, when given, lets the admin API change the log
     /// filter. Without a configured admin token, one is generated into the state directory.
     pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
+        // Stops the gateway when set; also set by a lost namespace lease.
+        let stop = CancellationToken::new();
+        // A shared store serves one tether per namespace until cluster mode exists; a standby
+        // waits for it (and holds no listener meanwhile).
+        let (listeners, namespace_lease) = if config.standby {
+            standby::wait(&config.store, listeners, stop.clone()).await?
+        } else {
+            let addr = listeners.mcp.local_addr()?;
+            let lease = crate::store::namespace::NamespaceLease::acquire(&config.store, addr, stop.clone()).await?;
+            (listeners, lease)
+        };
         let listener = listeners.mcp;
         let addr = listener.local_addr()?;
         // Claimed before the store is opened, and held until the gateway is gone.
@@ -67,11 +80,6 @@ impl Gateway {
             | crate::store::StoreSpec::Postgres { .. }
             | crate::store::StoreSpec::Redis { .. } => None,
         };
-        // Stops the gateway when set; also set by a lost namespace lease.
-        let stop = CancellationToken::new();
-        // A shared store serves one tether per namespace until cluster mode exists.
-        let namespace_lease =
-            crate::store::namespace::NamespaceLease::acquire(&config.store, addr, stop.clone()).await?;
         let store = crate::store::open(&config.store).await?;
         info!(store = %config.store.describe(), "session store opened");
         let since = crate::session::record::now_ms().saturating_sub(config.session.ttl.as_millis() as u64);
@@ -220,7 +228,15 @@ pub async fn run(
     log: Option<LogControl>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let gw = Gateway::start_with(config, listeners, log).await?;
+    tokio::pin!(shutdown);
+    // A standby may wait a long time in `start_with`: a signal meanwhile ends it.
+    let gw = tokio::select! {
+        gw = Gateway::start_with(config, listeners, log) => gw?,
+        _ = &mut shutdown => {
+            info!("stopped before serving");
+            return Ok(());
+        }
+    };
     let stopping = gw.stop.clone();
     // The gateway stops itself only when it lost its store namespace (logged where it happened).
     let lost = tokio::select! {

@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// share one server [default: tether]
     #[arg(long, env = "TETHER_STORE_NAMESPACE", value_name = "NAME")]
     pub store_namespace: Option<String>,
+    /// With a Postgres or Redis store: wait as a standby while another tether serves the
+    /// namespace, and take it over (its sessions included) when that tether stops or dies,
+    /// instead of refusing to start. Until then nothing listens on the MCP address, and the
+    /// admin listener answers /healthz 200 and /readyz 503
+    #[arg(long, env = "TETHER_STANDBY")]
+    pub standby: bool,
     /// A Streamable HTTP upstream (its MCP endpoint URL)
     #[arg(long, env = "TETHER_UPSTREAM", value_name = "URL", conflicts_with_all = ["upstream_sse", "command"])]
     pub upstream: Option<String>,
@@ -184,6 +190,7 @@ pub struct FileConfig {
     listen: Option<String>,
     store: Option<String>,
     store_namespace: Option<String>,
+    standby: Option<bool>,
     upstream: Option<String>,
     upstream_sse: Option<String>,
     upstream_protocol: Option<String>,
@@ -249,6 +256,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Who may use the MCP endpoint.
     pub auth: AuthConfig,
+    /// Wait for the shared store's namespace instead of refusing it (`--standby`).
+    pub standby: bool,
 }
 
 /// A configuration error, naming the key and its source.
@@ -327,6 +336,14 @@ impl Config {
         let store = store
             .with_namespace(namespace.as_deref().unwrap_or(crate::store::DEFAULT_NAMESPACE))
             .map_err(|reason| ConfigError::Invalid { key: "store_namespace", source_name: src(set), reason })?;
+        let standby = args.standby || file.standby.unwrap_or(false);
+        if standby && !store.is_shared() {
+            return Err(ConfigError::Invalid {
+                key: "standby",
+                source_name: src(args.standby),
+                reason: "a standby waits for a shared store's namespace: use a postgres:// or redis:// `store`".into(),
+            });
+        }
 
         let command =
             if args.command.is_empty() { file.command.clone().unwrap_or_default() } else { args.command.clone() };
@@ -512,6 +529,7 @@ impl Config {
             log_format,
             admin,
             auth,
+            standby,
         })
     }
 }
@@ -576,6 +594,19 @@ mod tests {
         assert!(matches!(Config::load(&a), Err(ConfigError::TwoUpstreams)));
         let a = ServeArgs { upstream: Some("ftp://x".into()), ..ServeArgs::default() };
         assert!(Config::load(&a).expect_err("invalid").to_string().contains("`upstream`"));
+    }
+
+    #[test]
+    fn a_standby_needs_a_shared_store() {
+        let mut a = args(&["server"]);
+        assert!(!Config::load(&a).expect("valid").standby);
+        a.standby = true;
+        let e = Config::load(&a).expect_err("sqlite").to_string();
+        assert!(e.contains("`standby`") && e.contains("postgres://"), "{e}");
+        a.store = Some("postgres://postgres@127.0.0.1:5432/test".into());
+        let c = Config::load(&a).expect("valid");
+        assert!(c.standby);
+        assert!(c.to_redacted_toml().contains("standby = true"));
     }
 
     #[test]

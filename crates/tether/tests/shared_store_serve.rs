@@ -40,6 +40,19 @@ impl Tether {
     }
 
     fn command(dir: &std::path::Path, port: u16, store: &str, ns: &str, log: &std::path::Path) -> Command {
+        Tether::command_with(dir, port, store, ns, log, 0, &[])
+    }
+
+    /// The command with its admin listener on `admin_port` (0: any) and `extra` flags.
+    fn command_with(
+        dir: &std::path::Path,
+        port: u16,
+        store: &str,
+        ns: &str,
+        log: &std::path::Path,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
         cmd.arg("serve")
             .arg("--listen")
@@ -49,7 +62,8 @@ impl Tether {
             .arg("--store-namespace")
             .arg(ns)
             .arg("--admin-listen")
-            .arg("127.0.0.1:0")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .args(extra)
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_tether-echo"))
             .env("XDG_STATE_HOME", dir)
@@ -182,4 +196,89 @@ async fn redis_namespace_has_one_tether() {
     let ns = shared_stores::namespace("owner");
     let _cleanup = Cleanup::Redis(ns.clone());
     shared_stores::within(one_tether_serves_a_namespace(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// `GET` of an admin path: its status and body.
+async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+}
+
+/// `--standby`: a second tether waits while the first serves the namespace — nothing listens
+/// on its MCP address, its admin says `/healthz` 200 and `/readyz` 503 — and a SIGTERM ends such a
+/// wait cleanly; when the first is killed (-9), the standby takes the namespace once the lease
+/// runs out and serves the first one's session, its state replayed, with no re-initialize.
+async fn a_standby_takes_over(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-shared-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let first = Tether::start(&dir, free_port(), store, ns).await;
+    let mut c = Client::for_base(first.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone();
+    assert!(c.request("logging/setLevel", json!({"level": "debug"})).await.answer["result"].is_object());
+
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.join("standby.log");
+    let mut standby =
+        Tether::command_with(&dir, port, store, ns, &log, admin, &["--standby"]).spawn().expect("spawn tether");
+    shared_stores::within(async {
+        while !admin_get(admin, "/readyz").await.is_some_and(|(s, b)| s == 503 && b.contains("standby")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(admin_get(admin, "/healthz").await.map(|(s, _)| s), Some(200), "a standby is healthy");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "a standby does not listen for MCP");
+
+    // A second standby, stopped while it waits.
+    let other_log = dir.join("other-standby.log");
+    let mut other =
+        Tether::command_with(&dir, free_port(), store, ns, &other_log, 0, &["--standby"]).spawn().expect("spawn");
+    shared_stores::within(async {
+        while !std::fs::read_to_string(&other_log).unwrap_or_default().contains("standing by") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(other.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = shared_stores::within(other.wait()).await.expect("reaped");
+    assert!(status.success(), "a standby stops cleanly: {}", std::fs::read_to_string(&other_log).unwrap_or_default());
+
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "first"}})).await;
+    assert_eq!(text_of(&r.answer), "first", "the first tether serves while the standby waits");
+    first.kill9().await;
+    shared_stores::within(async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    c.base = format!("http://127.0.0.1:{port}");
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "taken over"}})).await;
+    assert_eq!(text_of(&r.answer), "taken over", "served by the standby");
+    assert_eq!(c.session, sid, "the same session, no re-initialize");
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(text_of(&r.answer), "logged at debug", "its state replayed from the store");
+    assert_eq!(admin_get(admin, "/readyz").await.map(|(s, _)| s), Some(200), "ready once it serves");
+
+    harness::kill9(standby.id().expect("running"));
+    shared_stores::within(standby.wait()).await.expect("reaped");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("standing by") && said.contains("took over the store namespace"), "{said}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_standby_takes_over() {
+    let ns = shared_stores::namespace("standby");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    shared_stores::within(a_standby_takes_over(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_standby_takes_over() {
+    let ns = shared_stores::namespace("standby");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    shared_stores::within(a_standby_takes_over(&shared_stores::redis_url(), &ns)).await;
 }

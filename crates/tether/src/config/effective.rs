@@ -72,6 +72,7 @@ impl Config {
                 s.upstream.headers.keys().map(|name| format!("{name}: {REDACTED}")).collect::<Vec<_>>(),
             ),
             forward_auth: Some(s.upstream.forward_auth),
+            standby: Some(self.standby),
             env: Some(s.upstream.env.iter().map(|(k, _)| format!("{k}={REDACTED}")).collect()),
         };
         let mut out = String::from("# tether: the effective configuration (secrets redacted)\n");

@@ -5,8 +5,10 @@
 //! primitive, the store's clock) for as long as it serves.
 //!
 //! A tether that starts while another holds the lease waits for it to expire (a tether killed
-//! with -9 is replaced within [`TTL`]) and refuses to start if its holder keeps renewing. A
-//! holder that loses the lease (stopped past the TTL, or cut off from the store) stops serving.
+//! with -9 is replaced within [`TTL`]) and refuses to start if its holder keeps renewing — or,
+//! started with `--standby`, waits for as long as it takes and then takes over (`app/standby.rs`
+//! keeps its listeners meanwhile). A holder that loses the lease (stopped past the TTL, or cut off
+//! from the store) stops serving.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +74,43 @@ impl NamespaceLease {
             }
         }
         info!(namespace = spec.namespace(), "holding the store namespace");
+        let renew = tokio::spawn(renew(store.clone(), me.clone(), lost));
+        Ok(Some(NamespaceLease { store, me, renew }))
+    }
+
+    /// Waits as a standby until the namespace is free (its holder released it, or was killed
+    /// and its lease ran out), then takes it. The store being unreachable meanwhile is waited
+    /// out too.
+    pub async fn take_when_free(
+        spec: &StoreSpec,
+        addr: SocketAddr,
+        lost: CancellationToken,
+    ) -> anyhow::Result<Option<NamespaceLease>> {
+        let Some(store) = super::open_cluster(spec).await? else { return Ok(None) };
+        let me = ReplicaId::new(&addr.to_string());
+        let mut holder: Option<String> = None;
+        loop {
+            match store.claim(KEY, &me, TTL).await {
+                Ok(Claim::Won { .. }) => break,
+                Ok(Claim::Held(lease)) => {
+                    if holder.as_deref() != Some(lease.owner.id.as_str()) {
+                        info!(owner = %lease.owner.id, "standing by: another tether serves the store namespace");
+                        holder = Some(lease.owner.id.clone());
+                    }
+                    tokio::time::sleep(Duration::from_millis(lease.left_ms.clamp(100, (TTL / 3).as_millis() as u64)))
+                        .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "standing by: the store is unreachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        info!(
+            namespace = spec.namespace(),
+            previous = holder.as_deref().unwrap_or("none"),
+            "took over the store namespace"
+        );
         let renew = tokio::spawn(renew(store.clone(), me.clone(), lost));
         Ok(Some(NamespaceLease { store, me, renew }))
     }

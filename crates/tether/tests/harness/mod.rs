@@ -43,6 +43,7 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         log_format: LogFormat::Plain,
         admin: AdminConfig::loopback(AdminToken::new(ADMIN_TOKEN).expect("a valid token")),
         auth: Default::default(),
+        standby: false,
     }
 }
 
