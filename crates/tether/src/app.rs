@@ -20,7 +20,10 @@ use crate::stats::Stats;
 use crate::store::timed::TimedStore;
 use crate::telemetry::LogControl;
 
+mod replicas;
 mod standby;
+
+pub use replicas::{Board, ReplicaRow};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -48,6 +51,7 @@ pub struct Gateway {
     _token_file: Option<crate::admin::token::TokenFile>,
     _store_lock: Option<crate::store::lock::StoreLock>,
     namespace_lease: Option<crate::store::namespace::NamespaceLease>,
+    registry: Option<replicas::Registry>,
 }
 
 impl Gateway {
@@ -63,13 +67,28 @@ impl Gateway {
         let stop = CancellationToken::new();
         // A shared store serves one tether per namespace until cluster mode exists; a standby
         // waits for it (and holds no listener meanwhile).
-        let (listeners, namespace_lease) = if config.standby {
-            standby::wait(&config.store, listeners, stop.clone()).await?
-        } else {
-            let addr = listeners.mcp.local_addr()?;
-            let lease = crate::store::namespace::NamespaceLease::acquire(&config.store, addr, stop.clone()).await?;
-            (listeners, lease)
+        // Every tether on a shared namespace is in its replica registry, serving or not.
+        let registry = replicas::Registry::start(&config.store, &listeners.mcp.local_addr()?.to_string()).await?;
+        let (listeners, namespace_lease) = match &registry {
+            Some(r) if config.standby => {
+                let (l, lease) = standby::wait(&config.store, r, listeners, stop.clone()).await?;
+                (l, Some(lease))
+            }
+            Some(r) => {
+                let lease = crate::store::namespace::NamespaceLease::acquire(
+                    &config.store,
+                    r.store(),
+                    r.me().clone(),
+                    stop.clone(),
+                )
+                .await?;
+                (listeners, Some(lease))
+            }
+            None => (listeners, None),
         };
+        if let Some(r) = &registry {
+            r.refresh().await;
+        }
         let listener = listeners.mcp;
         let addr = listener.local_addr()?;
         // Claimed before the store is opened, and held until the gateway is gone.
@@ -119,7 +138,9 @@ impl Gateway {
                         t
                     }
                 };
-                Some(AdminServer::start(l, AdminState::new(manager.clone(), token, log, stop.clone())).await?)
+                let board = registry.as_ref().map(replicas::Registry::board).unwrap_or_default();
+                let state = AdminState::new(manager.clone(), token, log, stop.clone()).with_replicas(board);
+                Some(AdminServer::start(l, state).await?)
             }
             None => None,
         };
@@ -193,6 +214,7 @@ impl Gateway {
             _token_file: token_file,
             _store_lock: store_lock,
             namespace_lease,
+            registry,
         })
     }
 
@@ -204,6 +226,9 @@ impl Gateway {
         // After the last session is stopped: the next tether may take the namespace at once.
         if let Some(lease) = self.namespace_lease {
             lease.release().await;
+        }
+        if let Some(registry) = self.registry {
+            registry.leave().await;
         }
         if let Some(admin) = self.admin {
             admin.stop().await;

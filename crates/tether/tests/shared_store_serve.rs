@@ -198,6 +198,22 @@ async fn redis_namespace_has_one_tether() {
     shared_stores::within(one_tether_serves_a_namespace(&shared_stores::redis_url(), &ns)).await;
 }
 
+/// The admin token of the tethers of the standby test.
+const ADMIN: &str = "standby-test-admin-token";
+
+/// `GET /admin/replicas`: its rows.
+async fn replicas(port: u16) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/admin/replicas"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let v: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    v["replicas"].as_array().cloned().unwrap_or_default()
+}
+
 /// `GET` of an admin path: its status and body.
 async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
@@ -211,7 +227,19 @@ async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn a_standby_takes_over(store: &str, ns: &str) {
     let dir = std::env::temp_dir().join(format!("tether-shared-{ns}"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let first = Tether::start(&dir, free_port(), store, ns).await;
+    let (first_port, first_admin) = (free_port(), free_port());
+    let first_log = dir.join("first.log");
+    let auth = ["--admin-token", ADMIN];
+    let child = Tether::command_with(&dir, first_port, store, ns, &first_log, first_admin, &auth)
+        .spawn()
+        .expect("spawn tether");
+    shared_stores::within(async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", first_port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let first = Tether { child, port: first_port, log: first_log };
     let mut c = Client::for_base(first.base(), Front::Streamable);
     c.connect().await;
     let sid = c.session.clone();
@@ -219,8 +247,9 @@ async fn a_standby_takes_over(store: &str, ns: &str) {
 
     let (port, admin) = (free_port(), free_port());
     let log = dir.join("standby.log");
-    let mut standby =
-        Tether::command_with(&dir, port, store, ns, &log, admin, &["--standby"]).spawn().expect("spawn tether");
+    let mut standby = Tether::command_with(&dir, port, store, ns, &log, admin, &["--standby", auth[0], auth[1]])
+        .spawn()
+        .expect("spawn tether");
     shared_stores::within(async {
         while !admin_get(admin, "/readyz").await.is_some_and(|(s, b)| s == 503 && b.contains("standby")) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -229,6 +258,24 @@ async fn a_standby_takes_over(store: &str, ns: &str) {
     .await;
     assert_eq!(admin_get(admin, "/healthz").await.map(|(s, _)| s), Some(200), "a standby is healthy");
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "a standby does not listen for MCP");
+    // Both are in the registry, as the serving tether's admin shows (read every heartbeat).
+    let role_of = |rows: &[Value], p: u16| {
+        rows.iter()
+            .find(|r| r["address"] == format!("127.0.0.1:{p}"))
+            .map(|r| (r["role"].as_str().unwrap_or_default().to_owned(), r["this"] == true))
+    };
+    let rows = shared_stores::within(async {
+        loop {
+            let rows = replicas(first_admin).await;
+            if role_of(&rows, port).is_some() {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(role_of(&rows, first_port), Some(("serving".into(), true)), "{rows:?}");
+    assert_eq!(role_of(&rows, port), Some(("standby".into(), false)), "{rows:?}");
 
     // A second standby, stopped while it waits.
     let other_log = dir.join("other-standby.log");
@@ -261,6 +308,10 @@ async fn a_standby_takes_over(store: &str, ns: &str) {
     let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
     assert_eq!(text_of(&r.answer), "logged at debug", "its state replayed from the store");
     assert_eq!(admin_get(admin, "/readyz").await.map(|(s, _)| s), Some(200), "ready once it serves");
+    let rows = replicas(admin).await;
+    let now = rows.iter().find(|r| r["this"] == true).unwrap_or_else(|| panic!("this one is listed: {rows:?}"));
+    assert_eq!((now["role"].as_str(), now["address"].as_str()), (Some("serving"), Some(&*format!("127.0.0.1:{port}"))));
+    assert_eq!(rows.iter().filter(|r| r["role"] == "serving").count(), 1, "one serves: {rows:?}");
 
     harness::kill9(standby.id().expect("running"));
     shared_stores::within(standby.wait()).await.expect("reaped");

@@ -57,6 +57,8 @@ struct Inner {
     readiness: health::Readiness,
     registry: prometheus_client::registry::Registry,
     dashboard: dashboard::Dashboard,
+    /// The shared store's replica registry, as last read (empty: one process).
+    replicas: crate::app::Board,
 }
 
 impl AdminState {
@@ -79,7 +81,21 @@ impl AdminState {
             readiness: health::Readiness::default(),
             registry,
             dashboard: dashboard::Dashboard::default(),
+            replicas: crate::app::Board::default(),
         }))
+    }
+
+    /// With the replica registry of a shared store (set before the admin serves).
+    pub fn with_replicas(mut self, board: crate::app::Board) -> AdminState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.replicas = board;
+        }
+        self
+    }
+
+    /// The replicas as the registry last listed them (`None`: a store of one process).
+    pub fn replica_rows(&self) -> Option<Vec<crate::app::ReplicaRow>> {
+        self.0.replicas.rows()
     }
 
     fn manager(&self) -> &Arc<Manager> {
@@ -183,6 +199,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/sessions/{id}", get(sessions::show).delete(sessions::terminate))
         .route("/sessions/{id}/refresh", post(sessions::refresh))
         .route("/overview", get(dashboard::overview_json))
+        .route("/replicas", get(replicas))
         .route("/drain", post(sessions::drain))
         .route("/log-level", get(log_level::show).put(log_level::set))
         .fallback(not_found)
@@ -197,6 +214,22 @@ pub fn router(state: AdminState) -> Router {
         .merge(dashboard::router())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// `GET /admin/replicas`: the shared store's replica registry (id, incarnation, address,
+/// heartbeat age, role), or this process alone on a store of one process.
+async fn replicas(State(state): State<AdminState>) -> Response {
+    let rows = state.replica_rows().unwrap_or_else(|| {
+        vec![crate::app::ReplicaRow {
+            id: crate::session::instance().to_owned(),
+            incarnation: String::new(),
+            address: String::new(),
+            heartbeat_age_ms: 0,
+            role: "single replica",
+            this: true,
+        }]
+    });
+    json_response(StatusCode::OK, &serde_json::json!({ "replicas": rows }))
 }
 
 async fn not_found() -> AdminError {

@@ -19,15 +19,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Listeners;
+use super::replicas::Registry;
 use crate::store::StoreSpec;
 use crate::store::namespace::NamespaceLease;
 
 /// Stands by until the namespace is free, then takes it; the listeners to serve on.
 pub async fn wait(
-    store: &StoreSpec,
+    spec: &StoreSpec,
+    registry: &Registry,
     listeners: Listeners,
     lost: CancellationToken,
-) -> anyhow::Result<(Listeners, Option<NamespaceLease>)> {
+) -> anyhow::Result<(Listeners, NamespaceLease)> {
     let mcp_addr = listeners.mcp.local_addr()?;
     drop(listeners.mcp);
     let admin_addr = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -44,7 +46,7 @@ pub async fn wait(
         })
     });
     info!(listen = %mcp_addr, "standby: not listening until this tether takes the store namespace");
-    let lease = NamespaceLease::take_when_free(store, mcp_addr, lost).await?;
+    let lease = NamespaceLease::take_when_free(spec, registry.store(), registry.me().clone(), lost).await;
     taken.cancel();
     if let Some(task) = admin {
         let _ = task.await;

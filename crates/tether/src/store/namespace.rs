@@ -10,7 +10,6 @@
 //! keeps its listeners meanwhile). A holder that loses the lease (stopped past the TTL, or cut off
 //! from the store) stops serving.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,14 +40,10 @@ impl NamespaceLease {
     /// process). `lost` is cancelled if the lease is lost later, which stops the gateway.
     pub async fn acquire(
         spec: &StoreSpec,
-        addr: SocketAddr,
+        store: Arc<dyn ClusterStore>,
+        me: ReplicaId,
         lost: CancellationToken,
-    ) -> anyhow::Result<Option<NamespaceLease>> {
-        if !spec.is_shared() {
-            return Ok(None);
-        }
-        let Some(store) = super::open_cluster(spec).await? else { return Ok(None) };
-        let me = ReplicaId::new(&addr.to_string());
+    ) -> anyhow::Result<NamespaceLease> {
         // A live holder renews every TTL/3, so its lease never runs out: past one TTL (and a
         // margin for the store's clock) it is alive, not a leftover of a killed tether.
         let give_up = Instant::now() + TTL + Duration::from_secs(1);
@@ -75,7 +70,7 @@ impl NamespaceLease {
         }
         info!(namespace = spec.namespace(), "holding the store namespace");
         let renew = tokio::spawn(renew(store.clone(), me.clone(), lost));
-        Ok(Some(NamespaceLease { store, me, renew }))
+        Ok(NamespaceLease { store, me, renew })
     }
 
     /// Waits as a standby until the namespace is free (its holder released it, or was killed
@@ -83,11 +78,10 @@ impl NamespaceLease {
     /// out too.
     pub async fn take_when_free(
         spec: &StoreSpec,
-        addr: SocketAddr,
+        store: Arc<dyn ClusterStore>,
+        me: ReplicaId,
         lost: CancellationToken,
-    ) -> anyhow::Result<Option<NamespaceLease>> {
-        let Some(store) = super::open_cluster(spec).await? else { return Ok(None) };
-        let me = ReplicaId::new(&addr.to_string());
+    ) -> NamespaceLease {
         let mut holder: Option<String> = None;
         loop {
             match store.claim(KEY, &me, TTL).await {
@@ -112,7 +106,7 @@ impl NamespaceLease {
             "took over the store namespace"
         );
         let renew = tokio::spawn(renew(store.clone(), me.clone(), lost));
-        Ok(Some(NamespaceLease { store, me, renew }))
+        NamespaceLease { store, me, renew }
     }
 
     /// Stops renewing and gives the lease back, so the next tether starts at once.
@@ -122,6 +116,11 @@ impl NamespaceLease {
             warn!(error = %e, "releasing the store namespace failed; it expires by itself");
         }
     }
+}
+
+/// Who holds the namespace now (`None`: nobody, or a lease that ran out).
+pub async fn holder(store: &dyn ClusterStore) -> Result<Option<ReplicaId>, crate::session::store::StoreError> {
+    Ok(store.lease(KEY).await?.filter(|l| l.left_ms > 0).map(|l| l.owner))
 }
 
 /// Renews every TTL/3; cancels `lost` when another tether holds the lease or the store could

@@ -204,13 +204,20 @@ pub fn overview_fragments(o: &Overview) -> Vec<(&'static str, String)> {
         r#"<table class="compact"><thead><tr><th>replica</th><th>role</th><th>sessions</th><th>state</th></tr></thead><tbody>"#,
     );
     for r in &o.replicas {
+        let state = match (r.role, r.draining) {
+            ("gone", _) => "no heartbeat",
+            ("standby", _) => "waiting",
+            (_, true) => "draining",
+            _ => "serving",
+        };
         let _ = write!(
             replicas,
-            r#"<tr><td><code>{}</code></td><td>{}</td><td class="num">{}</td><td>{}</td></tr>"#,
+            r#"<tr><td><code>{}</code>{}</td><td>{}</td><td class="num">{}</td><td>{}</td></tr>"#,
             esc(&r.id),
+            if r.this && o.replicas.len() > 1 { " (this one)" } else { "" },
             esc(r.role),
-            r.sessions,
-            if r.draining { "draining" } else { "serving" }
+            r.sessions.map_or("–".to_owned(), |n| n.to_string()),
+            state
         );
     }
     replicas.push_str("</tbody></table>");

@@ -22,19 +22,24 @@ const DETAIL_EVENTS: usize = 20;
 /// In-flight requests shown on a session's page.
 const DETAIL_IN_FLIGHT: usize = 50;
 
-/// One replica of the gateway. Without cluster mode there is one: this process. A cluster
-/// store would add its peers here (their id, liveness and session count from the lease table).
+/// One replica of the gateway: this process alone on a memory or SQLite store; on a shared
+/// store every tether of the namespace's registry (the one serving, the standbys).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Replica {
-    /// The replica's id (this process's instance tag).
+    /// The replica's id (this process's instance tag; on a shared store its MCP address and
+    /// the start of its incarnation).
     pub id: String,
-    /// `single replica` without cluster mode.
+    /// `single replica` on a store of one process; else `serving`, `standby` or `gone`.
     pub role: &'static str,
-    /// Sessions live on it.
-    pub sessions: usize,
-    /// Whether it refuses new sessions.
+    /// Sessions live on it (known for this process only).
+    pub sessions: Option<usize>,
+    /// Whether it refuses new sessions (this process), or has not heartbeated lately (others).
     pub draining: bool,
+    /// This process.
+    pub this: bool,
+    /// Milliseconds since its last heartbeat (shared stores).
+    pub heartbeat_age_ms: Option<u64>,
 }
 
 /// The overview page.
@@ -137,15 +142,29 @@ pub fn overview(state: &AdminState) -> Overview {
     }
 }
 
-/// The replicas: this one alone until cluster mode exists.
+/// The replicas: this one alone, or the shared store's registry as last read.
 fn replicas(state: &AdminState) -> Vec<Replica> {
     let m = state.manager();
-    vec![Replica {
-        id: instance().to_owned(),
-        role: "single replica",
-        sessions: m.live_count(),
-        draining: m.is_draining(),
-    }]
+    let Some(rows) = state.replica_rows() else {
+        return vec![Replica {
+            id: instance().to_owned(),
+            role: "single replica",
+            sessions: Some(m.live_count()),
+            draining: m.is_draining(),
+            this: true,
+            heartbeat_age_ms: None,
+        }];
+    };
+    rows.into_iter()
+        .map(|r| Replica {
+            id: format!("{} ({})", r.id, r.incarnation.get(..8).unwrap_or(&r.incarnation)),
+            role: r.role,
+            sessions: r.this.then(|| m.live_count()),
+            draining: if r.this { m.is_draining() } else { r.role == "gone" },
+            this: r.this,
+            heartbeat_age_ms: Some(r.heartbeat_age_ms),
+        })
+        .collect()
 }
 
 /// The filter of the sessions page.
