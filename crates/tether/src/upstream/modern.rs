@@ -44,9 +44,11 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
 
 mod listen;
+mod transport;
 pub(crate) mod wire;
 
 use listen::{Dedup, Filter, listen};
+use transport::{Pending, StdioWire, Transport};
 
 pub use wire::{
     ClientProfile, HeaderParam, MODERN_VERSION, continues_round, encode_header_value, header_params, initialize_result,
@@ -84,11 +86,12 @@ struct State {
 }
 
 struct Shared {
-    url: String,
-    http: reqwest::Client,
-    forwarded: super::credentials::ForwardedAuth,
+    transport: Transport,
     events: tokio::sync::mpsc::Sender<UpstreamEvent>,
     alive: AtomicBool,
+    /// While a probe decides whether this connection is used at all, its end is not reported
+    /// (the session never hears of a connection it did not get).
+    hushed: AtomicBool,
     max: usize,
     span: tracing::Span,
     state: Mutex<State>,
@@ -121,13 +124,29 @@ impl Handle {
     /// A connection-to-be: nothing is sent before the session's `initialize`.
     pub fn new(url: &str, ctx: ConnectContext) -> Handle {
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "modern-http");
+        let transport =
+            Transport::Http { url: url.to_owned(), http: ctx.http.clone(), forwarded: ctx.forwarded.clone() };
+        Handle::with_transport(transport, span, ctx)
+    }
+
+    /// Starts a stdio child spoken to in 2026-07-28 (nothing is written before the session's
+    /// `initialize`, which becomes `server/discover`).
+    pub fn over_stdio(command: &[String], ctx: ConnectContext) -> Result<Handle, super::ConnectError> {
+        let (wire, events) = StdioWire::spawn(command, &ctx)?;
+        let span =
+            tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "modern-stdio", pid = wire.pid());
+        let handle = Handle::with_transport(Transport::Stdio(wire.clone()), span, ctx);
+        transport::start_demux(wire, &handle.shared, events);
+        Ok(handle)
+    }
+
+    fn with_transport(transport: Transport, span: tracing::Span, ctx: ConnectContext) -> Handle {
         Handle {
             shared: Arc::new(Shared {
-                url: url.to_owned(),
-                http: ctx.http,
-                forwarded: ctx.forwarded,
+                transport,
                 events: ctx.events,
                 alive: AtomicBool::new(true),
+                hushed: AtomicBool::new(false),
                 max: ctx.options.max_message,
                 span,
                 state: Mutex::new(State::default()),
@@ -143,12 +162,29 @@ impl Handle {
     /// Whether the connection is still usable.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
+            && match &self.shared.transport {
+                Transport::Stdio(w) => w.is_alive(),
+                Transport::Http { .. } => true,
+            }
     }
 
     /// Gives the connection up: the session revives a new one (which discovers again).
     pub fn mark_lost(&self) {
         let shared = self.shared.clone();
-        tokio::spawn(async move { shared.lost(QuitReason::Disconnected("marked lost".into()), Vec::new()).await });
+        tokio::spawn(async move {
+            shared.lost(QuitReason::Disconnected("marked lost".into()), Vec::new()).await;
+            if let Transport::Stdio(w) = &shared.transport {
+                w.close().await;
+            }
+        });
+    }
+
+    /// The child's process id, over stdio.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.shared.transport {
+            Transport::Stdio(w) => Some(w.pid()),
+            Transport::Http { .. } => None,
+        }
     }
 
     /// Starts the listen stream for the change notifications the server offers (the client's
@@ -173,7 +209,37 @@ impl Handle {
         }
         self.shared.alive.store(false, Ordering::Release);
         self.shared.drop_waiters();
+        if let Transport::Stdio(w) = &self.shared.transport {
+            w.close().await;
+        }
         let _ = self.shared.events.send(UpstreamEvent::Closed(QuitReason::Closed, Vec::new())).await;
+    }
+
+    /// Whether the end of this connection is reported to the session (not while a probe
+    /// decides whether it is used); a connection that ended while hushed is reported on unhush.
+    pub(super) async fn hush(&self, on: bool) {
+        self.shared.hushed.store(on, Ordering::Release);
+        if !on && !self.shared.alive.load(Ordering::Acquire) {
+            let reason = QuitReason::Disconnected("the upstream ended right after answering the probe".into());
+            let _ = self.shared.events.send(UpstreamEvent::Closed(reason, Vec::new())).await;
+        }
+    }
+
+    /// Ends a connection the session never heard of (a probe that found no 2026-07-28
+    /// server): nothing is reported.
+    pub(super) async fn discard(&self) {
+        if let Ok(mut slot) = self.listen.lock()
+            && let Some(t) = slot.take()
+        {
+            t.abort();
+        }
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.drop_waiters();
+        if let Transport::Stdio(w) = &self.shared.transport {
+            // Off the caller's path: its successor need not wait for the grace.
+            let w = w.clone();
+            tokio::spawn(async move { w.close().await });
+        }
     }
 
     /// Hands one handshake-era message to the remote, translated.
@@ -275,14 +341,19 @@ impl Handle {
         let exchange = Exchange { gid, method, params, forwarded };
         let resp = shared.post_request(&exchange, &exchange.params).await?;
         // A refusal without a JSON-RPC answer is the sender's to report, like the other kinds.
-        if !resp.status().is_success() && !content_type(resp.headers()).starts_with("application/json") {
-            let status = resp.status().as_u16();
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(SendError::Refused {
-                status,
-                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            });
-        }
+        let resp = match resp {
+            Pending::Http(r)
+                if !r.status().is_success() && !content_type(r.headers()).starts_with("application/json") =>
+            {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                return Err(SendError::Refused {
+                    status,
+                    detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                });
+            }
+            other => other,
+        };
         let shared2 = shared.clone();
         let task =
             tokio::spawn(async move { shared2.run_exchange(exchange, resp).await }.instrument(shared.span.clone()));
@@ -336,7 +407,7 @@ impl Handle {
         shared.refresh_filter();
         info!(
             protocol_version = init["protocolVersion"].as_str().unwrap_or(""),
-            remote = %shared.url,
+            remote = %shared.transport.describe(),
             "modern remote discovered; serving the client's handshake from server/discover"
         );
         shared.answer(gid, init).await;
@@ -389,7 +460,9 @@ impl Shared {
     async fn lost(&self, reason: QuitReason, undelivered: Vec<u64>) {
         if self.alive.swap(false, Ordering::AcqRel) {
             self.drop_waiters();
-            let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+            if !self.hushed.load(Ordering::Acquire) {
+                let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+            }
         }
     }
 
@@ -446,7 +519,10 @@ impl Shared {
             )
         };
         let params = if forwarded { params.clone() } else { with_envelope(params, &profile, level.as_deref()) };
-        let mut headers = self.forwarded.headers();
+        let mut headers = match &self.transport {
+            Transport::Http { forwarded, .. } => forwarded.headers(),
+            Transport::Stdio(_) => HeaderMap::new(),
+        };
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in request_headers(method, &params, &header_params) {
@@ -459,16 +535,33 @@ impl Shared {
 
     /// POSTs one round of `exchange` with `params`. A failure is only reported: the session
     /// replaces this connection (discovering again, waiting for an away remote) and sends again.
-    async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<reqwest::Response, SendError> {
+    async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<Pending, SendError> {
         let (params, headers) = self.build(&exchange.method, params, exchange.forwarded);
-        let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
-        self.http.post(&self.url).headers(headers).body(body.to_string()).send().await.map_err(|e| post_error(&e))
+        match &self.transport {
+            Transport::Http { url, http, .. } => {
+                let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
+                let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
+                let resp = http.post(url).headers(headers).body(body.to_string()).send().await;
+                resp.map(Pending::Http).map_err(|e| post_error(&e))
+            }
+            Transport::Stdio(w) => {
+                w.request(Some(exchange.gid), &exchange.method, &params, 4).await.map(Pending::Stdio)
+            }
+        }
     }
 
     /// Reads the final answer of one POST; request-related notifications on an SSE answer are
     /// passed on to the request's stream.
-    async fn read_answer(&self, resp: reqwest::Response, gid: u64) -> Result<Message, ReadFailure> {
+    async fn read_answer(&self, pending: Pending, gid: u64) -> Result<Message, ReadFailure> {
+        let resp = match pending {
+            Pending::Http(resp) => resp,
+            Pending::Stdio(mut waiter) => {
+                return match waiter.next().await {
+                    Some(m) => Ok(m),
+                    None => Err(ReadFailure::Broken("the stdio child ended before its answer".into())),
+                };
+            }
+        };
         let status = resp.status();
         let ctype = content_type(resp.headers());
         if status.is_success() && ctype.starts_with("text/event-stream") {
@@ -502,7 +595,7 @@ impl Shared {
     /// Drives one request to its final answer: reads it, answers `input_required` rounds with
     /// the client's help, re-learns tool headers once on a header mismatch, and hands the
     /// translated answer to the session.
-    async fn run_exchange(self: Arc<Self>, exchange: Exchange, first: reqwest::Response) {
+    async fn run_exchange(self: Arc<Self>, exchange: Exchange, first: Pending) {
         let gid = exchange.gid;
         let mut resp = first;
         let mut round = 0u32;
@@ -725,7 +818,7 @@ impl Shared {
     }
 }
 
-fn error_code_of(m: &Message) -> Option<i64> {
+pub(super) fn error_code_of(m: &Message) -> Option<i64> {
     let e: Value = serde_json::from_str(m.error_object()?.get()).ok()?;
     e.get("code").and_then(Value::as_i64)
 }
