@@ -7,7 +7,11 @@
 //! * `auto` (the default): a session of a handshake-era client gets a [`stdio`] upstream with
 //!   no probe at all (a Python stdio server pins the era of its connection on the first
 //!   request, a discover included, and some legacy servers exit on any request before
-//!   `initialize`). A modern client's binding ([`ConnectContext::prefer_modern`]) starts the
+//!   `initialize`): its `initialize` goes out as always, and only a refusal of it with -32022
+//!   naming 2026-07-28 alone (a modern-only server) is kept from the session: that child is
+//!   ended and a new one is spoken to in 2026-07-28, its `initialize` answered from
+//!   `server/discover`. Everything else the child says passes through a relay untouched.
+//!   A modern client's binding ([`ConnectContext::prefer_modern`]) starts the
 //!   child in 2026-07-28 and its `initialize` becomes `server/discover`, with
 //!   `connect_timeout` to answer. A discover result that lists 2026-07-28 keeps it; anything
 //!   else (an error, no answer in time, the child exiting) ends that child, unreported, and
@@ -16,10 +20,12 @@
 //!
 //! A revive makes a new connection, which probes again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_protocol::{Kind, Message, method};
-use tracing::info;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info};
 
 use super::era::{self, Era, UpstreamProtocol};
 use super::modern::{self, Discovered};
@@ -28,8 +34,50 @@ use super::{ConnectContext, ConnectError, Origin, SendError, UpstreamEvent};
 
 #[derive(Clone)]
 enum Current {
-    Handshake(Arc<stdio::Handle>),
+    /// A handshake-era child; with a relay when a modern-only refusal of `initialize` is
+    /// watched for (`auto`, a handshake-era client).
+    Handshake(Arc<stdio::Handle>, Option<Arc<Relay>>),
     Modern(Arc<modern::Handle>),
+}
+
+/// Passes a handshake-era child's events to the session, except the answer to the watched
+/// `initialize` when it is a modern-only refusal; nothing at all once retired.
+struct Relay {
+    session: mpsc::Sender<UpstreamEvent>,
+    watch: Mutex<Option<(u64, oneshot::Sender<Option<Message>>)>>,
+    retired: AtomicBool,
+}
+
+impl Relay {
+    fn watch(&self) -> std::sync::MutexGuard<'_, Option<(u64, oneshot::Sender<Option<Message>>)>> {
+        self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn run(self: Arc<Self>, mut events: mpsc::Receiver<UpstreamEvent>) {
+        while let Some(event) = events.recv().await {
+            if self.retired.load(Ordering::Acquire) {
+                continue;
+            }
+            if let UpstreamEvent::Message(_, m) = &event
+                && matches!(m.kind(), Kind::Response | Kind::Error)
+            {
+                let mut watch = self.watch();
+                if let Some((gid, _)) = watch.as_ref()
+                    && m.numeric_id() == Some(*gid)
+                    && let Some((_, tx)) = watch.take()
+                {
+                    if modern::refuses_handshake(m) {
+                        let _ = tx.send(Some(m.clone()));
+                        continue;
+                    }
+                    let _ = tx.send(None);
+                }
+            }
+            if self.session.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// One stdio child, in the era chosen for it.
@@ -60,8 +108,20 @@ impl Handle {
         };
         let current = if modern {
             Current::Modern(Arc::new(modern::Handle::over_stdio(command, copy(&ctx))?))
+        } else if ctx.options.protocol == UpstreamProtocol::Auto {
+            let (tx, rx) = mpsc::channel(256);
+            let relay = Arc::new(Relay {
+                session: ctx.events.clone(),
+                watch: Mutex::new(None),
+                retired: AtomicBool::new(false),
+            });
+            let child = stdio::Handle::spawn(command, ConnectContext { events: tx, ..copy(&ctx) })?;
+            let span =
+                tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid = child.pid());
+            tokio::spawn(relay.clone().run(rx).instrument(span));
+            Current::Handshake(Arc::new(child), Some(relay))
         } else {
-            Current::Handshake(Arc::new(stdio::Handle::spawn(command, copy(&ctx))?))
+            Current::Handshake(Arc::new(stdio::Handle::spawn(command, copy(&ctx))?), None)
         };
         Ok(Handle { command: command.to_vec(), ctx, current: Mutex::new(current) })
     }
@@ -73,7 +133,7 @@ impl Handle {
     /// The era the child is spoken to in.
     pub fn era(&self) -> Era {
         match self.current() {
-            Current::Handshake(_) => Era::Handshake,
+            Current::Handshake(..) => Era::Handshake,
             Current::Modern(_) => Era::Modern,
         }
     }
@@ -87,7 +147,13 @@ impl Handle {
                 }
                 _ => h.send(msg, gid).await,
             },
-            Current::Handshake(h) if self.ctx.prefer_modern => match era::for_handshake(msg, gid) {
+            Current::Handshake(h, Some(relay)) => match gid {
+                Some(gid) if msg.kind() == Kind::Request && msg.is(method::INITIALIZE) => {
+                    self.initialize_watched(&h, &relay, msg, gid).await
+                }
+                _ => h.send(msg, gid).await,
+            },
+            Current::Handshake(h, None) if self.ctx.prefer_modern => match era::for_handshake(msg, gid) {
                 None => h.send(msg, gid).await,
                 Some(Ok(stripped)) => h.send(&stripped, gid).await,
                 Some(Err(answer)) => {
@@ -96,7 +162,43 @@ impl Handle {
                     Ok(())
                 }
             },
-            Current::Handshake(h) => h.send(msg, gid).await,
+            Current::Handshake(h, None) => h.send(msg, gid).await,
+        }
+    }
+
+    /// Sends `initialize` to a handshake-era child and waits (a bounded time) for its answer:
+    /// a modern-only refusal ends that child and starts one spoken to in 2026-07-28.
+    async fn initialize_watched(
+        &self,
+        h: &Arc<stdio::Handle>,
+        relay: &Arc<Relay>,
+        msg: &Message,
+        gid: u64,
+    ) -> Result<(), SendError> {
+        let (tx, rx) = oneshot::channel();
+        *relay.watch() = Some((gid, tx));
+        h.send(msg, Some(gid)).await?;
+        let refusal = match tokio::time::timeout(self.ctx.options.connect_timeout, rx).await {
+            Ok(Ok(Some(refusal))) => refusal,
+            // Answered (and passed on), or the child is gone (reported), or it is slow: its
+            // answer will pass through whatever it is.
+            _ => {
+                relay.watch().take();
+                return Ok(());
+            }
+        };
+        info!(session_id = %self.ctx.session_id, error = %modern::wire::describe_error(&refusal), "the stdio upstream speaks only 2026-07-28; starting it again in that era");
+        relay.retired.store(true, Ordering::Release);
+        let old = h.clone();
+        tokio::spawn(async move { old.close().await });
+        let child = Arc::new(
+            modern::Handle::over_stdio(&self.command, copy(&self.ctx))
+                .map_err(|e| SendError::Unreachable(e.to_string()))?,
+        );
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Current::Modern(child.clone());
+        match child.initialize_probe(msg, gid).await? {
+            Discovered::Served => Ok(()),
+            Discovered::NotModern(why) => Err(era::not_modern_refusal(&why)),
         }
     }
 
@@ -127,7 +229,8 @@ impl Handle {
             // The session revives on an unreachable upstream, with its own backoff.
             SendError::Unreachable(e.to_string())
         })?);
-        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Current::Handshake(child.clone());
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Current::Handshake(child.clone(), None);
         child.send(msg, Some(gid)).await
     }
 
@@ -141,7 +244,7 @@ impl Handle {
     /// Whether the child runs.
     pub fn is_alive(&self) -> bool {
         match self.current() {
-            Current::Handshake(h) => h.is_alive(),
+            Current::Handshake(h, _) => h.is_alive(),
             Current::Modern(h) => h.is_alive(),
         }
     }
@@ -156,7 +259,7 @@ impl Handle {
     /// The child's process id (also its process group id).
     pub fn pid(&self) -> u32 {
         match self.current() {
-            Current::Handshake(h) => h.pid(),
+            Current::Handshake(h, _) => h.pid(),
             Current::Modern(h) => h.pid().unwrap_or(0),
         }
     }
@@ -164,7 +267,7 @@ impl Handle {
     /// Ends the child.
     pub async fn close(&self) {
         match self.current() {
-            Current::Handshake(h) => h.close().await,
+            Current::Handshake(h, _) => h.close().await,
             Current::Modern(h) => h.close().await,
         }
     }
