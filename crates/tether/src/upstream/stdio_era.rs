@@ -73,10 +73,15 @@ impl Relay {
                     let _ = tx.send(None);
                 }
             }
+            if matches!(event, UpstreamEvent::Closed(..)) {
+                // Whoever waits for the answer to `initialize` waits no more: there is none.
+                self.watch().take();
+            }
             if self.session.send(event).await.is_err() {
-                return;
+                break;
             }
         }
+        self.watch().take();
     }
 }
 
