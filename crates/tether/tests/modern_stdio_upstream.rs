@@ -11,6 +11,9 @@
 //!   answered from `server/discover`, a tool called, its elicitation asked of the client as a
 //!   server→client request and the answer taken back) and to a 2026-07-28 client (a call, and
 //!   the server's own elicitation round).
+//! * A request the modern-only child never read (it sat in the stdin pipe of a stopped child
+//!   when the child was killed) is sent again on the new child, though its tool is not safe to
+//!   repeat: the unread-stdin accounting works through the 2026-07-28 wire ids.
 //!
 //! Driven with raw HTTP. Logs: `target/peer-logs/modern-stdio/run-<pid>/`.
 
@@ -344,6 +347,44 @@ async fn a_modern_only_stdio_server_in_auto_serves_both_eras_of_clients() {
     through_tether("modern-only-auto", &[], modern_only, async |url, _| {
         handshake_client_of_modern_only(&url).await?;
         modern_client_of_modern_only(&url).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_the_modern_child_never_read_is_sent_again() {
+    let flags = ["--upstream-protocol", "modern"];
+    through_tether("modern-only-unread", &flags, modern_only, async |url, tether| {
+        let echo = json!({"name": "echo", "arguments": {"message": "hi"}});
+        let (status, v) = post_modern(&url, &modern_request(1, "tools/call", echo, json!({}))).await?;
+        if status != 200 || v["result"]["content"][0]["text"] != "Echo: hi" {
+            return Err(format!("echo: HTTP {status} {v}"));
+        }
+        let child = the_child(tether).await?;
+        // A stopped child reads nothing: the call waits in the pipe when it is killed.
+        signal(child, Signal::SIGSTOP);
+        let unsafe_call = json!({"name": "slow_unsafe", "arguments": {"seconds": 0}});
+        let pending = tokio::spawn({
+            let url = url.clone();
+            async move { post_modern(&url, &modern_request(2, "tools/call", unsafe_call, json!({}))).await }
+        });
+        // Time for the call to reach the pipe (it is written as soon as tether has it); the
+        // log proves afterwards that it had.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        kill_child(tether).await?;
+        let (status, v) = tokio::time::timeout(STEP, pending)
+            .await
+            .map_err(|_| "the unread call: no answer".to_owned())?
+            .map_err(|e| format!("the unread call: {e}"))??;
+        let log = std::fs::read_to_string(run_logs(Some("modern-stdio")).join("modern-only-unread/tether.log"))
+            .map_err(|e| format!("tether.log: {e}"))?;
+        if !log.lines().any(|l| l.contains("upstream connection lost") && l.contains("in_flight=1")) {
+            return Err("the call had not reached the child when it was killed: nothing was proved".into());
+        }
+        if status != 200 || v["result"]["content"][0]["text"] != "slow done" {
+            return Err(format!("the unread call was not sent again: HTTP {status} {v}"));
+        }
+        Ok(())
     })
     .await;
 }
