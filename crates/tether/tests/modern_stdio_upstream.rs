@@ -11,6 +11,9 @@
 //!   answered from `server/discover`, a tool called, its elicitation asked of the client as a
 //!   server→client request and the answer taken back) and to a 2026-07-28 client (a call, and
 //!   the server's own elicitation round).
+//! * A handshake-era server that exits on any request before `initialize` (the misbehaving
+//!   server's mode for it), in front of a 2026-07-28 client with `auto`: the probe's child
+//!   exits, a new child is started in the handshake era, and the client is served (translated).
 //! * A request the modern-only child never read (it sat in the stdin pipe of a stopped child
 //!   when the child was killed) is sent again on the new child, though its tool is not safe to
 //!   repeat: the unread-stdin accounting works through the 2026-07-28 wire ids.
@@ -383,6 +386,32 @@ async fn a_request_the_modern_child_never_read_is_sent_again() {
         }
         if status != 200 || v["result"]["content"][0]["text"] != "slow done" {
             return Err(format!("the unread call was not sent again: HTTP {status} {v}"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_that_exits_on_the_discover_probe_is_started_again_in_the_handshake_era() {
+    let command = |p: &Peers| {
+        let script = p.workspace.join("tests/peers/misbehaving_server.py");
+        vec!["env".into(), "MISBEHAVE_EXIT_BEFORE_INIT=1".into(), path_arg(&p.python), path_arg(&script)]
+    };
+    through_tether("exits-on-discover", &[], command, async |url, tether| {
+        for id in 1..=2 {
+            let echo = json!({"name": "echo", "arguments": {"message": "hi"}});
+            let (status, v) = post_modern(&url, &modern_request(id, "tools/call", echo, json!({}))).await?;
+            if status != 200 || v["result"]["content"][0]["text"] != "hi" || v["result"]["resultType"] != "complete" {
+                return Err(format!("echo {id}: HTTP {status} {v}"));
+            }
+        }
+        the_child(tether).await?;
+        let log = std::fs::read_to_string(run_logs(Some("modern-stdio")).join("exits-on-discover/tether.log"))
+            .map_err(|e| format!("tether.log: {e}"))?;
+        let fallbacks = log.lines().filter(|l| l.contains("does not speak 2026-07-28; starting it again")).count();
+        if fallbacks != 1 {
+            return Err(format!("{fallbacks} fallbacks to the handshake era logged, expected 1"));
         }
         Ok(())
     })
