@@ -30,7 +30,7 @@
 // idempotent: sleeps, then "slow done") and `tether_bump` (publishes resources/updated for
 // test://static-text), the logging capability (logging/setLevel for the handshake era), and
 // resources/subscribe + unsubscribe for the handshake era; a
-// 2026-07-28 client watches the URI on `subscriptions/listen` over HTTP).
+// 2026-07-28 client watches the URI on `subscriptions/listen`, over HTTP or stdio).
 //
 // HTTP: Host must name localhost, 127.0.0.1 or [::1] and Origin, when present, one of them
 // (else 403, DNS-rebinding protection); only /mcp exists (404 elsewhere). The handshake era is
@@ -616,7 +616,17 @@ function serveHttp() {
 }
 
 function serveOverStdio() {
-  const handle = serveStdio(() => createFixtureServer(), {
+  // A connection pinned to 2026-07-28 has its listens routed by the SDK from the instance's own
+  // change notifications; a handshake-era one that subscribed was told above already.
+  const factory = () => {
+    const server = createFixtureServer();
+    publishModern = (uri) => {
+      if (subscribers.has(server)) return;
+      server.sendResourceUpdated({ uri }).catch((e) => log('resources/updated failed:', e?.message ?? e));
+    };
+    return server;
+  };
+  const handle = serveStdio(factory, {
     legacy: 'serve',
     onerror: (e) => log('error:', e?.message ?? e)
   });

@@ -2,9 +2,12 @@
 purpose. Tools: `echo` (well-behaved), `huge` and `huge_id_last` (an answer over tether's
 16 MiB message limit, id first or last), `stderr_flood` (`mb` MB of stderr in one line),
 `junk` (`mb` MB of 1 KB non-JSON stdout lines). It ignores EPIPE, like servers that wedge a
-naive reader: a write to a closed pipe is dropped and the server carries on."""
+naive reader: a write to a closed pipe is dropped and the server carries on. With
+MISBEHAVE_EXIT_BEFORE_INIT=1 it exits (status 1, without a word) on any request that comes
+before `initialize`, as some handshake-era servers do on a `server/discover` probe."""
 
 import json
+import os
 import sys
 
 OUT = sys.stdout.buffer
@@ -30,6 +33,9 @@ def text(t):
 
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "huge", "huge_id_last", "stderr_flood", "junk")]
 
+EXIT_BEFORE_INIT = os.environ.get("MISBEHAVE_EXIT_BEFORE_INIT") == "1"
+initialized = False
+
 for raw in sys.stdin.buffer:
     try:
         msg = json.loads(raw)
@@ -38,7 +44,10 @@ for raw in sys.stdin.buffer:
     method, req_id = msg.get("method"), msg.get("id")
     if req_id is None or method is None:
         continue
+    if method != "initialize" and not initialized and EXIT_BEFORE_INIT:
+        sys.exit(1)
     if method == "initialize":
+        initialized = True
         answer(req_id, {
             "protocolVersion": msg["params"].get("protocolVersion", "2025-06-18"),
             "capabilities": {"tools": {}},

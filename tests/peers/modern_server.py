@@ -11,9 +11,16 @@ request gets HTTP 400 with JSON-RPC error -32022 `{"supported": ["2026-07-28"], 
 and DELETE 405.
 
     .peers/venv/bin/python tests/peers/modern_server.py --port PORT
+    .peers/venv/bin/python tests/peers/modern_server.py --stdio
 
 Prints `modern server ready on port PORT` once it listens (uvicorn logs "address already in
 use" when the port is taken). Serves `/mcp`.
+
+With `--stdio` it serves newline-delimited JSON-RPC on stdin/stdout instead, again 2026-07-28
+only: the SDK's stdio runner serves both eras (its first request decides), so requests that do
+not carry the 2026-07-28 envelope (`initialize` among them) are answered -32022 here and never
+reach it, and notifications without the envelope other than `notifications/cancelled` are
+dropped.
 
 Tools:
   echo {message}            "Echo: <message>" (readOnlyHint)
@@ -172,10 +179,62 @@ async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
+def claims_modern(msg: Any) -> bool:
+    meta = (getattr(msg, "params", None) or {}).get("_meta") or {}
+    return isinstance(meta, dict) and meta.get("io.modelcontextprotocol/protocolVersion") in MODERN
+
+
+async def serve_stdio() -> None:
+    """The SDK's stdio runner behind a filter that lets only 2026-07-28 traffic through."""
+    from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
+    from mcp_types import ErrorData, JSONRPCError, JSONRPCNotification, JSONRPCRequest
+
+    async with stdio_server() as (read_stream, write_stream):
+        to_server, from_filter = anyio.create_memory_object_stream(64)
+
+        async def filter_in() -> None:
+            async with to_server:
+                async for item in read_stream:
+                    msg = item.message if isinstance(item, SessionMessage) else None
+                    if isinstance(msg, JSONRPCRequest) and (msg.method == "initialize" or not claims_modern(msg)):
+                        params = msg.params or {}
+                        requested = params.get("protocolVersion") if msg.method == "initialize" else None
+                        err = JSONRPCError(
+                            jsonrpc="2.0",
+                            id=msg.id,
+                            error=ErrorData(
+                                code=-32022,
+                                message="Unsupported protocol version: this server speaks only 2026-07-28",
+                                data={"supported": MODERN, "requested": requested or "none"},
+                            ),
+                        )
+                        await write_stream.send(SessionMessage(err))
+                        continue
+                    if (
+                        isinstance(msg, JSONRPCNotification)
+                        and msg.method != "notifications/cancelled"
+                        and not claims_modern(msg)
+                    ):
+                        continue
+                    await to_server.send(item)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(filter_in)
+            low = server._lowlevel_server
+            await low.run(from_filter, write_stream, low.create_initialization_options())
+            tg.cancel_scope.cancel()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--port", type=int, required=True)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--port", type=int)
+    mode.add_argument("--stdio", action="store_true")
     args = ap.parse_args()
+    if args.stdio:
+        anyio.run(serve_stdio)
+        return
     app = ModernOnly(server.streamable_http_app(streamable_http_path="/mcp"))
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)

@@ -50,9 +50,10 @@ pub struct ServeArgs {
     /// A legacy HTTP+SSE upstream (its SSE endpoint URL)
     #[arg(long, env = "TETHER_UPSTREAM_SSE", value_name = "URL", conflicts_with = "command")]
     pub upstream_sse: Option<String>,
-    /// The era the HTTP upstream is spoken to in: `auto` (probed on each connection: the
-    /// initialize handshake when the server serves it, else MCP 2026-07-28), `handshake` or
-    /// `modern` [default: auto]
+    /// The era the HTTP or stdio upstream is spoken to in: `auto` (HTTP: probed on each
+    /// connection, the initialize handshake when the server serves it, else MCP 2026-07-28;
+    /// stdio: the handshake era, except for a 2026-07-28 client when the command answers
+    /// server/discover), `handshake` or `modern` [default: auto]
     #[arg(long, env = "TETHER_UPSTREAM_PROTOCOL", value_name = "ERA")]
     pub upstream_protocol: Option<String>,
     /// Extra allowed Origin (repeatable; localhost origins are always allowed; `*` allows any)
@@ -484,9 +485,9 @@ impl Config {
         if let Some(text) = protocol {
             let invalid = |reason| ConfigError::Invalid { key: "upstream_protocol", source_name: src(set), reason };
             let protocol = UpstreamProtocol::parse(&text).map_err(invalid)?;
-            if protocol == UpstreamProtocol::Modern && !matches!(upstream, UpstreamSpec::Streamable { .. }) {
+            if protocol == UpstreamProtocol::Modern && matches!(upstream, UpstreamSpec::Sse { .. }) {
                 return Err(invalid(
-                    "`modern` (MCP 2026-07-28) is spoken to Streamable HTTP upstreams: use `upstream`".into(),
+                    "`modern` (MCP 2026-07-28) is spoken to Streamable HTTP and stdio upstreams, not legacy SSE".into(),
                 ));
             }
             upstream_options.protocol = protocol;
@@ -627,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn the_upstream_protocol_is_auto_by_default_and_modern_needs_http() {
+    fn the_upstream_protocol_is_auto_by_default_and_modern_needs_http_or_stdio() {
         let http = |p: Option<&str>| ServeArgs {
             upstream: Some("http://127.0.0.1:1/mcp".into()),
             upstream_protocol: p.map(Into::into),
@@ -643,8 +644,14 @@ mod tests {
         assert!(e.contains("`upstream_protocol`"), "{e}");
         let mut a = args(&["server"]);
         a.upstream_protocol = Some("modern".into());
-        let e = Config::load(&a).expect_err("modern stdio").to_string();
-        assert!(e.contains("`upstream_protocol`") && e.contains("Streamable HTTP"), "{e}");
+        assert_eq!(Config::load(&a).expect("modern stdio").session.upstream.protocol, UpstreamProtocol::Modern);
+        let sse = ServeArgs {
+            upstream_sse: Some("http://127.0.0.1:1/sse".into()),
+            upstream_protocol: Some("modern".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::load(&sse).expect_err("modern sse").to_string();
+        assert!(e.contains("`upstream_protocol`") && e.contains("legacy SSE"), "{e}");
     }
 
     #[test]

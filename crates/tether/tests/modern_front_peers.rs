@@ -6,7 +6,10 @@
 //! `tests/peers/modern_front_client.{py,mjs}`. Upstreams: server-everything over stdio
 //! (handshake era only), the dual-era fixture `tests/peers/fixture-v2.mjs` (with
 //! `FIXTURE_EXTRAS=1`) over stdio and over Streamable HTTP, and the modern-only
-//! `tests/peers/modern_server.py` over Streamable HTTP.
+//! `tests/peers/modern_server.py` over Streamable HTTP and over stdio (`--stdio`). tether runs
+//! with `--upstream-protocol auto`: a stdio child is spoken to in 2026-07-28 for a modern
+//! client's binding when it answers `server/discover`, and for a handshake-era client only when
+//! it refuses `initialize` as a modern-only server.
 //!
 //! Each driver lists and calls tools, completes an elicitation (an `input_required` round for a
 //! modern client, a server→client request for a legacy one: the SDK answers either), checks the
@@ -60,12 +63,14 @@ impl Client {
 enum Up {
     /// server-everything over stdio: handshake era only.
     EverythingStdio,
-    /// fixture-v2 over stdio: both eras (tether speaks the handshake era to a stdio child).
+    /// fixture-v2 over stdio: both eras (a modern client's binding speaks 2026-07-28 to it).
     FixtureStdio,
     /// fixture-v2 over Streamable HTTP: both eras.
     FixtureHttp,
     /// modern_server.py over Streamable HTTP: 2026-07-28 only.
     ModernHttp,
+    /// modern_server.py over stdio: 2026-07-28 only.
+    ModernStdio,
 }
 
 impl Up {
@@ -75,6 +80,7 @@ impl Up {
             Up::FixtureStdio => "fixture-stdio",
             Up::FixtureHttp => "fixture-http",
             Up::ModernHttp => "modern-http",
+            Up::ModernStdio => "modern-stdio",
         }
     }
 
@@ -83,7 +89,7 @@ impl Up {
         match self {
             Up::EverythingStdio => "everything",
             Up::FixtureStdio | Up::FixtureHttp => "fixture",
-            Up::ModernHttp => "modern",
+            Up::ModernHttp | Up::ModernStdio => "modern",
         }
     }
 }
@@ -118,6 +124,11 @@ cells! {
     modern_http_python_legacy: ModernHttp, PyLegacy;
     modern_http_typescript_v2_pinned_2026: ModernHttp, TsPinned;
     modern_http_typescript_v2_auto_gets_2026: ModernHttp, TsAuto;
+    modern_stdio_python_pinned_2026: ModernStdio, PyPinned;
+    modern_stdio_python_auto_gets_2026: ModernStdio, PyAuto;
+    modern_stdio_python_legacy: ModernStdio, PyLegacy;
+    modern_stdio_typescript_v2_pinned_2026: ModernStdio, TsPinned;
+    modern_stdio_typescript_v2_auto_gets_2026: ModernStdio, TsAuto;
 }
 
 async fn run(up: Up, client: Client) {
@@ -141,6 +152,10 @@ async fn run_one(peers: &Peers, up: Up, client: Client, dir: &Path) -> Result<St
             // `env` execs the fixture, so the stdio child tether spawned is the fixture itself.
             common.extend(["--".into(), "env".into(), "FIXTURE_EXTRAS=1".into(), path_arg(&peers.node)]);
             common.extend([path_arg(&fixture_v2(peers)), "stdio".into()]);
+        }
+        Up::ModernStdio => {
+            let script = peers.workspace.join("tests/peers/modern_server.py");
+            common.extend(["--".into(), path_arg(&peers.python), path_arg(&script), "--stdio".into()]);
         }
         Up::FixtureHttp | Up::ModernHttp => {
             let mut r = Remote::new(peers, up, dir, free_port()?);

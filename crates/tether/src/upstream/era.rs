@@ -346,7 +346,7 @@ impl Handle {
 /// 2026-07-28 client's forwarded request without its envelope; or, for a retry that continues
 /// an `input_required` round of the server as it was, the answer that says so (the error of a
 /// stale `requestState`: -32602, reason `invalid_request_state`).
-fn for_handshake(msg: &Message, gid: Option<u64>) -> Option<Result<Message, Message>> {
+pub(super) fn for_handshake(msg: &Message, gid: Option<u64>) -> Option<Result<Message, Message>> {
     if msg.kind() != Kind::Request
         || !tether_protocol::modern::claims_modern(msg.method(), msg.params().map(|p| p.get()))
     {

@@ -13,6 +13,7 @@ pub mod modern;
 pub mod spare;
 pub mod sse;
 pub mod stdio;
+pub mod stdio_era;
 pub mod streamable;
 pub mod supervisor;
 
@@ -178,9 +179,9 @@ pub struct UpstreamOptions {
     pub close_grace: Duration,
     /// How long to wait for a connection or the legacy `endpoint` event.
     pub connect_timeout: Duration,
-    /// The era a Streamable HTTP upstream is spoken to in (`--upstream-protocol`): probed per
-    /// connection, or fixed; 2026-07-28 translates the session's handshake-era traffic
-    /// ([`era`], [`modern`]).
+    /// The era a Streamable HTTP or stdio upstream is spoken to in (`--upstream-protocol`):
+    /// probed per connection, or fixed; 2026-07-28 translates the session's handshake-era
+    /// traffic ([`era`], [`stdio_era`], [`modern`]).
     pub protocol: era::UpstreamProtocol,
     /// The eras the gateway's upstreams were last seen to speak, shared by every connection
     /// made with these options.
@@ -231,7 +232,7 @@ pub struct ConnectContext {
 }
 
 enum Kind {
-    Stdio(stdio::Handle),
+    Stdio(stdio_era::Handle),
     Http(era::Handle),
     Sse(sse::Handle),
     #[cfg(test)]
@@ -249,7 +250,7 @@ impl Upstream {
     /// Opens a connection of the configured kind.
     pub async fn connect(spec: &UpstreamSpec, generation: u64, ctx: ConnectContext) -> Result<Upstream, ConnectError> {
         let kind = match spec {
-            UpstreamSpec::Stdio { command } => Kind::Stdio(stdio::Handle::spawn(command, ctx)?),
+            UpstreamSpec::Stdio { command } => Kind::Stdio(stdio_era::Handle::spawn(command, ctx)?),
             UpstreamSpec::Streamable { url } => Kind::Http(era::Handle::new(url, ctx)),
             UpstreamSpec::Sse { url } => Kind::Sse(sse::Handle::connect(url, ctx).await?),
             #[cfg(test)]
@@ -285,7 +286,8 @@ impl Upstream {
     pub fn open_standalone(&self) {
         match &*self.kind {
             Kind::Http(h) => h.open_standalone(),
-            Kind::Stdio(_) | Kind::Sse(_) => {}
+            Kind::Stdio(h) => h.open_standalone(),
+            Kind::Sse(_) => {}
             #[cfg(test)]
             Kind::Fake(_) => {}
         }
@@ -305,7 +307,7 @@ impl Upstream {
     /// Marks the connection unusable (the upstream said it lost our session in-band).
     pub fn mark_lost(&self) {
         match &*self.kind {
-            Kind::Stdio(_) => {}
+            Kind::Stdio(h) => h.mark_lost(),
             #[cfg(test)]
             Kind::Fake(_) => {}
             Kind::Http(h) => h.mark_lost(),
@@ -329,11 +331,12 @@ impl Upstream {
         }
     }
 
-    /// The era an HTTP upstream connection speaks (`None` for stdio and legacy SSE, which are
-    /// handshake-era only).
+    /// The era an upstream connection speaks: `None` for a stdio child spoken to in the
+    /// handshake era and for legacy SSE (handshake era only).
     pub fn era(&self) -> Option<era::Era> {
         match &*self.kind {
             Kind::Http(h) => Some(h.era()),
+            Kind::Stdio(h) => Some(h.era()).filter(|e| *e == era::Era::Modern),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
-//! A Streamable HTTP server that speaks only MCP 2026-07-28 (the stateless "modern era"), as an
-//! upstream for a handshake-era session.
+//! A server spoken to in MCP 2026-07-28 (the stateless "modern era"), over Streamable HTTP or a
+//! stdio child (`modern/transport.rs`), as an upstream for a handshake-era session.
 //!
 //! The session layer keeps talking handshake era: it sends `initialize`, `notifications/initialized`,
 //! `logging/setLevel`, `resources/subscribe`, and expects server→client requests for sampling,
@@ -28,25 +28,28 @@
 //!
 //! It owns no session state beyond that translation: ids, retries and revives stay in the
 //! session layer. HTTP plumbing (SSE reading, error classification) is shared with
-//! [`super::streamable`].
+//! [`super::streamable`]; over stdio, `initialize` and friends are translated the same way,
+//! without the HTTP headers, and the child is [`super::stdio`]'s (see `modern/transport.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value, json};
-use tether_protocol::message::{numeric_id, raw_value, string_id};
-use tether_protocol::{Kind, Message, error_code};
+use serde_json::{Value, json};
+use tether_protocol::message::{numeric_id, raw_value};
+use tether_protocol::{Kind, Message};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
 
+mod input;
 mod listen;
+mod transport;
 pub(crate) mod wire;
 
 use listen::{Dedup, Filter, listen};
+use transport::{Pending, StdioWire, Transport};
 
 pub use wire::{
     ClientProfile, HeaderParam, MODERN_VERSION, continues_round, encode_header_value, header_params, initialize_result,
@@ -59,10 +62,6 @@ use crate::error::GatewayError;
 
 /// The most `input_required` rounds one request may take (the TypeScript SDK's shim uses 8).
 const MAX_ROUNDS: u32 = 8;
-/// How long the client gets to answer one round's requests.
-const INPUT_TIMEOUT: Duration = Duration::from_secs(600);
-/// The pause before a retry that carries only `requestState` (no questions were asked).
-const STATE_ONLY_PAUSE: Duration = Duration::from_millis(250);
 /// How many `tools/list` pages are read to learn the `x-mcp-header` parameters after a -32020.
 const RELIST_PAGES: usize = 10;
 /// The JSON-RPC code of a header/body mismatch in 2026-07-28.
@@ -84,11 +83,12 @@ struct State {
 }
 
 struct Shared {
-    url: String,
-    http: reqwest::Client,
-    forwarded: super::credentials::ForwardedAuth,
+    transport: Transport,
     events: tokio::sync::mpsc::Sender<UpstreamEvent>,
     alive: AtomicBool,
+    /// While a probe decides whether this connection is used at all, its end is not reported
+    /// (the session never hears of a connection it did not get).
+    hushed: AtomicBool,
     max: usize,
     span: tracing::Span,
     state: Mutex<State>,
@@ -121,13 +121,29 @@ impl Handle {
     /// A connection-to-be: nothing is sent before the session's `initialize`.
     pub fn new(url: &str, ctx: ConnectContext) -> Handle {
         let span = tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "modern-http");
+        let transport =
+            Transport::Http { url: url.to_owned(), http: ctx.http.clone(), forwarded: ctx.forwarded.clone() };
+        Handle::with_transport(transport, span, ctx)
+    }
+
+    /// Starts a stdio child spoken to in 2026-07-28 (nothing is written before the session's
+    /// `initialize`, which becomes `server/discover`).
+    pub fn over_stdio(command: &[String], ctx: ConnectContext) -> Result<Handle, super::ConnectError> {
+        let (wire, events) = StdioWire::spawn(command, &ctx)?;
+        let span =
+            tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "modern-stdio", pid = wire.pid());
+        let handle = Handle::with_transport(Transport::Stdio(wire.clone()), span, ctx);
+        transport::start_demux(wire, &handle.shared, events);
+        Ok(handle)
+    }
+
+    fn with_transport(transport: Transport, span: tracing::Span, ctx: ConnectContext) -> Handle {
         Handle {
             shared: Arc::new(Shared {
-                url: url.to_owned(),
-                http: ctx.http,
-                forwarded: ctx.forwarded,
+                transport,
                 events: ctx.events,
                 alive: AtomicBool::new(true),
+                hushed: AtomicBool::new(false),
                 max: ctx.options.max_message,
                 span,
                 state: Mutex::new(State::default()),
@@ -143,12 +159,29 @@ impl Handle {
     /// Whether the connection is still usable.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
+            && match &self.shared.transport {
+                Transport::Stdio(w) => w.is_alive(),
+                Transport::Http { .. } => true,
+            }
     }
 
     /// Gives the connection up: the session revives a new one (which discovers again).
     pub fn mark_lost(&self) {
         let shared = self.shared.clone();
-        tokio::spawn(async move { shared.lost(QuitReason::Disconnected("marked lost".into()), Vec::new()).await });
+        tokio::spawn(async move {
+            shared.lost(QuitReason::Disconnected("marked lost".into()), Vec::new()).await;
+            if let Transport::Stdio(w) = &shared.transport {
+                w.close().await;
+            }
+        });
+    }
+
+    /// The child's process id, over stdio.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.shared.transport {
+            Transport::Stdio(w) => Some(w.pid()),
+            Transport::Http { .. } => None,
+        }
     }
 
     /// Starts the listen stream for the change notifications the server offers (the client's
@@ -173,7 +206,37 @@ impl Handle {
         }
         self.shared.alive.store(false, Ordering::Release);
         self.shared.drop_waiters();
+        if let Transport::Stdio(w) = &self.shared.transport {
+            w.close().await;
+        }
         let _ = self.shared.events.send(UpstreamEvent::Closed(QuitReason::Closed, Vec::new())).await;
+    }
+
+    /// Whether the end of this connection is reported to the session (not while a probe
+    /// decides whether it is used); a connection that ended while hushed is reported on unhush.
+    pub(super) async fn hush(&self, on: bool) {
+        self.shared.hushed.store(on, Ordering::Release);
+        if !on && !self.shared.alive.load(Ordering::Acquire) {
+            let reason = QuitReason::Disconnected("the upstream ended right after answering the probe".into());
+            let _ = self.shared.events.send(UpstreamEvent::Closed(reason, Vec::new())).await;
+        }
+    }
+
+    /// Ends a connection the session never heard of (a probe that found no 2026-07-28
+    /// server): nothing is reported.
+    pub(super) async fn discard(&self) {
+        if let Ok(mut slot) = self.listen.lock()
+            && let Some(t) = slot.take()
+        {
+            t.abort();
+        }
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.drop_waiters();
+        if let Transport::Stdio(w) = &self.shared.transport {
+            // Off the caller's path: its successor need not wait for the grace.
+            let w = w.clone();
+            tokio::spawn(async move { w.close().await });
+        }
     }
 
     /// Hands one handshake-era message to the remote, translated.
@@ -275,14 +338,19 @@ impl Handle {
         let exchange = Exchange { gid, method, params, forwarded };
         let resp = shared.post_request(&exchange, &exchange.params).await?;
         // A refusal without a JSON-RPC answer is the sender's to report, like the other kinds.
-        if !resp.status().is_success() && !content_type(resp.headers()).starts_with("application/json") {
-            let status = resp.status().as_u16();
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(SendError::Refused {
-                status,
-                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            });
-        }
+        let resp = match resp {
+            Pending::Http(r)
+                if !r.status().is_success() && !content_type(r.headers()).starts_with("application/json") =>
+            {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                return Err(SendError::Refused {
+                    status,
+                    detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                });
+            }
+            other => other,
+        };
         let shared2 = shared.clone();
         let task =
             tokio::spawn(async move { shared2.run_exchange(exchange, resp).await }.instrument(shared.span.clone()));
@@ -336,7 +404,7 @@ impl Handle {
         shared.refresh_filter();
         info!(
             protocol_version = init["protocolVersion"].as_str().unwrap_or(""),
-            remote = %shared.url,
+            remote = %shared.transport.describe(),
             "modern remote discovered; serving the client's handshake from server/discover"
         );
         shared.answer(gid, init).await;
@@ -389,7 +457,9 @@ impl Shared {
     async fn lost(&self, reason: QuitReason, undelivered: Vec<u64>) {
         if self.alive.swap(false, Ordering::AcqRel) {
             self.drop_waiters();
-            let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+            if !self.hushed.load(Ordering::Acquire) {
+                let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
+            }
         }
     }
 
@@ -446,7 +516,10 @@ impl Shared {
             )
         };
         let params = if forwarded { params.clone() } else { with_envelope(params, &profile, level.as_deref()) };
-        let mut headers = self.forwarded.headers();
+        let mut headers = match &self.transport {
+            Transport::Http { forwarded, .. } => forwarded.headers(),
+            Transport::Stdio(_) => HeaderMap::new(),
+        };
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in request_headers(method, &params, &header_params) {
@@ -459,16 +532,33 @@ impl Shared {
 
     /// POSTs one round of `exchange` with `params`. A failure is only reported: the session
     /// replaces this connection (discovering again, waiting for an away remote) and sends again.
-    async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<reqwest::Response, SendError> {
+    async fn post_request(&self, exchange: &Exchange, params: &Value) -> Result<Pending, SendError> {
         let (params, headers) = self.build(&exchange.method, params, exchange.forwarded);
-        let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
-        self.http.post(&self.url).headers(headers).body(body.to_string()).send().await.map_err(|e| post_error(&e))
+        match &self.transport {
+            Transport::Http { url, http, .. } => {
+                let wire_id = self.wire_ids.fetch_add(1, Ordering::Relaxed);
+                let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": exchange.method, "params": params});
+                let resp = http.post(url).headers(headers).body(body.to_string()).send().await;
+                resp.map(Pending::Http).map_err(|e| post_error(&e))
+            }
+            Transport::Stdio(w) => {
+                w.request(Some(exchange.gid), &exchange.method, &params, 4).await.map(Pending::Stdio)
+            }
+        }
     }
 
     /// Reads the final answer of one POST; request-related notifications on an SSE answer are
     /// passed on to the request's stream.
-    async fn read_answer(&self, resp: reqwest::Response, gid: u64) -> Result<Message, ReadFailure> {
+    async fn read_answer(&self, pending: Pending, gid: u64) -> Result<Message, ReadFailure> {
+        let resp = match pending {
+            Pending::Http(resp) => resp,
+            Pending::Stdio(mut waiter) => {
+                return match waiter.next().await {
+                    Some(m) => Ok(m),
+                    None => Err(ReadFailure::Broken("the stdio child ended before its answer".into())),
+                };
+            }
+        };
         let status = resp.status();
         let ctype = content_type(resp.headers());
         if status.is_success() && ctype.starts_with("text/event-stream") {
@@ -502,7 +592,7 @@ impl Shared {
     /// Drives one request to its final answer: reads it, answers `input_required` rounds with
     /// the client's help, re-learns tool headers once on a header mismatch, and hands the
     /// translated answer to the session.
-    async fn run_exchange(self: Arc<Self>, exchange: Exchange, first: reqwest::Response) {
+    async fn run_exchange(self: Arc<Self>, exchange: Exchange, first: Pending) {
         let gid = exchange.gid;
         let mut resp = first;
         let mut round = 0u32;
@@ -597,83 +687,6 @@ impl Shared {
         self.state().exchanges.remove(&gid);
     }
 
-    /// Sends one round's questions to the client as server→client requests and collects the
-    /// answers, keyed like the questions. `Ok(None)`: a state-only round (nothing was asked).
-    async fn ask_client(&self, gid: u64, round: u32, result: &Value) -> Result<Option<Value>, String> {
-        let Some(requests) = result.get("inputRequests").and_then(Value::as_object).filter(|r| !r.is_empty()) else {
-            if result.get("requestState").is_none() {
-                return Err("the server asked for input without saying what".into());
-            }
-            tokio::time::sleep(STATE_ONLY_PAUSE).await;
-            return Ok(None);
-        };
-        let mut waiting = Vec::with_capacity(requests.len());
-        for (n, (key, req)) in requests.iter().enumerate() {
-            let method = req.get("method").and_then(Value::as_str).unwrap_or_default();
-            if !["elicitation/create", "sampling/createMessage", "roots/list"].contains(&method) {
-                return Err(format!("the server asked for {method:?}, which has no handshake-era request"));
-            }
-            let mut params = req.get("params").cloned().unwrap_or_else(|| json!({}));
-            if method == "elicitation/create"
-                && params.get("mode").and_then(Value::as_str) == Some("url")
-                && let Some(p) = params.as_object_mut()
-            {
-                // 2025-11-25 URL elicitation names itself; 2026-07-28 dropped the id.
-                p.entry("elicitationId").or_insert_with(|| Value::String(format!("tether-{gid}-{round}-{n}")));
-            }
-            let id = string_id(&format!("tether-input-{gid}-{round}-{n}"));
-            let (tx, rx) = oneshot::channel();
-            self.state().inputs.insert(id.get().to_owned(), tx);
-            let mut ask = Message::request(0, method, Some(&raw_value(&params)));
-            ask.set_id(id);
-            self.deliver(Origin::Request(gid), ask).await;
-            waiting.push((key.clone(), rx));
-        }
-        let mut responses = Map::new();
-        for (key, rx) in waiting {
-            let answer = match tokio::time::timeout(INPUT_TIMEOUT, rx).await {
-                Ok(Ok(a)) => a,
-                Ok(Err(_)) => return Err("the connection ended while the client was asked for input".into()),
-                Err(_) => return Err("the client did not answer the server's request for input in time".into()),
-            };
-            match answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
-                Some(r) => responses.insert(key, r),
-                None => {
-                    let msg = answer
-                        .error_object()
-                        .and_then(|e| serde_json::from_str::<Value>(e.get()).ok())
-                        .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_owned))
-                        .unwrap_or_else(|| "an error".into());
-                    return Err(format!("the client refused the server's request for input: {msg}"));
-                }
-            };
-        }
-        Ok(Some(Value::Object(responses)))
-    }
-
-    /// A request whose input rounds failed ends like the TypeScript SDK's shim ends it: a tool
-    /// error result for `tools/call`, an internal error otherwise.
-    async fn input_failed(&self, exchange: &Exchange, why: &str) {
-        warn!(method = %exchange.method, reason = why, "a request for input could not be completed");
-        if exchange.method == "tools/call" {
-            self.answer(exchange.gid, json!({"content": [{"type": "text", "text": why}], "isError": true})).await;
-        } else {
-            let m = Message::error(Some(&numeric_id(exchange.gid)), error_code::INTERNAL_ERROR, why, None);
-            self.deliver(Origin::Request(exchange.gid), m).await;
-        }
-    }
-
-    /// The client's answer to one of our questions.
-    fn input_answer(&self, msg: Message) {
-        let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
-        match self.state().inputs.remove(&key) {
-            Some(tx) => {
-                let _ = tx.send(msg);
-            }
-            None => debug!(id = %key, "an answer to a question no longer asked; dropped"),
-        }
-    }
-
     /// Remembers the `x-mcp-header` arguments of listed tools, and drops tools whose
     /// annotations are invalid (as an HTTP client must).
     fn learn_tools(&self, result: &mut Value) {
@@ -725,7 +738,7 @@ impl Shared {
     }
 }
 
-fn error_code_of(m: &Message) -> Option<i64> {
+pub(super) fn error_code_of(m: &Message) -> Option<i64> {
     let e: Value = serde_json::from_str(m.error_object()?.get()).ok()?;
     e.get("code").and_then(Value::as_i64)
 }

@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, warn};
 use super::super::Origin;
 use super::super::streamable::{SseMessages, content_type, describe};
 use super::Shared;
+use super::transport::{ListenStream, Transport};
 use super::wire::strip_notification_meta;
 
 /// How long a new listen stream may take to be acknowledged before it counts as failed.
@@ -154,43 +155,63 @@ impl Shared {
         }
     }
 
-    /// POSTs `subscriptions/listen` for `filter` and reads up to its acknowledgement.
-    async fn open_listen(&self, filter: &Filter) -> Result<SseMessages, OpenFailure> {
+    /// Sends `subscriptions/listen` for `filter` and reads up to its acknowledgement.
+    async fn open_listen(&self, filter: &Filter) -> Result<ListenStream, OpenFailure> {
         let method = "subscriptions/listen";
         let (params, mut headers) = self.build(method, &json!({ "notifications": filter.to_json() }), false);
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream, application/json"));
-        let wire_id = format!("tether-listen-{}", self.wire_ids.fetch_add(1, Ordering::Relaxed));
-        let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": method, "params": params});
-        let opened = self.http.post(&self.url).headers(headers).body(body.to_string()).send().await;
-        let resp = match opened {
-            Ok(r) if r.status().is_success() && content_type(r.headers()).starts_with("text/event-stream") => r,
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body = r.bytes().await.unwrap_or_default();
-                let body: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-                warn!(status, body = %body, "the remote refused subscriptions/listen");
-                return Err(if status == 404 || status == 405 { OpenFailure::NotServed } else { OpenFailure::Failed });
+        let mut events = match &self.transport {
+            Transport::Http { url, http, .. } => {
+                headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream, application/json"));
+                let wire_id = format!("tether-listen-{}", self.wire_ids.fetch_add(1, Ordering::Relaxed));
+                let body = json!({"jsonrpc": "2.0", "id": wire_id, "method": method, "params": params});
+                let opened = http.post(url).headers(headers).body(body.to_string()).send().await;
+                let resp = match opened {
+                    Ok(r) if r.status().is_success() && content_type(r.headers()).starts_with("text/event-stream") => r,
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.bytes().await.unwrap_or_default();
+                        let body: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+                        warn!(status, body = %body, "the remote refused subscriptions/listen");
+                        return Err(if status == 404 || status == 405 {
+                            OpenFailure::NotServed
+                        } else {
+                            OpenFailure::Failed
+                        });
+                    }
+                    Err(e) => {
+                        debug!(error = %describe(&e), "subscriptions/listen could not be opened; retrying");
+                        return Err(OpenFailure::Failed);
+                    }
+                };
+                ListenStream::Http(SseMessages::new(resp, self.max))
             }
-            Err(e) => {
-                debug!(error = %describe(&e), "subscriptions/listen could not be opened; retrying");
-                return Err(OpenFailure::Failed);
-            }
+            Transport::Stdio(w) => match w.listen(&params).await {
+                Ok(waiter) => ListenStream::Stdio(waiter),
+                Err(e) => {
+                    debug!(error = %e, "subscriptions/listen could not be sent; retrying");
+                    return Err(OpenFailure::Failed);
+                }
+            },
         };
-        let mut events = SseMessages::new(resp, self.max);
         let acked = tokio::time::timeout(ACK_WAIT, async {
             while let Some(m) = events.next().await {
                 match m.kind() {
-                    Kind::Notification if m.is("notifications/subscriptions/acknowledged") => return true,
+                    Kind::Notification if m.is("notifications/subscriptions/acknowledged") => return Some(true),
                     // The ack comes first; anything else before it is not ours to pass on.
-                    Kind::Response | Kind::Error => return false,
+                    Kind::Error if super::error_code_of(&m) == Some(tether_protocol::error_code::METHOD_NOT_FOUND) => {
+                        return None;
+                    }
+                    Kind::Response | Kind::Error => return Some(false),
                     _ => {}
                 }
             }
-            false
+            Some(false)
         })
         .await;
         match acked {
-            Ok(true) => Ok(events),
+            Ok(Some(true)) => Ok(events),
+            // A stdio server without listens says so in-band.
+            Ok(None) => Err(OpenFailure::NotServed),
             _ => {
                 debug!("a subscriptions/listen stream ended or stalled before its acknowledgement");
                 Err(OpenFailure::Failed)
@@ -201,7 +222,7 @@ impl Shared {
 
 /// Reads one acknowledged listen stream until it ends. A final result (or error) ends it
 /// gracefully; requests are not allowed on it.
-async fn read_stream(shared: Arc<Shared>, stream: u64, mut events: SseMessages) {
+async fn read_stream(shared: Arc<Shared>, stream: u64, mut events: ListenStream) {
     while let Some(m) = events.next().await {
         match m.kind() {
             Kind::Notification => shared.deliver_listened(stream, m).await,
