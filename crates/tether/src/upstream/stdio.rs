@@ -43,6 +43,15 @@ pub struct Handle {
 impl Handle {
     /// Starts the command and the tasks that own its pipes.
     pub fn spawn(command: &[String], ctx: ConnectContext) -> Result<Handle, ConnectError> {
+        Handle::spawn_gated(command, ctx, None)
+    }
+
+    /// [`Handle::spawn`], with `gate` seeing the child's messages before the session does.
+    pub fn spawn_gated(
+        command: &[String],
+        ctx: ConnectContext,
+        gate: Option<Arc<Gate>>,
+    ) -> Result<Handle, ConnectError> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| ConnectError::Spawn { command: String::new(), reason: "empty command".into() })?;
@@ -80,6 +89,7 @@ impl Handle {
             let events = ctx.events.clone();
             let reader = StdoutReader {
                 events,
+                gate: gate.clone(),
                 max: ctx.options.max_message,
                 supervisor: supervisor.clone(),
                 answered: answered.clone(),
@@ -101,6 +111,7 @@ impl Handle {
             unread: Some(unread),
             answered,
             supervisor,
+            gate,
         };
         tokio::spawn(reaper.run(child, reader, close_rx, ctx.events, exited_tx).instrument(span));
         Ok(Handle {
@@ -205,6 +216,7 @@ const LONG_LINE_HEAD: usize = 4096;
 /// Turns a child's stdout into messages.
 struct StdoutReader {
     events: mpsc::Sender<UpstreamEvent>,
+    gate: Option<Arc<Gate>>,
     max: usize,
     supervisor: Arc<Supervisor>,
     answered: Arc<AtomicBool>,
@@ -244,6 +256,9 @@ impl StdoutReader {
             Ok(msg) => {
                 if !self.answered.swap(true, Ordering::AcqRel) {
                     self.supervisor.record(ChildOutcome::Answered);
+                }
+                if self.gate.as_ref().is_some_and(|g| !g.pass(&msg)) {
+                    return true;
                 }
                 self.events.send(UpstreamEvent::Message(Origin::Unrelated, msg)).await.is_ok()
             }
@@ -329,6 +344,77 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, supervisor: Arc<Supervi
     }
 }
 
+/// What `stdio_era` watches for in a handshake-era child's output, seen by the reader before
+/// the session: the answer to one `initialize`, kept from the session when `refused` says so
+/// (a modern-only server's refusal), and nothing at all once the child is retired (replaced
+/// by one spoken to in another era; its death is not the session's either). Idle it costs one
+/// atomic load per message.
+pub struct Gate {
+    armed: AtomicBool,
+    retired: AtomicBool,
+    refused: fn(&Message) -> bool,
+    watch: std::sync::Mutex<Option<(u64, oneshot::Sender<Option<Message>>)>>,
+}
+
+impl Gate {
+    /// A gate that keeps from the session an answer for which `refused` holds.
+    pub fn new(refused: fn(&Message) -> bool) -> Gate {
+        Gate { armed: AtomicBool::new(false), retired: AtomicBool::new(false), refused, watch: Default::default() }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, oneshot::Sender<Option<Message>>)>> {
+        self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Watches for the answer to the request `gid`: `tx` gets it if it is refused (and the
+    /// session does not), else `None` once it passed.
+    pub fn arm(&self, gid: u64, tx: oneshot::Sender<Option<Message>>) {
+        *self.slot() = Some((gid, tx));
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Stops watching.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Release);
+        self.slot().take();
+    }
+
+    /// The child is replaced: nothing more of it reaches the session.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.disarm();
+    }
+
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether `m` goes on to the session.
+    fn pass(&self, m: &Message) -> bool {
+        if self.retired() {
+            return false;
+        }
+        if !self.armed.load(Ordering::Acquire)
+            || !matches!(m.kind(), tether_protocol::Kind::Response | tether_protocol::Kind::Error)
+        {
+            return true;
+        }
+        let mut slot = self.slot();
+        let Some((gid, _)) = slot.as_ref() else { return true };
+        if m.numeric_id() != Some(*gid) {
+            return true;
+        }
+        self.armed.store(false, Ordering::Release);
+        let Some((_, tx)) = slot.take() else { return true };
+        if (self.refused)(m) {
+            let _ = tx.send(Some(m.clone()));
+            return false;
+        }
+        let _ = tx.send(None);
+        true
+    }
+}
+
 struct Reaper {
     alive: Arc<AtomicBool>,
     pid: u32,
@@ -338,6 +424,7 @@ struct Reaper {
     unread: Option<OwnedFd>,
     answered: Arc<AtomicBool>,
     supervisor: Arc<Supervisor>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl Reaper {
@@ -386,6 +473,14 @@ impl Reaper {
             info!(status = %s, "upstream child exited");
             if !self.answered.load(Ordering::Acquire) {
                 self.supervisor.record(ChildOutcome::QuickExit);
+            }
+        }
+        if let Some(g) = &self.gate {
+            // Whoever waits for an answer waits no more: there is none.
+            g.disarm();
+            if g.retired() {
+                let _ = exited_tx.send(());
+                return;
             }
         }
         let _ = events.send(UpstreamEvent::Closed(reason, undelivered)).await;

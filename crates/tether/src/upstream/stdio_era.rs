@@ -10,7 +10,8 @@
 //!   `initialize`): its `initialize` goes out as always, and only a refusal of it with -32022
 //!   naming 2026-07-28 alone (a modern-only server) is kept from the session: that child is
 //!   ended and a new one is spoken to in 2026-07-28, its `initialize` answered from
-//!   `server/discover`. Everything else the child says passes through a relay untouched.
+//!   `server/discover`. The watch is a [`stdio::Gate`] in the child's reader: everything else
+//!   the child says reaches the session as directly as without it.
 //!   A modern client's binding ([`ConnectContext::prefer_modern`]) starts the
 //!   child in 2026-07-28 and its `initialize` becomes `server/discover`, with
 //!   `connect_timeout` to answer. A discover result that lists 2026-07-28 keeps it; anything
@@ -20,12 +21,11 @@
 //!
 //! A revive makes a new connection, which probes again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_protocol::{Kind, Message, method};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, info};
+use tokio::sync::oneshot;
+use tracing::info;
 
 use super::era::{self, Era, UpstreamProtocol};
 use super::modern::{self, Discovered};
@@ -34,55 +34,10 @@ use super::{ConnectContext, ConnectError, Origin, SendError, UpstreamEvent};
 
 #[derive(Clone)]
 enum Current {
-    /// A handshake-era child; with a relay when a modern-only refusal of `initialize` is
+    /// A handshake-era child; with a gate when a modern-only refusal of `initialize` is
     /// watched for (`auto`, a handshake-era client).
-    Handshake(Arc<stdio::Handle>, Option<Arc<Relay>>),
+    Handshake(Arc<stdio::Handle>, Option<Arc<stdio::Gate>>),
     Modern(Arc<modern::Handle>),
-}
-
-/// Passes a handshake-era child's events to the session, except the answer to the watched
-/// `initialize` when it is a modern-only refusal; nothing at all once retired.
-struct Relay {
-    session: mpsc::Sender<UpstreamEvent>,
-    watch: Mutex<Option<(u64, oneshot::Sender<Option<Message>>)>>,
-    retired: AtomicBool,
-}
-
-impl Relay {
-    fn watch(&self) -> std::sync::MutexGuard<'_, Option<(u64, oneshot::Sender<Option<Message>>)>> {
-        self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn run(self: Arc<Self>, mut events: mpsc::Receiver<UpstreamEvent>) {
-        while let Some(event) = events.recv().await {
-            if self.retired.load(Ordering::Acquire) {
-                continue;
-            }
-            if let UpstreamEvent::Message(_, m) = &event
-                && matches!(m.kind(), Kind::Response | Kind::Error)
-            {
-                let mut watch = self.watch();
-                if let Some((gid, _)) = watch.as_ref()
-                    && m.numeric_id() == Some(*gid)
-                    && let Some((_, tx)) = watch.take()
-                {
-                    if modern::refuses_handshake(m) {
-                        let _ = tx.send(Some(m.clone()));
-                        continue;
-                    }
-                    let _ = tx.send(None);
-                }
-            }
-            if matches!(event, UpstreamEvent::Closed(..)) {
-                // Whoever waits for the answer to `initialize` waits no more: there is none.
-                self.watch().take();
-            }
-            if self.session.send(event).await.is_err() {
-                break;
-            }
-        }
-        self.watch().take();
-    }
 }
 
 /// One stdio child, in the era chosen for it.
@@ -114,17 +69,10 @@ impl Handle {
         let current = if modern {
             Current::Modern(Arc::new(modern::Handle::over_stdio(command, copy(&ctx))?))
         } else if ctx.options.protocol == UpstreamProtocol::Auto {
-            let (tx, rx) = mpsc::channel(256);
-            let relay = Arc::new(Relay {
-                session: ctx.events.clone(),
-                watch: Mutex::new(None),
-                retired: AtomicBool::new(false),
-            });
-            let child = stdio::Handle::spawn(command, ConnectContext { events: tx, ..copy(&ctx) })?;
-            let span =
-                tracing::info_span!("upstream", session_id = %ctx.session_id, upstream = "stdio", pid = child.pid());
-            tokio::spawn(relay.clone().run(rx).instrument(span));
-            Current::Handshake(Arc::new(child), Some(relay))
+            // In the reader, not a relay task: the session's messages take no extra hop.
+            let gate = Arc::new(stdio::Gate::new(modern::refuses_handshake));
+            let child = stdio::Handle::spawn_gated(command, copy(&ctx), Some(gate.clone()))?;
+            Current::Handshake(Arc::new(child), Some(gate))
         } else {
             Current::Handshake(Arc::new(stdio::Handle::spawn(command, copy(&ctx))?), None)
         };
@@ -152,9 +100,9 @@ impl Handle {
                 }
                 _ => h.send(msg, gid).await,
             },
-            Current::Handshake(h, Some(relay)) => match gid {
+            Current::Handshake(h, Some(gate)) => match gid {
                 Some(gid) if msg.kind() == Kind::Request && msg.is(method::INITIALIZE) => {
-                    self.initialize_watched(&h, &relay, msg, gid).await
+                    self.initialize_watched(&h, &gate, msg, gid).await
                 }
                 _ => h.send(msg, gid).await,
             },
@@ -176,24 +124,27 @@ impl Handle {
     async fn initialize_watched(
         &self,
         h: &Arc<stdio::Handle>,
-        relay: &Arc<Relay>,
+        gate: &Arc<stdio::Gate>,
         msg: &Message,
         gid: u64,
     ) -> Result<(), SendError> {
         let (tx, rx) = oneshot::channel();
-        *relay.watch() = Some((gid, tx));
-        h.send(msg, Some(gid)).await?;
+        gate.arm(gid, tx);
+        if let Err(e) = h.send(msg, Some(gid)).await {
+            gate.disarm();
+            return Err(e);
+        }
         let refusal = match tokio::time::timeout(self.ctx.options.connect_timeout, rx).await {
             Ok(Ok(Some(refusal))) => refusal,
             // Answered (and passed on), or the child is gone (reported), or it is slow: its
             // answer will pass through whatever it is.
             _ => {
-                relay.watch().take();
+                gate.disarm();
                 return Ok(());
             }
         };
         info!(session_id = %self.ctx.session_id, error = %modern::wire::describe_error(&refusal), "the stdio upstream speaks only 2026-07-28; starting it again in that era");
-        relay.retired.store(true, Ordering::Release);
+        gate.retire();
         let old = h.clone();
         tokio::spawn(async move { old.close().await });
         let child = Arc::new(
