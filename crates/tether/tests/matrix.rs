@@ -1,5 +1,6 @@
 //! The transport matrix: every client-facing transport (Streamable HTTP, legacy SSE) × every
-//! upstream kind (a stdio child, a Streamable HTTP server, a legacy SSE server). The HTTP
+//! upstream kind (a stdio child, a Streamable HTTP server, a legacy SSE server), and the
+//! 2026-07-28 front over each upstream kind. The HTTP
 //! upstreams are a second tether in front of `tether-echo`, so that the whole matrix runs on
 //! the Rust toolchain alone; the same matrix against real SDK peers is in `peers.rs`.
 
@@ -274,4 +275,98 @@ async fn json_only_clients_get_json() {
     let v: Value = serde_json::from_str(&within(resp.text()).await.expect("body")).expect("json");
     assert_eq!(text_of(&v), "j");
     gw.shutdown().await;
+}
+
+/// The 2026-07-28 front over every upstream kind: a modern client (raw HTTP, the envelope in
+/// each request) discovers, lists, calls and gets its request's logs, whatever the upstream.
+/// The HTTP upstream is a tether that itself serves both eras, so the binding speaks 2026-07-28
+/// to it (forwarded); stdio and legacy SSE are translated to a handshake-era session.
+async fn modern_exercise(up: Up) {
+    let (gw, inner) = setup(up).await;
+    let label = format!("modern over {up:?}");
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "matrix", "version": "1"},
+    });
+    let post = |id: u64, method: &'static str, name: Option<&'static str>, mut params: Value| {
+        let mut meta = meta.clone();
+        if let Some(level) = params.get("logLevel").cloned() {
+            meta["io.modelcontextprotocol/logLevel"] = level;
+            params.as_object_mut().map(|p| p.remove("logLevel"));
+        }
+        params["_meta"] = meta;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/mcp", gw.addr))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method);
+        if let Some(n) = name {
+            req = req.header("mcp-name", n);
+        }
+        async move {
+            let resp = within(req.body(body).send()).await.expect("POST");
+            let status = resp.status();
+            let text = within(resp.text()).await.expect("body");
+            let messages: Vec<Value> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .chain(std::iter::once(text.as_str()))
+                .filter_map(|d| serde_json::from_str(d.trim()).ok())
+                .collect();
+            (status, messages)
+        }
+    };
+    let answer = |ms: &[Value]| ms.iter().find(|m| m.get("id").is_some()).cloned().unwrap_or(Value::Null);
+
+    let (status, ms) = post(1, "server/discover", None, json!({})).await;
+    let d = answer(&ms);
+    assert_eq!(status, StatusCode::OK, "{label}: {d}");
+    assert_eq!(d["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "tether-echo", "{label}: {d}");
+    assert!(d["result"]["supportedVersions"].as_array().is_some_and(|v| v.contains(&json!("2026-07-28"))), "{d}");
+
+    let (_, ms) = post(2, "tools/list", None, json!({})).await;
+    let l = answer(&ms);
+    assert!(l["result"]["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "echo")), "{label}: {l}");
+
+    let (status, ms) =
+        post(3, "tools/call", Some("echo"), json!({"name": "echo", "arguments": {"message": "modern"}})).await;
+    let c = answer(&ms);
+    assert_eq!(status, StatusCode::OK, "{label}: {c}");
+    assert_eq!(text_of(&c), "modern", "{label}");
+    assert_eq!(c["result"]["resultType"], "complete", "{label}: {c}");
+
+    let call = json!({"name": "log", "arguments": {"message": "seen"}, "logLevel": "debug"});
+    let (_, ms) = post(4, "tools/call", Some("log"), call).await;
+    let logs: Vec<&Value> = ms.iter().filter(|m| m["method"] == "notifications/message").collect();
+    assert!(logs.iter().any(|m| m["params"]["data"] == "seen"), "{label}: the request's log on its stream: {ms:?}");
+    assert_eq!(answer(&ms)["id"], 4, "{label}: {ms:?}");
+
+    assert_eq!(gw.manager.live_count(), 1, "{label}: one binding");
+    if let Some(inner) = inner {
+        // The inner tether saw what the binding spoke: 2026-07-28 (a modern binding of its own)
+        // when the upstream serves it, the handshake era behind legacy SSE.
+        let spoken: Vec<&str> = inner.manager.live().iter().map(|s| s.transport().as_str()).collect();
+        let expected = if matches!(up, Up::Http) { "modern-http" } else { "sse" };
+        assert_eq!(spoken, [expected], "{label}");
+        inner.shutdown().await;
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn modern_over_stdio() {
+    modern_exercise(Up::Stdio).await;
+}
+
+#[tokio::test]
+async fn modern_over_streamable_http() {
+    modern_exercise(Up::Http).await;
+}
+
+#[tokio::test]
+async fn modern_over_legacy_sse() {
+    modern_exercise(Up::Sse).await;
 }
