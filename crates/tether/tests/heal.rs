@@ -496,6 +496,29 @@ async fn closing_a_session_kills_the_childs_process_group() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A child that dies on its own takes its group with it: the grandchild it left is killed
+/// (before the child is reaped, so the group id is still the child's), and the session revives.
+#[tokio::test]
+async fn a_crashed_childs_grandchildren_are_killed_with_it() {
+    let dir = temp_dir("pgroup-crash");
+    let pidfile = dir.join("grandchild.pid");
+    let script = format!("sleep 300 & echo $! > '{}'; exec '{}'", pidfile.display(), echo_command()[0]);
+    let gw = start(config(UpstreamSpec::Stdio { command: vec!["sh".into(), "-c".into(), script] })).await;
+    let mut c = Client::new(&gw, Front::Streamable);
+    c.connect().await;
+    let grandchild: u32 = std::fs::read_to_string(&pidfile).expect("pid file").trim().parse().expect("pid");
+    let gone = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    };
+    assert!(!gone(grandchild));
+    kill9(only_child(&gw));
+    eventually("the grandchild is gone with its parent", || gone(grandchild)).await;
+    assert_eq!(text_of(&call(&mut c, "echo", json!({"message": "again"})).await), "again");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Paused time: the idle reaper releases the upstream once `upstream_idle` has passed without
 /// use, not before; the session stays and the next call revives it.
 #[tokio::test]

@@ -436,22 +436,29 @@ impl Reaper {
         events: mpsc::Sender<UpstreamEvent>,
         exited_tx: oneshot::Sender<()>,
     ) {
+        // The group is killed while the child is still unreaped: its zombie keeps the pid, so
+        // the group id cannot have been given to another process group meanwhile (on a busy
+        // host pids come round again within seconds: `kernel.pid_max` is often 32768). Nothing
+        // polls `child.wait()` (which reaps) until the group is killed.
+        let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(0));
+        let mut close_rx = close_rx;
         let reason = tokio::select! {
-            status = child.wait() => QuitReason::Exited(describe(status)),
-            _ = close_rx => {
-                match tokio::time::timeout(self.grace, child.wait()).await {
-                    Ok(_) => {}
-                    Err(_) => {
-                        debug!("child did not exit after stdin closed; killing its process group");
-                        self.kill_group();
-                        let _ = child.wait().await;
+            watched = exited_unreaped(pid) => match watched {
+                Ok(()) => {
+                    // Whatever the child left behind in its group goes with it.
+                    self.kill_group();
+                    QuitReason::Exited(describe(child.wait().await))
+                }
+                Err(e) => {
+                    debug!(error = %e, "watching the child's exit failed; waiting for it instead");
+                    tokio::select! {
+                        status = child.wait() => QuitReason::Exited(describe(status)),
+                        _ = &mut close_rx => self.close(&mut child, pid).await,
                     }
                 }
-                QuitReason::Closed
-            }
+            },
+            _ = &mut close_rx => self.close(&mut child, pid).await,
         };
-        // Whatever the child left behind in its group goes with it.
-        self.kill_group();
         // Deliver what the child wrote before it died (often the last response) before saying
         // it is gone; a grandchild holding stdout open must not delay that for long.
         if let Some(reader) = reader {
@@ -487,12 +494,49 @@ impl Reaper {
         let _ = exited_tx.send(());
     }
 
+    /// "close stdin → wait → kill": stdin is closed by the handle; the child gets the grace
+    /// to exit, then its group is killed (before the child is reaped) and it is reaped.
+    async fn close(&self, child: &mut Child, pid: Pid) -> QuitReason {
+        match tokio::time::timeout(self.grace, exited_unreaped(pid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // No way to see the exit without reaping: the grace, then the group.
+                let _ = tokio::time::timeout(self.grace, std::future::pending::<()>()).await;
+            }
+            Err(_) => debug!("child did not exit after stdin closed; killing its process group"),
+        }
+        self.kill_group();
+        let _ = child.wait().await;
+        QuitReason::Closed
+    }
+
     fn kill_group(&self) {
         if let Ok(pid) = i32::try_from(self.pid)
             && pid > 0
         {
             // ESRCH (nothing left in the group) is the common, fine outcome.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Resolves once the child `pid` has exited, without reaping it (`waitid` with `WNOWAIT`,
+/// looked at again on every SIGCHLD): until tokio reaps it, its pid and process group id are
+/// still its own. Also resolves when the child was reaped already.
+async fn exited_unreaped(pid: Pid) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    // Made before the first look, so that no SIGCHLD after it is missed.
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(Errno::ECHILD) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if sigchld.recv().await.is_none() {
+            return Err(std::io::Error::other("the SIGCHLD stream ended"));
         }
     }
 }
