@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use peer_support::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -47,7 +46,6 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the remote stays down at the `down` kill point.
 const DOWN_FOR: Duration = Duration::from_millis(1500);
 const KILL_POINTS: [&str; 4] = ["between", "during", "during-unsafe", "down"];
-const SAME_PORT_ATTEMPTS: usize = 40;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Paths {
@@ -100,10 +98,7 @@ fn clean_env(cmd: &mut Command) {
 struct Remote {
     python: PathBuf,
     server: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    instance: usize,
-    current: Option<Proc>,
+    srv: PortServer,
 }
 
 impl Remote {
@@ -111,53 +106,25 @@ impl Remote {
         Remote {
             python: p.python.clone(),
             server: p.server.clone(),
-            dir: dir.to_owned(),
-            port,
-            instance: 0,
-            current: None,
+            srv: PortServer::new("modern server", dir, "remote", port),
         }
     }
 
-    async fn spawn(&mut self) -> Result<(), Ready> {
-        let n = self.instance + 1;
-        let log = self.dir.join(format!("remote.{n}.log"));
-        let mut cmd = Command::new(&self.python);
-        cmd.arg(&self.server).args(["--port", &self.port.to_string()]).env("PYTHONUNBUFFERED", "1");
-        clean_env(&mut cmd);
-        let mut proc = Proc::spawn("modern server", &mut cmd, &log, &log).map_err(Ready::Failed)?;
-        let how =
-            Readiness { taken: &PORT_TAKEN, port: Some(self.port), new_only: true, poll: Duration::from_millis(20) };
-        wait_ready(&mut proc, &log, &format!("modern server ready on port {}", self.port), how).await?;
-        self.instance = n;
-        self.current = Some(proc);
-        Ok(())
-    }
-
-    /// Starts it (again) on its port, retrying while the port is still taken.
+    /// Starts it (again) on its port.
     async fn start(&mut self) -> Result<(), String> {
-        let mut last = String::new();
-        for _ in 0..SAME_PORT_ATTEMPTS {
-            match self.spawn().await {
-                Ok(()) => return Ok(()),
-                Err(Ready::PortTaken(e)) => {
-                    last = e;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(Ready::Failed(e)) => return Err(format!("the modern server did not start: {e}")),
-            }
-        }
-        Err(format!("the modern server could not listen on port {}: {last}", self.port))
+        let (python, server) = (self.python.clone(), self.server.clone());
+        self.srv
+            .start(|port| {
+                let mut cmd = Command::new(&python);
+                cmd.arg(&server).args(["--port", port]).env("PYTHONUNBUFFERED", "1");
+                clean_env(&mut cmd);
+                (cmd, format!("modern server ready on port {port}"))
+            })
+            .await
     }
 
     async fn kill(&mut self) -> Result<(), String> {
-        let mut proc = self.current.take().ok_or("no remote running")?;
-        let pid = proc.child.id().ok_or("the remote had already exited")? as i32;
-        signal(pid, Signal::SIGKILL);
-        tokio::time::timeout(DEATH_TIMEOUT, proc.child.wait())
-            .await
-            .map_err(|_| "the remote did not die after SIGKILL".to_owned())?
-            .map_err(|e| format!("waiting for the remote: {e}"))?;
-        Ok(())
+        self.srv.kill().await
     }
 }
 
@@ -235,13 +202,13 @@ async fn scenario(p: Paths, dir: PathBuf, client: Client) -> Result<String, Stri
         let down = name == "down";
         let acted = at_kill_point(&name, "killing/restarting the remote", async {
             remote.kill().await?;
-            harness.note(&format!("SIGKILLed modern server {}", remote.instance));
+            harness.note(&format!("SIGKILLed modern server {}", remote.srv.instance));
             if down {
                 send_go(&mut run.stdin).await.map_err(|e| format!("writing go: {e}"))?;
                 tokio::time::sleep(DOWN_FOR).await;
             }
             remote.start().await?;
-            harness.note(&format!("modern server {} serving again", remote.instance));
+            harness.note(&format!("modern server {} serving again", remote.srv.instance));
             if !down {
                 run.go(&name, &mut harness).await?;
             }
@@ -286,7 +253,7 @@ async fn scenario(p: Paths, dir: PathBuf, client: Client) -> Result<String, Stri
             .push(format!("the bridge discovered the remote {discovered} times; each restart should rediscover it"));
     }
     if problems.is_empty() {
-        Ok(format!("{summary}; remote started {} times", remote.instance))
+        Ok(format!("{summary}; remote started {} times", remote.srv.instance))
     } else {
         Err(problems.join("\n"))
     }

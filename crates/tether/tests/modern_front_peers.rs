@@ -33,8 +33,6 @@ use tokio::process::Command;
 const SCENARIO_TIMEOUT_S: u64 = 240;
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(SCENARIO_TIMEOUT_S + 60);
 const KILL_POINTS: [&str; 2] = ["between", "during"];
-/// Tries to start an HTTP upstream again on its own port while the old socket lingers.
-const SAME_PORT_ATTEMPTS: usize = 40;
 
 /// The client side of a cell: which SDK, in which mode.
 #[derive(Clone, Copy, Debug)]
@@ -193,9 +191,9 @@ async fn run_one(peers: &Peers, up: Up, client: Client, dir: &Path) -> Result<St
             Some(r) => {
                 at_kill_point(&name, "killing and restarting the upstream", async {
                     r.kill().await?;
-                    harness.note(&format!("SIGKILLed upstream {}", r.instance));
+                    harness.note(&format!("SIGKILLed upstream {}", r.srv.instance));
                     r.start().await?;
-                    harness.note(&format!("upstream {} serving again", r.instance));
+                    harness.note(&format!("upstream {} serving again", r.srv.instance));
                     Ok(())
                 })
                 .await
@@ -268,10 +266,7 @@ struct Remote {
     node: PathBuf,
     python: PathBuf,
     script: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    instance: usize,
-    current: Option<Proc>,
+    srv: PortServer,
 }
 
 impl Remote {
@@ -280,70 +275,35 @@ impl Remote {
             Up::ModernHttp => p.workspace.join("tests/peers/modern_server.py"),
             _ => fixture_v2(p),
         };
-        Remote {
-            up,
-            node: p.node.clone(),
-            python: p.python.clone(),
-            script,
-            dir: dir.to_owned(),
-            port,
-            instance: 0,
-            current: None,
-        }
+        let srv = PortServer::new("upstream", dir, "upstream", port);
+        Remote { up, node: p.node.clone(), python: p.python.clone(), script, srv }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
+        self.srv.url()
     }
 
-    async fn spawn(&mut self) -> Result<(), Ready> {
-        let n = self.instance + 1;
-        let log = self.dir.join(format!("upstream.{n}.log"));
-        let port = self.port.to_string();
-        let (mut cmd, marker) = if self.up == Up::ModernHttp {
-            let mut c = Command::new(&self.python);
-            c.arg(&self.script).args(["--port", &port]).env("PYTHONUNBUFFERED", "1");
-            (c, format!("modern server ready on port {port}"))
-        } else {
-            let mut c = Command::new(&self.node);
-            c.arg(&self.script).arg("http").env("PORT", &port).env("FIXTURE_EXTRAS", "1");
-            (c, format!("listening on http://127.0.0.1:{port}/mcp"))
-        };
-        cmd.env("NO_PROXY", "127.0.0.1,localhost");
-        let mut proc = Proc::spawn("upstream", &mut cmd, &log, &log).map_err(Ready::Failed)?;
-        let how =
-            Readiness { taken: &PORT_TAKEN, port: Some(self.port), new_only: true, poll: Duration::from_millis(20) };
-        wait_ready(&mut proc, &log, &marker, how).await?;
-        self.instance = n;
-        self.current = Some(proc);
-        Ok(())
-    }
-
-    /// Starts it (again) on its port, retrying while the port is still taken.
+    /// Starts it (again) on its port.
     async fn start(&mut self) -> Result<(), String> {
-        let mut last = String::new();
-        for _ in 0..SAME_PORT_ATTEMPTS {
-            match self.spawn().await {
-                Ok(()) => return Ok(()),
-                Err(Ready::PortTaken(e)) => {
-                    last = e;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+        let (modern, node, python, script) =
+            (self.up == Up::ModernHttp, self.node.clone(), self.python.clone(), self.script.clone());
+        self.srv
+            .start(|port| {
+                if modern {
+                    let mut c = Command::new(&python);
+                    c.arg(&script).args(["--port", port]).env("PYTHONUNBUFFERED", "1");
+                    (c, format!("modern server ready on port {port}"))
+                } else {
+                    let mut c = Command::new(&node);
+                    c.arg(&script).arg("http").env("PORT", port).env("FIXTURE_EXTRAS", "1");
+                    (c, format!("listening on http://127.0.0.1:{port}/mcp"))
                 }
-                Err(Ready::Failed(e)) => return Err(format!("the {} upstream did not start: {e}", self.up.name())),
-            }
-        }
-        Err(format!("the upstream could not listen on port {}: {last}", self.port))
+            })
+            .await
     }
 
     async fn kill(&mut self) -> Result<(), String> {
-        let mut proc = self.current.take().ok_or("no upstream running")?;
-        let pid = proc.child.id().ok_or("the upstream had already exited")? as i32;
-        signal(pid, Signal::SIGKILL);
-        tokio::time::timeout(DEATH_TIMEOUT, proc.child.wait())
-            .await
-            .map_err(|_| "the upstream did not die after SIGKILL".to_owned())?
-            .map_err(|e| format!("waiting for the upstream: {e}"))?;
-        Ok(())
+        self.srv.kill().await
     }
 }
 

@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use peer_support::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -42,7 +41,6 @@ use tokio::process::Command;
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
 const KILL_POINTS: [&str; 4] = ["between", "during", "during-unsafe", "down"];
 const DOWN_FOR: Duration = Duration::from_millis(1500);
-const SAME_PORT_ATTEMPTS: usize = 40;
 /// Bound on one raw request (reconnections behind it included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -71,10 +69,7 @@ struct Remote {
     everything: PathBuf,
     python: PathBuf,
     modern: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    instance: usize,
-    current: Option<Proc>,
+    srv: PortServer,
 }
 
 impl Remote {
@@ -84,68 +79,36 @@ impl Remote {
             everything: p.everything.clone(),
             python: p.python.clone(),
             modern: modern_server(p),
-            dir: dir.to_owned(),
-            port,
-            instance: 0,
-            current: None,
+            srv: PortServer::new("remote", dir, "remote", port),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
+        self.srv.url()
     }
 
-    async fn spawn(&mut self, era: Era) -> Result<(), Ready> {
-        let n = self.instance + 1;
-        let log = self.dir.join(format!("remote.{n}.log"));
-        let port = self.port.to_string();
-        let (mut cmd, marker) = match era {
-            Era::Modern => {
-                let mut c = Command::new(&self.python);
-                c.arg(&self.modern).args(["--port", &port]).env("PYTHONUNBUFFERED", "1");
-                (c, format!("modern server ready on port {port}"))
-            }
-            Era::Handshake => {
-                let mut c = Command::new(&self.node);
-                c.arg(&self.everything).arg("streamableHttp").env("PORT", &port);
-                (c, format!("on port {port}"))
-            }
-        };
-        cmd.env("NO_PROXY", "127.0.0.1,localhost");
-        let mut proc = Proc::spawn("remote", &mut cmd, &log, &log).map_err(Ready::Failed)?;
-        let how =
-            Readiness { taken: &PORT_TAKEN, port: Some(self.port), new_only: true, poll: Duration::from_millis(20) };
-        wait_ready(&mut proc, &log, &marker, how).await?;
-        self.instance = n;
-        self.current = Some(proc);
-        Ok(())
-    }
-
-    /// Starts it (again) on its port in `era`, retrying while the port is still taken.
+    /// Starts it (again) on its port in `era`.
     async fn start(&mut self, era: Era) -> Result<(), String> {
-        let mut last = String::new();
-        for _ in 0..SAME_PORT_ATTEMPTS {
-            match self.spawn(era).await {
-                Ok(()) => return Ok(()),
-                Err(Ready::PortTaken(e)) => {
-                    last = e;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+        let (node, everything, python, modern) =
+            (self.node.clone(), self.everything.clone(), self.python.clone(), self.modern.clone());
+        self.srv
+            .start(|port| match era {
+                Era::Modern => {
+                    let mut c = Command::new(&python);
+                    c.arg(&modern).args(["--port", port]).env("PYTHONUNBUFFERED", "1");
+                    (c, format!("modern server ready on port {port}"))
                 }
-                Err(Ready::Failed(e)) => return Err(format!("the {era:?} remote did not start: {e}")),
-            }
-        }
-        Err(format!("the remote could not listen on port {}: {last}", self.port))
+                Era::Handshake => {
+                    let mut c = Command::new(&node);
+                    c.arg(&everything).arg("streamableHttp").env("PORT", port);
+                    (c, format!("on port {port}"))
+                }
+            })
+            .await
     }
 
     async fn kill(&mut self) -> Result<(), String> {
-        let mut proc = self.current.take().ok_or("no remote running")?;
-        let pid = proc.child.id().ok_or("the remote had already exited")? as i32;
-        signal(pid, Signal::SIGKILL);
-        tokio::time::timeout(DEATH_TIMEOUT, proc.child.wait())
-            .await
-            .map_err(|_| "the remote did not die after SIGKILL".to_owned())?
-            .map_err(|e| format!("waiting for the remote: {e}"))?;
-        Ok(())
+        self.srv.kill().await
     }
 }
 
@@ -209,13 +172,13 @@ async fn serve_scenario(p: Peers, dir: PathBuf, client: Client) -> Result<String
         let down = name == "down";
         let acted = at_kill_point(&name, "killing/restarting the remote", async {
             remote.kill().await?;
-            harness.note(&format!("SIGKILLed remote {}", remote.instance));
+            harness.note(&format!("SIGKILLed remote {}", remote.srv.instance));
             if down {
                 send_go(&mut run.stdin).await.map_err(|e| format!("writing go: {e}"))?;
                 tokio::time::sleep(DOWN_FOR).await;
             }
             remote.start(Era::Modern).await?;
-            harness.note(&format!("remote {} serving again", remote.instance));
+            harness.note(&format!("remote {} serving again", remote.srv.instance));
             if !down {
                 run.go(&name, &mut harness).await?;
             }
@@ -250,7 +213,7 @@ async fn serve_scenario(p: Peers, dir: PathBuf, client: Client) -> Result<String
         problems.push(format!("tether did not stop cleanly: {e}"));
     }
     if problems.is_empty() {
-        Ok(format!("{summary}; remote started {} times", remote.instance))
+        Ok(format!("{summary}; remote started {} times", remote.srv.instance))
     } else {
         Err(problems.join("\n"))
     }
@@ -393,7 +356,7 @@ async fn forced(p: Peers, dir: PathBuf) -> Result<String, String> {
 
     // modern, in front of server-everything: a clear 502.
     let mut everything = Remote::new(&p, &dir, free_port()?);
-    everything.instance = 10;
+    everything.srv.instance = 10;
     everything.start(Era::Handshake).await?;
     let sub = dir.join("modern-handshake");
     std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
@@ -439,7 +402,7 @@ async fn serve_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
         if n > 0 {
             remote.kill().await?;
             remote.start(*era).await?;
-            harness.note(&format!("remote {} is {era:?}", remote.instance));
+            harness.note(&format!("remote {} is {era:?}", remote.srv.instance));
         }
         let message = format!("flip {n} {era:?}");
         let (status, _, answer) = post(&http, &url, Some(&sid), echo_body(10 + n as u64, &message)).await?;
@@ -517,7 +480,7 @@ async fn bridge_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
         if n > 0 {
             remote.kill().await?;
             remote.start(*era).await?;
-            harness.note(&format!("remote {} is {era:?}", remote.instance));
+            harness.note(&format!("remote {} is {era:?}", remote.srv.instance));
         }
         let message = format!("flip {n} {era:?}");
         let answer = ask(echo_body(10 + n as u64, &message)).await?;
@@ -615,7 +578,7 @@ async fn serve_modern_flip(p: Peers, dir: PathBuf) -> Result<String, String> {
     }
     remote.kill().await?;
     remote.start(Era::Handshake).await?;
-    harness.note(&format!("remote {} is handshake-era", remote.instance));
+    harness.note(&format!("remote {} is handshake-era", remote.srv.instance));
     let mut retry = greet;
     retry["inputResponses"] = json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
     if let Some(state) = r.get("requestState") {

@@ -4,6 +4,11 @@
 
 #![allow(dead_code)]
 
+mod port_server;
+
+#[allow(unused_imports)] // not every test binary restarts a server
+pub use port_server::PortServer;
+
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::future::Future;
