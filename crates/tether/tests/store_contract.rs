@@ -15,8 +15,8 @@ use tether::session::record::{CloseReason, SessionRecord, SessionState, Transpor
 use tether::session::store::{Activity, EventStore, Replay, Retention, SessionStore, Store};
 use tether::store::{MemoryStore, SqliteStore};
 
-fn raw(s: &str) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(s.to_owned()).expect("json")
+fn raw(s: &str) -> std::sync::Arc<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(s.to_owned()).expect("json").into()
 }
 
 fn temp_db(name: &str) -> std::path::PathBuf {

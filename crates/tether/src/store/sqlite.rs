@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::group_commit::{DeferError, EventRow, Job, Shared, lock};
-use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
+use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport, intern};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
 };
@@ -289,8 +289,8 @@ fn checkpointer(path: &Path, stop: mpsc::Receiver<()>) {
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let json_err = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
-    let raw = |s: Option<String>| -> rusqlite::Result<Option<Box<serde_json::value::RawValue>>> {
-        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(json_err)).transpose()
+    let raw = |s: Option<String>| -> rusqlite::Result<Option<std::sync::Arc<serde_json::value::RawValue>>> {
+        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(json_err).map(|v| intern(&v))).transpose()
     };
     let transport: String = r.get("transport")?;
     let state: String = r.get("state")?;
