@@ -61,6 +61,20 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError>;
     /// Adds activity (may be batched by the backend).
     async fn touch(&self, id: &str, activity: Activity) -> Result<(), StoreError>;
+    /// Adds the activity of several sessions (the activity writer's batch). Backends that commit
+    /// write it in one transaction instead of one each; this default touches them in turn,
+    /// every one even when one fails, and returns the first error.
+    async fn touch_many(&self, batch: &[(String, Activity)]) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        for (id, a) in batch {
+            if let Err(e) = self.touch(id, *a).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
     /// Loads a record, closed or not.
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Marks a record closed.
