@@ -161,9 +161,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// within the window (a crash may lose the window's events). Replays after this returns
     /// include it.
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError>;
-    /// Like [`append`](EventStore::append), and in the same write drops every event of
-    /// `evict`, a stream of the same session that fell out of retention (its replay is then
-    /// [`Replay::Gone`]).
+    /// Like [`append`](EventStore::append), and drops every event of `evict`, a stream of the
+    /// same session that fell out of retention: once this returns its replay is
+    /// [`Replay::Gone`]. A backend may delete its rows later, with others (SQLite: in batches).
     async fn append_evicting(
         &self,
         session: &str,
