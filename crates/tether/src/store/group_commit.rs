@@ -41,9 +41,9 @@ pub(super) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 pub(super) type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
 /// Evicted streams whose rows are deleted together, in the transaction that finds this many
-/// waiting (and at close). Deleting each in the commit of the event that evicted it cost a
-/// third of the store's time per event (profile in BENCHMARKS.md); until their batch runs, a
-/// replay of one answers it is gone, as if it were deleted.
+/// waiting (and at close). Deleting each in the commit of the event that evicted it dirtied
+/// more pages per commit (half the time per event in a bare-loop replay of 100 sessions, see
+/// BENCHMARKS.md); until their batch runs, a replay of one answers it is gone, as if deleted.
 pub const EVICT_BATCH: usize = 256;
 
 /// One SSE event to insert.
