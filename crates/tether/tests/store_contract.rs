@@ -15,8 +15,8 @@ use tether::session::record::{CloseReason, SessionRecord, SessionState, Transpor
 use tether::session::store::{Activity, EventStore, Replay, Retention, SessionStore, Store};
 use tether::store::{MemoryStore, SqliteStore};
 
-fn raw(s: &str) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(s.to_owned()).expect("json")
+fn raw(s: &str) -> std::sync::Arc<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(s.to_owned()).expect("json").into()
 }
 
 fn temp_db(name: &str) -> std::path::PathBuf {
@@ -170,6 +170,29 @@ async fn concurrent_writes_all_commit(store: Arc<dyn Store>) {
     }
 }
 
+async fn activity_of_many_sessions_is_written_at_once(store: Arc<dyn Store>) {
+    let records: Vec<SessionRecord> = (0..3).map(|_| SessionRecord::new(Transport::StreamableHttp)).collect();
+    for r in &records {
+        store.create(r).await.expect("create");
+    }
+    let at = now_ms() + 1000;
+    let batch: Vec<(String, Activity)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.clone(), Activity { last_active: at, requests: i as u64 + 1, tool_calls: 1 }))
+        .collect();
+    store.touch_many(&batch).await.expect("touch_many");
+    store.touch_many(&batch[..1]).await.expect("touch_many");
+    store.touch_many(&[]).await.expect("an empty batch");
+    for (i, r) in records.iter().enumerate() {
+        let got = store.get(&r.id).await.expect("get").expect("stored");
+        let again = u64::from(i == 0);
+        assert_eq!(got.requests, (i as u64 + 1) * (1 + again), "session {i}");
+        assert_eq!(got.tool_calls, 1 + again);
+        assert_eq!(got.last_active, at);
+    }
+}
+
 /// Each test body runs with its store, bounded in time, and the namespace of a shared store
 /// is dropped when the test ends (pass or fail).
 macro_rules! backends {
@@ -194,6 +217,10 @@ macro_rules! backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_writes_all_commit() { run(super::concurrent_writes_all_commit).await }
+            #[tokio::test]
+            async fn activity_of_many_sessions_is_written_at_once() {
+                run(super::activity_of_many_sessions_is_written_at_once).await
+            }
         }
     )*};
 }
@@ -226,7 +253,12 @@ async fn sqlite_survives_reopening_and_is_a_real_file() {
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
     assert_eq!(mode, "wal");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    // Version 2 dropped the index on the events' age (kept up on every insert for prune alone).
+    let age_index: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_age'", [], |r| r.get(0))
+        .expect("schema");
+    assert_eq!(age_index, 0);
 }
 
 #[tokio::test]
@@ -356,4 +388,55 @@ async fn a_store_dropped_without_shutdown_still_commits_what_waits() {
     }
     assert_eq!(committed_events(&path, s), 1);
     assert!(!path.with_file_name("sessions.db-wal").exists(), "closed like a shutdown");
+}
+
+/// Rows of `events` of every session, as another connection sees them.
+fn committed_rows(path: &std::path::Path) -> usize {
+    let conn = rusqlite::Connection::open(path).expect("a second connection");
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0)).expect("count") as usize
+}
+
+/// A bound on a store call (against hanging, not a speed check).
+async fn t<T>(f: impl std::future::Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), f).await
+}
+
+#[tokio::test]
+async fn evicted_streams_are_gone_at_once_and_their_rows_go_in_bounded_batches() {
+    use tether::store::sqlite::EVICT_BATCH;
+    const KEPT: usize = 2;
+    for window in [std::time::Duration::ZERO, std::time::Duration::from_millis(5)] {
+        let path = temp_db("evict");
+        let store = SqliteStore::open_with_window(&path, window).await.expect("open");
+        let s = "0123456789abcdef0123456789abcd05";
+        let streams = 2 * EVICT_BATCH + 50;
+        for n in 1..=streams {
+            let key = format!("i.{n}");
+            let data = format!("{{\"n\":{n}}}");
+            if n > KEPT {
+                let old = format!("i.{}", n - KEPT);
+                t(store.append_evicting(s, &key, 1, data.as_bytes(), true, &old)).await.expect("t").expect("append");
+                let gone = t(store.replay(s, &old, 0, 10)).await.expect("t").expect("replay");
+                assert_eq!(gone, Replay::Gone, "{old} is gone once the append that evicted it returned");
+            } else {
+                t(store.append(s, &key, 1, data.as_bytes(), true)).await.expect("t").expect("append");
+            }
+            if n % 25 == 0 {
+                t(store.flush()).await.expect("t").expect("flush");
+                let rows = committed_rows(&path);
+                // The kept streams, plus at most one batch waiting (and the one being taken).
+                assert!(rows <= KEPT + EVICT_BATCH + 1, "{rows} rows after {n} streams: the bound holds");
+            }
+        }
+        for n in streams - KEPT + 1..=streams {
+            let Replay::Events(ev) = t(store.replay(s, &format!("i.{n}"), 0, 10)).await.expect("t").expect("replay")
+            else {
+                panic!("a kept stream is replayed")
+            };
+            assert_eq!(ev.len(), 1);
+        }
+        assert!(committed_rows(&path) > KEPT, "some evicted rows wait for their batch (else nothing is batched)");
+        t(store.shutdown()).await.expect("t").expect("shutdown");
+        assert_eq!(committed_rows(&path), KEPT, "a clean stop deletes the evicted rows that waited");
+    }
 }

@@ -14,6 +14,9 @@ use super::store::StoreError;
 use super::{Deps, Session, SessionHandle};
 use crate::error::GatewayError;
 
+/// Sessions whose activity goes in one store write.
+const ACTIVITY_CHUNK: usize = 256;
+
 /// Owns every live session.
 pub struct Manager {
     sessions: RwLock<HashMap<String, SessionHandle>>,
@@ -388,14 +391,19 @@ impl Manager {
         // The stored record of a session held by an open stream is kept fresh (every half TTL),
         // so that it is not taken for expired after a restart.
         let refresh_ms = (self.deps.config.ttl.as_millis() / 2) as u64;
+        let mut batch = Vec::new();
         for s in self.live() {
             if s.has_standalone() {
                 s.session().stream_activity(refresh_ms);
             }
-            if let Some(a) = s.session().take_activity()
-                && let Err(e) = self.deps.store.touch(s.id(), a).await
-            {
-                warn!(session_id = %s.id(), error = %e, "writing session activity failed");
+            if let Some(a) = s.session().take_activity() {
+                batch.push((s.id().to_owned(), a));
+            }
+        }
+        // In chunks: one write (one commit on SQLite) each, small enough not to hold the store.
+        for chunk in batch.chunks(ACTIVITY_CHUNK) {
+            if let Err(e) = self.deps.store.touch_many(chunk).await {
+                warn!(sessions = chunk.len(), error = %e, "writing session activity failed");
             }
         }
         if let Err(e) = self.deps.store.flush().await {

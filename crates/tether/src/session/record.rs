@@ -2,9 +2,48 @@
 //! without the client's help.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// How many distinct `initialize` texts [`intern`] remembers.
+const INTERNED: usize = 8;
+
+/// A shared copy of `raw`: the same text as one interned lately, or a new one remembered in its
+/// place. Sessions of one upstream get the same `initialize` result, and clients of one kind
+/// send the same params; kept once, not in every session (a quarter of an idle session's heap).
+pub fn intern(raw: &RawValue) -> Arc<RawValue> {
+    static RECENT: Mutex<Vec<Arc<RawValue>>> = Mutex::new(Vec::new());
+    let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(i) = recent.iter().position(|v| v.get() == raw.get()) {
+        let v = recent.remove(i);
+        recent.push(v.clone());
+        return v;
+    }
+    let v: Arc<RawValue> = Arc::from(raw.to_owned());
+    if recent.len() >= INTERNED {
+        recent.remove(0);
+    }
+    recent.push(v.clone());
+    v
+}
+
+/// (De)serializes an interned raw value as plain JSON.
+mod shared_raw {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(v: &Option<Arc<RawValue>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<RawValue>>, D::Error> {
+        Ok(Option::<Box<RawValue>>::deserialize(d)?.map(|b| super::intern(&b)))
+    }
+}
 
 /// Which client-facing transport a session was opened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,10 +125,12 @@ pub struct SessionRecord {
     pub transport: Transport,
     /// The negotiated protocol version, once initialized.
     pub protocol_version: Option<String>,
-    /// The client's `initialize` params, raw.
-    pub client_init: Option<Box<RawValue>>,
-    /// The upstream's `initialize` result as last seen, raw.
-    pub upstream_init: Option<Box<RawValue>>,
+    /// The client's `initialize` params, raw ([`intern`]ed).
+    #[serde(with = "shared_raw")]
+    pub client_init: Option<Arc<RawValue>>,
+    /// The upstream's `initialize` result as last seen, raw ([`intern`]ed).
+    #[serde(with = "shared_raw")]
+    pub upstream_init: Option<Arc<RawValue>>,
     /// State to replay on revive.
     pub state: SessionState,
     /// The fingerprint of the principal that created the session (`crate::auth::Principal::key`),

@@ -216,7 +216,7 @@ impl Session {
                     if let Some(v) = &version {
                         up.set_protocol_version(v);
                     }
-                    lock(&self.record).upstream_init = Some(result.to_owned());
+                    lock(&self.record).upstream_init = Some(super::record::intern(result));
                 }
                 Step::Initialized => up
                     .send(&Message::notification(method::NOTIFICATION_INITIALIZED, None), None)

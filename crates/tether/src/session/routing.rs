@@ -13,6 +13,7 @@ use tether_protocol::{Kind, Message, method, params, session_error};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::record::intern;
 use super::recovery::{self, Failure, Fate, Loss};
 use super::{Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, rewrite_param};
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
@@ -170,8 +171,8 @@ impl Session {
             let version = msg.result().and_then(params::protocol_version);
             {
                 let mut r = lock(&self.record);
-                r.client_init.clone_from(&p.init_params);
-                r.upstream_init = result;
+                r.client_init = p.init_params.as_deref().map(intern);
+                r.upstream_init = result.as_deref().map(intern);
                 r.protocol_version.clone_from(&version);
             }
             if let Some(up) = self.current() {

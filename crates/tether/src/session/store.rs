@@ -61,6 +61,20 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError>;
     /// Adds activity (may be batched by the backend).
     async fn touch(&self, id: &str, activity: Activity) -> Result<(), StoreError>;
+    /// Adds the activity of several sessions (the activity writer's batch). Backends that commit
+    /// write it in one transaction instead of one each; this default touches them in turn,
+    /// every one even when one fails, and returns the first error.
+    async fn touch_many(&self, batch: &[(String, Activity)]) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        for (id, a) in batch {
+            if let Err(e) = self.touch(id, *a).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
     /// Loads a record, closed or not.
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Marks a record closed.
@@ -147,9 +161,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// within the window (a crash may lose the window's events). Replays after this returns
     /// include it.
     async fn append(&self, session: &str, stream: &str, seq: u64, data: &[u8], fin: bool) -> Result<(), StoreError>;
-    /// Like [`append`](EventStore::append), and in the same write drops every event of
-    /// `evict`, a stream of the same session that fell out of retention (its replay is then
-    /// [`Replay::Gone`]).
+    /// Like [`append`](EventStore::append), and drops every event of `evict`, a stream of the
+    /// same session that fell out of retention: once this returns its replay is
+    /// [`Replay::Gone`]. A backend may delete its rows later, with others (SQLite: in batches).
     async fn append_evicting(
         &self,
         session: &str,

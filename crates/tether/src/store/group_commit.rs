@@ -20,6 +20,7 @@
 // time is the right clock here, not the session layer's tokio time.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,32 +40,45 @@ pub(super) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A unit of work run inside a group commit.
 pub(super) type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
-/// One SSE event to insert, and the stream of the same session it evicts in the same write.
+/// Evicted streams whose rows are deleted together, in the transaction that finds this many
+/// waiting (and at close). Deleting each in the commit of the event that evicted it dirtied
+/// more pages per commit (half the time per event in a bare-loop replay of 100 sessions, see
+/// BENCHMARKS.md); until their batch runs, a replay of one answers it is gone, as if deleted.
+pub const EVICT_BATCH: usize = 256;
+
+/// One SSE event to insert.
 pub(super) struct EventRow {
     pub session: String,
     pub stream: String,
     pub seq: u64,
     pub data: Vec<u8>,
     pub fin: bool,
-    pub evict: Option<String>,
     pub created_at: i64,
 }
 
+const INSERT_EVENT: &str =
+    "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
 impl EventRow {
-    /// Inserts the event (replacing one at the same position) and drops the evicted stream.
+    /// Inserts the event (replacing one at the same position).
     pub fn insert(&self, c: &Connection) -> rusqlite::Result<()> {
-        c.prepare_cached(
-            "INSERT OR REPLACE INTO events (session_id, stream, seq, data, fin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![self.session, self.stream, self.seq as i64, self.data, self.fin, self.created_at])?;
-        if let Some(old) = &self.evict {
-            c.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND stream = ?2")?
-                .execute(params![self.session, old])?;
-            c.prepare_cached("DELETE FROM event_floors WHERE session_id = ?1 AND stream = ?2")?
-                .execute(params![self.session, old])?;
-        }
-        Ok(())
+        self.insert_with(&mut c.prepare_cached(INSERT_EVENT)?)
     }
+
+    fn insert_with(&self, st: &mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<()> {
+        st.execute(params![self.session, self.stream, self.seq as i64, self.data, self.fin, self.created_at]).map(drop)
+    }
+}
+
+/// Drops the rows of evicted streams (session, stream).
+fn delete_streams(c: &Connection, streams: &[(String, String)]) -> rusqlite::Result<()> {
+    let mut events = c.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND stream = ?2")?;
+    let mut floors = c.prepare_cached("DELETE FROM event_floors WHERE session_id = ?1 AND stream = ?2")?;
+    for (session, stream) in streams {
+        events.execute(params![session, stream])?;
+        floors.execute(params![session, stream])?;
+    }
+    Ok(())
 }
 
 /// Events sent but not yet committed.
@@ -82,6 +96,8 @@ pub(super) struct Shared {
     conn: Mutex<Option<Connection>>,
     queue: Mutex<Vec<Job>>,
     deferred: Mutex<Deferred>,
+    /// Streams evicted whose rows are not deleted yet (at most about [`EVICT_BATCH`]).
+    evicted: Mutex<HashSet<(String, String)>>,
     /// Wakes the committer when the first event is deferred, and when the store closes.
     wake: Condvar,
     window: Duration,
@@ -102,6 +118,7 @@ impl Shared {
             conn: Mutex::new(Some(conn)),
             queue: Mutex::new(Vec::new()),
             deferred: Mutex::new(Deferred::default()),
+            evicted: Mutex::new(HashSet::new()),
             wake: Condvar::new(),
             window,
         })
@@ -125,9 +142,22 @@ impl Shared {
     pub fn run_blocking(&self, job: Job) {
         let conn = lock(&self.conn);
         if let Some(c) = conn.as_ref() {
-            self.run_batch(c, vec![job]);
+            self.run_batch(c, vec![job], false);
         }
         self.combine(Some(conn));
+    }
+
+    /// Evicts `stream` of `session`: from now on it is gone to a replay, and its rows are
+    /// deleted with the next batch of evictions.
+    pub fn evict(&self, session: &str, stream: &str) {
+        lock(&self.evicted).insert((session.to_owned(), stream.to_owned()));
+    }
+
+    /// Whether `stream` of `session` was evicted and its rows wait for their batch. Asked from a
+    /// job (holding the connection), so that a batch is either taken and deleted, or still here.
+    pub fn is_evicted(&self, session: &str, stream: &str) -> bool {
+        let e = lock(&self.evicted);
+        !e.is_empty() && e.contains(&(session.to_owned(), stream.to_owned()))
     }
 
     /// Queues an event to be committed within the window; the caller may send it at once.
@@ -166,7 +196,7 @@ impl Shared {
                 q.drain(..n).collect::<Vec<_>>()
             };
             match conn.as_ref() {
-                Some(c) if !batch.is_empty() => self.run_batch(c, batch),
+                Some(c) if !batch.is_empty() => self.run_batch(c, batch, false),
                 Some(_) => {}
                 // Closed: the jobs are dropped, and their callers told so by their channels.
                 None => drop(batch),
@@ -183,24 +213,44 @@ impl Shared {
     /// Runs the deferred events and `batch` in one transaction and tells each job the outcome
     /// of the commit. The deferred events are taken after the jobs were drained from the
     /// queue, so every event deferred before one of these jobs was submitted goes with it.
-    fn run_batch(&self, conn: &Connection, batch: Vec<Job>) {
+    /// The rows of evicted streams go too once [`EVICT_BATCH`] wait, or with `all_evicted`.
+    fn run_batch(&self, conn: &Connection, batch: Vec<Job>, all_evicted: bool) {
         let events = {
             let mut d = lock(&self.deferred);
             d.since = None;
             std::mem::take(&mut d.events)
         };
-        if batch.is_empty() && events.is_empty() {
+        let evicted: Vec<(String, String)> = {
+            let mut e = lock(&self.evicted);
+            if e.len() >= EVICT_BATCH || (all_evicted && !e.is_empty()) { e.drain().collect() } else { Vec::new() }
+        };
+        if batch.is_empty() && events.is_empty() && evicted.is_empty() {
             return;
         }
         let began = exec_cached(conn, "BEGIN IMMEDIATE");
         let mut unstored = 0usize;
+        // One statement for the window's events (looked up in the cache once, not per event).
+        let mut insert = (!events.is_empty()).then(|| conn.prepare_cached(INSERT_EVENT));
         for e in &events {
-            if let Err(err) = e.insert(conn) {
+            let stored = match insert.as_mut() {
+                Some(Ok(st)) => e.insert_with(st),
+                Some(Err(_)) | None => e.insert(conn),
+            };
+            if let Err(err) = stored {
                 unstored += 1;
                 if unstored == 1 {
                     tracing::warn!(error = %err, "storing an SSE event that was already sent failed");
                 }
             }
+        }
+        drop(insert); // back into the cache, for a job's own inserts
+        let mut evicted = Some(evicted).filter(|e| !e.is_empty());
+        if let Some(e) = &evicted
+            && let Err(err) = delete_streams(conn, e)
+        {
+            // The jobs still commit; the streams stay gone to a replay, deleted with a later batch.
+            tracing::warn!(error = %err, "deleting evicted SSE streams failed; retrying with the next batch");
+            lock(&self.evicted).extend(evicted.take().unwrap_or_default());
         }
         let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
         let commit = match began {
@@ -209,6 +259,9 @@ impl Shared {
         };
         if let Err(e) = &commit {
             let _ = conn.execute_batch("ROLLBACK");
+            if let Some(e) = evicted {
+                lock(&self.evicted).extend(e);
+            }
             if !events.is_empty() {
                 tracing::warn!(error = %e, events = events.len(), "committing SSE events that were already sent failed; a resume will not replay them");
             }
@@ -245,7 +298,7 @@ impl Shared {
             drop(d);
             let conn = lock(&self.conn);
             if let Some(c) = conn.as_ref() {
-                self.run_batch(c, Vec::new());
+                self.run_batch(c, Vec::new(), false);
             }
             self.combine(Some(conn));
             d = lock(&self.deferred);
@@ -260,7 +313,7 @@ impl Shared {
         let mut conn = lock(&self.conn);
         if let Some(c) = conn.as_ref() {
             let batch = std::mem::take(&mut *lock(&self.queue));
-            self.run_batch(c, batch);
+            self.run_batch(c, batch, true);
         }
         conn.take()
     }

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 
 use super::cluster::{WAKE_BUFFER, Wake, check_namespace};
-use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
+use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport, intern};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
 };
@@ -211,8 +211,9 @@ const RECORD_COLUMNS: &str = "id, transport, protocol_version, client_init, upst
 
 fn record_from_row(r: &tokio_postgres::Row) -> Result<SessionRecord, StoreError> {
     let bad = |e: String| StoreError::Backend(format!("postgres: a stored record is unreadable: {e}"));
-    let raw = |s: Option<String>| -> Result<Option<Box<serde_json::value::RawValue>>, StoreError> {
-        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(|e| bad(e.to_string()))).transpose()
+    let raw = |s: Option<String>| -> Result<Option<std::sync::Arc<serde_json::value::RawValue>>, StoreError> {
+        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(|e| bad(e.to_string())).map(|v| intern(&v)))
+            .transpose()
     };
     let transport: String = r.try_get("transport").map_err(pg)?;
     let state: String = r.try_get("state").map_err(pg)?;

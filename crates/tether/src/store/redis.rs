@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::cluster::{Claim, ClusterStore, Lease, ReplicaId, ReplicaInfo, WAKE_BUFFER, Wake, check_namespace};
 use super::redis_scripts as lua;
-use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
+use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport, intern};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
 };
@@ -117,8 +117,11 @@ fn record_fields(r: &SessionRecord) -> Vec<(&'static str, Option<String>)> {
 fn record_from_hash(h: &HashMap<String, String>) -> Result<SessionRecord, StoreError> {
     let bad = |what: &str| StoreError::Backend(format!("redis: a stored record is unreadable ({what})"));
     let num = |k: &str| h.get(k).map(|v| v.parse::<u64>().map_err(|_| bad(k))).transpose();
-    let raw =
-        |k: &str| h.get(k).map(|t| serde_json::value::RawValue::from_string(t.clone()).map_err(|_| bad(k))).transpose();
+    let raw = |k: &str| {
+        h.get(k)
+            .map(|t| serde_json::value::RawValue::from_string(t.clone()).map_err(|_| bad(k)).map(|v| intern(&v)))
+            .transpose()
+    };
     Ok(SessionRecord {
         id: h.get("id").cloned().ok_or_else(|| bad("id"))?,
         transport: Transport::from_label(h.get("transport").map_or("", String::as_str)),

@@ -20,14 +20,16 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+pub use super::group_commit::EVICT_BATCH;
 use super::group_commit::{DeferError, EventRow, Job, Shared, lock};
-use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport};
+use crate::session::record::{CloseReason, SessionRecord, SessionState, Transport, intern};
 use crate::session::store::{
     Activity, EventStore, RecordFilter, Replay, Retention, SessionStore, StoreError, StoredEvent,
 };
 
 /// Schema migrations; entry `i` takes the file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE sessions (
         id               TEXT PRIMARY KEY,
         transport        TEXT NOT NULL,
@@ -60,7 +62,17 @@ const MIGRATIONS: &[&str] = &["
         floor      INTEGER NOT NULL,
         PRIMARY KEY (session_id, stream)
     ) WITHOUT ROWID;
-"];
+",
+    "
+    -- Kept up on every insert and eviction for prune's age cut alone, which scans the table
+    -- anyway (its per-stream cap does): a third of the time per event in a bare-loop replay.
+    DROP INDEX IF EXISTS events_age;
+",
+];
+
+/// Adds a session's activity (`touch`, `touch_many`).
+const TOUCH: &str = "UPDATE sessions SET last_active = MAX(last_active, ?2), requests = requests + ?3,
+     tool_calls = tool_calls + ?4 WHERE id = ?1";
 
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -68,6 +80,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 /// WAL pages after which a commit checkpoints by itself: a backstop should the checkpointer
 /// fall behind (SQLite's own default is 1000).
 const AUTOCHECKPOINT_BACKSTOP: u32 = 16_000;
+
+/// Cached prepared statements on the main connection (the store runs about 25 distinct ones).
+const STATEMENT_CACHE: usize = 64;
 
 /// The SQLite backend.
 pub struct SqliteStore {
@@ -142,8 +157,8 @@ impl SqliteStore {
         (job, rx)
     }
 
-    /// Stores one event and, in the same write, drops the events of `evict`: deferred to the
-    /// commit window when there is one, else committed before this returns.
+    /// Stores one event, deferred to the commit window when there is one, else committed before
+    /// this returns; `evict` is gone to a replay from now on, its rows deleted in a batch.
     async fn append_event(
         &self,
         session: &str,
@@ -153,13 +168,15 @@ impl SqliteStore {
         fin: bool,
         evict: Option<&str>,
     ) -> Result<(), StoreError> {
+        if let Some(old) = evict {
+            self.shared.evict(session, old);
+        }
         let row = EventRow {
             session: session.to_owned(),
             stream: stream.to_owned(),
             seq,
             data: data.to_vec(),
             fin,
-            evict: evict.map(str::to_owned),
             created_at: crate::session::record::now_ms() as i64,
         };
         if self.shared.window().is_zero() {
@@ -266,6 +283,9 @@ fn prepare(path: &Path) -> anyhow::Result<Connection> {
         conn.execute_batch(&format!("BEGIN; {m} PRAGMA user_version = {}; COMMIT;", i + 1))
             .with_context(|| format!("migrating the session store {shown} to version {}", i + 1))?;
     }
+    // Room for every statement the store runs (rusqlite keeps 16): one evicted from the cache
+    // is parsed again on its next use.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -287,10 +307,26 @@ fn checkpointer(path: &Path, stop: mpsc::Receiver<()>) {
     }
 }
 
+/// Runs a statement from the connection's statement cache: the per-request ones are parsed
+/// once, not on every call.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// Reads one row with a cached statement.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let json_err = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
-    let raw = |s: Option<String>| -> rusqlite::Result<Option<Box<serde_json::value::RawValue>>> {
-        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(json_err)).transpose()
+    let raw = |s: Option<String>| -> rusqlite::Result<Option<std::sync::Arc<serde_json::value::RawValue>>> {
+        s.map(|t| serde_json::value::RawValue::from_string(t).map_err(json_err).map(|v| intern(&v))).transpose()
     };
     let transport: String = r.get("transport")?;
     let state: String = r.get("state")?;
@@ -321,7 +357,8 @@ impl SessionStore for SqliteStore {
     async fn create(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let r = record.clone();
         self.call(move |c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO sessions (id, transport, protocol_version, client_init, upstream_init, state, principal,
                      created_at, last_active, requests, tool_calls, closed_at, close_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -349,7 +386,8 @@ impl SessionStore for SqliteStore {
     async fn set_handshake(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let r = record.clone();
         self.call(move |c| {
-            c.execute(
+            exec(
+                c,
                 "UPDATE sessions SET protocol_version = ?2, client_init = ?3, upstream_init = ?4 WHERE id = ?1",
                 params![
                     r.id,
@@ -365,32 +403,41 @@ impl SessionStore for SqliteStore {
 
     async fn set_state(&self, id: &str, state: &SessionState) -> Result<(), StoreError> {
         let (id, state) = (id.to_owned(), state_json(state));
-        self.call(move |c| c.execute("UPDATE sessions SET state = ?2 WHERE id = ?1", params![id, state]).map(drop))
-            .await
+        self.call(move |c| exec(c, "UPDATE sessions SET state = ?2 WHERE id = ?1", params![id, state]).map(drop)).await
     }
 
     async fn touch(&self, id: &str, a: Activity) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
-            c.execute(
-                "UPDATE sessions SET last_active = MAX(last_active, ?2), requests = requests + ?3,
-                     tool_calls = tool_calls + ?4 WHERE id = ?1",
-                params![id, a.last_active as i64, a.requests as i64, a.tool_calls as i64],
-            )
-            .map(drop)
+            exec(c, TOUCH, params![id, a.last_active as i64, a.requests as i64, a.tool_calls as i64]).map(drop)
+        })
+        .await
+    }
+
+    async fn touch_many(&self, batch: &[(String, Activity)]) -> Result<(), StoreError> {
+        // A job of many rows, run where it may block; one commit for the whole batch (a touch
+        // each was a commit each: a hundred busy sessions made a hundred commits a second).
+        let batch = batch.to_vec();
+        self.call_heavy(move |c| {
+            let mut st = c.prepare_cached(TOUCH)?;
+            for (id, a) in &batch {
+                st.execute(params![id, a.last_active as i64, a.requests as i64, a.tool_calls as i64])?;
+            }
+            Ok(())
         })
         .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| c.query_row("SELECT * FROM sessions WHERE id = ?1", [id], record_from_row).optional()).await
+        self.call(move |c| row(c, "SELECT * FROM sessions WHERE id = ?1", [id], record_from_row).optional()).await
     }
 
     async fn close(&self, id: &str, at: u64, reason: CloseReason) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
-            c.execute(
+            exec(
+                c,
                 "UPDATE sessions SET closed_at = ?2, close_reason = ?3 WHERE id = ?1 AND closed_at IS NULL",
                 params![id, at as i64, reason.as_str()],
             )
@@ -485,9 +532,13 @@ impl EventStore for SqliteStore {
 
     async fn replay(&self, session: &str, stream: &str, after_seq: u64, limit: usize) -> Result<Replay, StoreError> {
         let (session, stream) = (session.to_owned(), stream.to_owned());
+        let shared = self.shared.clone();
         self.call(move |c| {
-            let floor: Option<i64> = c
-                .query_row(
+            if shared.is_evicted(&session, &stream) {
+                return Ok(Replay::Gone);
+            }
+            let floor: Option<i64> = row(
+                    c,
                     "SELECT floor FROM event_floors WHERE session_id = ?1 AND stream = ?2",
                     params![session, stream],
                     |r| r.get(0),
@@ -509,7 +560,8 @@ impl EventStore for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             if events.is_empty() && floor.is_none() {
-                let known: bool = c.query_row(
+                let known: bool = row(
+                    c,
                     "SELECT EXISTS (SELECT 1 FROM events WHERE session_id = ?1 AND stream = ?2)",
                     params![session, stream],
                     |r| r.get(0),

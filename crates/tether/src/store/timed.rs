@@ -49,6 +49,10 @@ impl SessionStore for TimedStore {
         self.timed(StoreOp::Touch, self.inner.touch(id, activity)).await
     }
 
+    async fn touch_many(&self, batch: &[(String, Activity)]) -> Result<(), StoreError> {
+        self.timed(StoreOp::Touch, self.inner.touch_many(batch)).await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.inner.get(id).await
     }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use crate::clock::Instant;
 
+use sha2::Digest;
+
 use crate::session::Manager;
+use crate::session::inspect::UpstreamState;
 use crate::session::record::now_ms;
 use crate::stats::{MethodClass, Outcome, REQUEST_BUCKETS, Stats};
 
@@ -56,12 +59,35 @@ pub struct SessionEvent {
     pub what: String,
 }
 
-/// What a session looked like at the last tick.
-#[derive(Clone, PartialEq)]
+/// What a session looked like at the last tick: small, since every live session has one.
+#[derive(Clone, Copy, PartialEq)]
 struct Seen {
-    revives: u64,
-    upstream: &'static str,
     error_at: Option<u64>,
+    revives: u32,
+    upstream: UpstreamState,
+    /// The tick that last saw it (wrapping); one not seen by the current tick is gone.
+    tick: u16,
+}
+
+/// A session id as a map key: the 128 bits of a tether id (32 lowercase hex digits) instead
+/// of a copy of its text; any other id is hashed and its text kept aside.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key([u64; 2]);
+
+impl Key {
+    fn of(id: &str) -> (Key, bool) {
+        let hex = id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if let Some(v) = Some(id).filter(|_| hex).and_then(|h| u128::from_str_radix(h, 16).ok()) {
+            return (Key([(v >> 64) as u64, v as u64]), true);
+        }
+        let d = sha2::Sha256::digest(id.as_bytes());
+        let half = |i: usize| d.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+        (Key([half(0), half(8)]), false)
+    }
+
+    fn hex(self) -> String {
+        format!("{:016x}{:016x}", self.0[0], self.0[1])
+    }
 }
 
 #[derive(Default)]
@@ -69,7 +95,10 @@ struct Inner {
     cumulative: VecDeque<Cumulative>,
     points: VecDeque<Point>,
     events: VecDeque<SessionEvent>,
-    seen: HashMap<String, Seen>,
+    seen: HashMap<Key, Seen>,
+    /// The text of the ids that are not tether's hex ids, by key.
+    names: HashMap<Key, String>,
+    tick: u16,
 }
 
 /// The rings.
@@ -92,22 +121,19 @@ impl Samples {
         let stats: &Stats = &manager.deps().stats;
         let now = Cumulative { at: Instant::now(), requests: 0, buckets: [0; REQUEST_BUCKETS.len() + 1] };
         let now = read_counters(stats, now);
-        let live: Vec<(String, Seen, Option<String>)> = manager
-            .live()
-            .iter()
-            .map(|s| {
-                let err = s.last_error();
-                let seen = Seen {
-                    revives: s.revive_count(),
-                    upstream: s.upstream_state().as_str(),
-                    error_at: err.as_ref().map(|e| e.at_ms),
-                };
-                (s.id().to_owned(), seen, err.map(|e| e.message))
-            })
-            .collect();
+        let live = manager.live();
         let mut g = self.lock();
         g.sample(now);
-        g.observe(live);
+        g.observe(live.iter().map(|s| {
+            let err = s.last_error();
+            let seen = Seen {
+                error_at: err.as_ref().map(|e| e.at_ms),
+                revives: u32::try_from(s.revive_count()).unwrap_or(u32::MAX),
+                upstream: s.upstream_state(),
+                tick: 0,
+            };
+            (s.id(), seen, err.map(|e| e.message))
+        }));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -156,35 +182,54 @@ impl Inner {
         self.cumulative.push_back(now);
     }
 
-    fn observe(&mut self, live: Vec<(String, Seen, Option<String>)>) {
+    /// Compares the live sessions with the last tick, in place: the map is updated, not built
+    /// anew each second (with ten thousand sessions that was a copy of every id a second).
+    fn observe<'a>(&mut self, live: impl Iterator<Item = (&'a str, Seen, Option<String>)>) {
         let at_ms = now_ms();
+        self.tick = self.tick.wrapping_add(1);
+        let tick = self.tick;
         let mut events = Vec::new();
-        let mut next = HashMap::with_capacity(live.len());
-        for (id, seen, message) in live {
-            match self.seen.remove(&id) {
-                None => events.push((id.clone(), "session opened here".to_owned())),
+        for (id, mut seen, message) in live {
+            seen.tick = tick;
+            let (key, hex) = Key::of(id);
+            match self.seen.insert(key, seen) {
+                None => {
+                    if !hex {
+                        self.names.insert(key, id.to_owned());
+                    }
+                    events.push((id.to_owned(), "session opened here".to_owned()));
+                }
                 Some(old) => {
                     if seen.revives > old.revives {
                         let n = seen.revives - old.revives;
                         let times = if n == 1 { String::new() } else { format!(" {n} times") };
-                        events.push((id.clone(), format!("revived by replay{times} (revives: {})", seen.revives)));
+                        events.push((id.to_owned(), format!("revived by replay{times} (revives: {})", seen.revives)));
                     }
                     if seen.upstream != old.upstream {
-                        events.push((id.clone(), format!("upstream {} → {}", old.upstream, seen.upstream)));
+                        let (from, to) = (old.upstream.as_str(), seen.upstream.as_str());
+                        events.push((id.to_owned(), format!("upstream {from} → {to}")));
                     }
                     if seen.error_at != old.error_at
                         && let Some(m) = &message
                     {
-                        events.push((id.clone(), format!("error: {m}")));
+                        events.push((id.to_owned(), format!("error: {m}")));
                     }
                 }
             }
-            next.insert(id, seen);
         }
-        for id in self.seen.keys() {
-            events.push((id.clone(), "session ended (or left this replica)".to_owned()));
+        let names = &mut self.names;
+        self.seen.retain(|key, s| {
+            if s.tick == tick {
+                return true;
+            }
+            let id = names.remove(key).unwrap_or_else(|| key.hex());
+            events.push((id, "session ended (or left this replica)".to_owned()));
+            false
+        });
+        // A map emptied after a peak gives its table back.
+        if self.seen.capacity() > 64 && self.seen.len() < self.seen.capacity() / 4 {
+            self.seen.shrink_to_fit();
         }
-        self.seen = next;
         for (session, what) in events {
             if self.events.len() == EVENTS {
                 self.events.pop_front();
@@ -247,18 +292,40 @@ mod tests {
         }
         assert_eq!(inner.points.len(), SAMPLES);
         assert!(inner.cumulative.len() <= LATENCY_WINDOW + 1);
-        let seen = |revives, upstream| Seen { revives, upstream, error_at: None };
-        inner.observe(vec![("a".into(), seen(0, "alive"), None)]);
-        inner.observe(vec![("a".into(), seen(1, "alive"), None)]);
-        inner.observe(vec![]);
+        let seen = |revives, upstream| Seen { revives, upstream, error_at: None, tick: 0 };
+        inner.observe([("a", seen(0, UpstreamState::Alive), None)].into_iter());
+        inner.observe([("a", seen(1, UpstreamState::Alive), None)].into_iter());
+        inner.observe(std::iter::empty());
         let whats: Vec<&str> = inner.events.iter().map(|e| e.what.as_str()).collect();
         assert_eq!(
             whats,
             ["session opened here", "revived by replay (revives: 1)", "session ended (or left this replica)"]
         );
         for i in 0..EVENTS + 10 {
-            inner.observe(vec![(format!("s{i}"), seen(0, "idle"), None)]);
+            inner.observe([(format!("s{i}").as_str(), seen(0, UpstreamState::Idle), None)].into_iter());
         }
         assert_eq!(inner.events.len(), EVENTS);
+        assert!(inner.seen.len() == 1 && inner.names.len() == 1, "what is gone is forgotten");
+    }
+
+    #[test]
+    fn tether_ids_are_keyed_by_their_bits_and_named_again() {
+        let mut inner = Inner::default();
+        let id = crate::session::record::new_session_id();
+        let up = UpstreamState::Idle;
+        let seen = Seen { revives: 0, upstream: up, error_at: None, tick: 0 };
+        inner.observe([(id.as_str(), seen, None)].into_iter());
+        assert!(inner.names.is_empty(), "a hex id is not kept as text");
+        inner.observe([(id.as_str(), Seen { upstream: UpstreamState::Alive, ..seen }, None)].into_iter());
+        inner.observe(std::iter::empty());
+        let got: Vec<(&str, &str)> = inner.events.iter().map(|e| (e.session.as_str(), e.what.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (id.as_str(), "session opened here"),
+                (id.as_str(), "upstream idle → alive"),
+                (id.as_str(), "session ended (or left this replica)")
+            ]
+        );
     }
 }

@@ -254,7 +254,7 @@ mod tests {
         let mut r = SessionRecord::new(Transport::Modern);
         let params = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {"b": {}, "a": {}},
             "clientInfo": {"name": "c", "version": "1"}});
-        r.client_init = Some(tether_protocol::message::raw_value(&params));
+        r.client_init = Some(crate::session::record::intern(&tether_protocol::message::raw_value(&params)));
         let k = binding::key_of(&r).expect("a key");
         assert!(k.starts_with("e:"));
         r.principal = Some("p1.x".into());
