@@ -354,6 +354,25 @@ async fn a_modern_only_stdio_server_in_auto_serves_both_eras_of_clients() {
     .await;
 }
 
+/// The admin listener's base URL, from tether's log.
+async fn admin_url(log: &std::path::Path) -> Result<String, String> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(url) = text
+                .lines()
+                .find_map(|l| l.split("admin listening at ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                return url.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| "no admin address in tether's log".to_owned())
+}
+
 #[tokio::test]
 async fn a_request_the_modern_child_never_read_is_sent_again() {
     let flags = ["--upstream-protocol", "modern"];
@@ -371,9 +390,26 @@ async fn a_request_the_modern_child_never_read_is_sent_again() {
             let url = url.clone();
             async move { post_modern(&url, &modern_request(2, "tools/call", unsafe_call, json!({}))).await }
         });
-        // Time for the call to reach the pipe (it is written as soon as tether has it); the
-        // log proves afterwards that it had.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The call is in tether (the in-flight gauge), then a moment for it to reach the
+        // pipe (it is written as soon as tether has it); the log proves afterwards that the
+        // session had it in flight when the child died.
+        let log_path = run_logs(Some("modern-stdio")).join("modern-only-unread/tether.log");
+        let metrics = admin_url(&log_path).await? + "/metrics";
+        let waited = tokio::time::timeout(STEP, async {
+            loop {
+                let text = match reqwest::get(&metrics).await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if text.lines().any(|l| l.starts_with("tether_requests_in_flight ") && !l.ends_with(" 0")) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        waited.map_err(|_| "the unsafe call never reached tether".to_owned())?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         kill_child(tether).await?;
         let (status, v) = tokio::time::timeout(STEP, pending)
             .await

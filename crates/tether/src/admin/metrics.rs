@@ -201,6 +201,13 @@ impl Collector for TetherCollector {
             None,
             g.metric_type(),
         )?)?;
+        let g = &s.requests.in_flight;
+        g.encode(e.encode_descriptor(
+            "tether_requests_in_flight",
+            "Client messages received and not yet answered, failed or cancelled.",
+            None,
+            g.metric_type(),
+        )?)?;
         counter(
             e,
             "tether_sse_events_replayed",

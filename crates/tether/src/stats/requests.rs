@@ -180,6 +180,8 @@ impl Outcome {
 pub struct RequestStats {
     counts: [[Counter; Outcome::ALL.len()]; MethodClass::ALL.len()],
     latency: [Histogram; MethodClass::ALL.len()],
+    /// Client messages received and not yet settled (answered, failed or cancelled).
+    pub in_flight: super::Gauge,
 }
 
 impl Default for RequestStats {
@@ -187,6 +189,7 @@ impl Default for RequestStats {
         RequestStats {
             counts: std::array::from_fn(|_| std::array::from_fn(|_| Counter::default())),
             latency: std::array::from_fn(|_| Histogram::new(&REQUEST_BUCKETS)),
+            in_flight: super::Gauge::default(),
         }
     }
 }
@@ -220,6 +223,7 @@ pub struct RequestProbe {
 
 impl RequestProbe {
     pub(super) fn new(stats: Arc<Stats>) -> Arc<RequestProbe> {
+        stats.requests.in_flight.inc();
         Arc::new(RequestProbe {
             stats,
             class: AtomicU8::new(MethodClass::Other as u8),
@@ -244,6 +248,7 @@ impl RequestProbe {
         if self.settled.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.stats.requests.in_flight.dec();
         self.stats.requests.record(self.class(), outcome, self.started.elapsed());
     }
 
@@ -320,7 +325,10 @@ mod tests {
         assert_eq!(stats.requests.count(MethodClass::Tools, Outcome::Timeout), 0);
         assert_eq!(stats.requests.latency(MethodClass::Tools).snapshot().count, 1);
 
-        drop(stats.probe());
+        let open = stats.probe();
+        assert_eq!(stats.requests.in_flight.get(), 1, "a probe not settled is in flight");
+        drop(open);
         assert_eq!(stats.requests.count(MethodClass::Other, Outcome::Cancelled), 1);
+        assert_eq!(stats.requests.in_flight.get(), 0, "every probe settled once");
     }
 }

@@ -42,12 +42,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tether_protocol::message::{numeric_id, raw_value};
 use tether_protocol::{Kind, Message, error_code, method};
-use tokio::sync::mpsc;
+
 use tracing::info;
 
 use super::modern::{self, Discovered};
 use super::streamable::{self, Sent};
-use super::{ConnectContext, Origin, SendError, UpstreamEvent, UpstreamOptions, credentials::ForwardedAuth};
+use super::{ConnectContext, Origin, SendError, UpstreamEvent};
 use crate::clock::Instant;
 
 /// How long an era verdict is trusted before the next connection probes from scratch.
@@ -163,33 +163,11 @@ enum Current {
     Modern(Arc<modern::Handle>),
 }
 
-/// What a connection needs to make the handle of either era.
-struct Parts {
-    session_id: String,
-    events: mpsc::Sender<UpstreamEvent>,
-    options: UpstreamOptions,
-    http: reqwest::Client,
-    forwarded: ForwardedAuth,
-    prefer_modern: bool,
-}
-
-impl Parts {
-    fn context(&self) -> ConnectContext {
-        ConnectContext {
-            session_id: self.session_id.clone(),
-            events: self.events.clone(),
-            options: self.options.clone(),
-            http: self.http.clone(),
-            forwarded: self.forwarded.clone(),
-            prefer_modern: self.prefer_modern,
-        }
-    }
-}
-
 /// One connection to a Streamable HTTP upstream, in the era its probe chose.
 pub struct Handle {
     url: String,
-    parts: Parts,
+    /// What a connection needs to make the handle of either era.
+    parts: ConnectContext,
     current: Mutex<Current>,
 }
 
@@ -202,14 +180,7 @@ impl Handle {
             UpstreamProtocol::Auto if ctx.prefer_modern => Era::Modern,
             UpstreamProtocol::Auto => ctx.options.eras.get(url).unwrap_or(Era::Handshake),
         };
-        let parts = Parts {
-            session_id: ctx.session_id,
-            events: ctx.events,
-            options: ctx.options,
-            http: ctx.http,
-            forwarded: ctx.forwarded,
-            prefer_modern: ctx.prefer_modern,
-        };
+        let parts = ctx;
         let current = Mutex::new(make(url, era, &parts));
         Handle { url: url.to_owned(), parts, current }
     }
@@ -369,10 +340,10 @@ pub(super) fn for_handshake(msg: &Message, gid: Option<u64>) -> Option<Result<Me
     Some(Ok(stripped))
 }
 
-fn make(url: &str, era: Era, parts: &Parts) -> Current {
+fn make(url: &str, era: Era, parts: &ConnectContext) -> Current {
     match era {
-        Era::Handshake => Current::Handshake(Arc::new(streamable::Handle::new(url, parts.context()))),
-        Era::Modern => Current::Modern(Arc::new(modern::Handle::new(url, parts.context()))),
+        Era::Handshake => Current::Handshake(Arc::new(streamable::Handle::new(url, parts.clone()))),
+        Era::Modern => Current::Modern(Arc::new(modern::Handle::new(url, parts.clone()))),
     }
 }
 

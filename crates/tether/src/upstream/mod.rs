@@ -214,6 +214,7 @@ impl Default for UpstreamOptions {
 }
 
 /// Everything a connection needs to report back.
+#[derive(Clone)]
 pub struct ConnectContext {
     /// The client session this connection serves (for log fields).
     pub session_id: String,

@@ -47,17 +47,6 @@ pub struct Handle {
     current: Mutex<Current>,
 }
 
-fn copy(ctx: &ConnectContext) -> ConnectContext {
-    ConnectContext {
-        session_id: ctx.session_id.clone(),
-        events: ctx.events.clone(),
-        options: ctx.options.clone(),
-        http: ctx.http.clone(),
-        forwarded: ctx.forwarded.clone(),
-        prefer_modern: ctx.prefer_modern,
-    }
-}
-
 impl Handle {
     /// Starts the child in the configured era (or the one `auto` tries first).
     pub fn spawn(command: &[String], ctx: ConnectContext) -> Result<Handle, ConnectError> {
@@ -67,14 +56,14 @@ impl Handle {
             UpstreamProtocol::Auto => ctx.prefer_modern,
         };
         let current = if modern {
-            Current::Modern(Arc::new(modern::Handle::over_stdio(command, copy(&ctx))?))
+            Current::Modern(Arc::new(modern::Handle::over_stdio(command, ctx.clone())?))
         } else if ctx.options.protocol == UpstreamProtocol::Auto {
             // In the reader, not a relay task: the session's messages take no extra hop.
             let gate = Arc::new(stdio::Gate::new(modern::refuses_handshake));
-            let child = stdio::Handle::spawn_gated(command, copy(&ctx), Some(gate.clone()))?;
+            let child = stdio::Handle::spawn_gated(command, ctx.clone(), Some(gate.clone()))?;
             Current::Handshake(Arc::new(child), Some(gate))
         } else {
-            Current::Handshake(Arc::new(stdio::Handle::spawn(command, copy(&ctx))?), None)
+            Current::Handshake(Arc::new(stdio::Handle::spawn(command, ctx.clone())?), None)
         };
         Ok(Handle { command: command.to_vec(), ctx, current: Mutex::new(current) })
     }
@@ -148,7 +137,7 @@ impl Handle {
         let old = h.clone();
         tokio::spawn(async move { old.close().await });
         let child = Arc::new(
-            modern::Handle::over_stdio(&self.command, copy(&self.ctx))
+            modern::Handle::over_stdio(&self.command, self.ctx.clone())
                 .map_err(|e| SendError::Unreachable(e.to_string()))?,
         );
         *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Current::Modern(child.clone());
@@ -181,7 +170,7 @@ impl Handle {
         };
         info!(session_id = %self.ctx.session_id, reason = %why, "the stdio upstream does not speak 2026-07-28; starting it again in the handshake era");
         h.discard().await;
-        let child = Arc::new(stdio::Handle::spawn(&self.command, copy(&self.ctx)).map_err(|e| {
+        let child = Arc::new(stdio::Handle::spawn(&self.command, self.ctx.clone()).map_err(|e| {
             // The session revives on an unreachable upstream, with its own backoff.
             SendError::Unreachable(e.to_string())
         })?);

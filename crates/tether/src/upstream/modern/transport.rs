@@ -125,14 +125,7 @@ impl StdioWire {
         ctx: &ConnectContext,
     ) -> Result<(Arc<StdioWire>, mpsc::Receiver<UpstreamEvent>), ConnectError> {
         let (tx, rx) = mpsc::channel(256);
-        let child_ctx = ConnectContext {
-            session_id: ctx.session_id.clone(),
-            events: tx,
-            options: ctx.options.clone(),
-            http: ctx.http.clone(),
-            forwarded: ctx.forwarded.clone(),
-            prefer_modern: ctx.prefer_modern,
-        };
+        let child_ctx = ConnectContext { events: tx, ..ctx.clone() };
         let child = stdio::Handle::spawn(command, child_ctx)?;
         Ok((Arc::new(StdioWire { child, routes: Mutex::default(), ids: AtomicU64::new(1) }), rx))
     }

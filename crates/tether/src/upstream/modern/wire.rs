@@ -11,17 +11,17 @@ use tether_protocol::{Message, error_code, version};
 /// The revision this connection speaks to the remote.
 pub const MODERN_VERSION: &str = "2026-07-28";
 
-const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
-const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
-pub(super) const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
-pub(super) const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+// The envelope's keys, named once in `tether_protocol::modern`.
+use tether_protocol::modern::{
+    META_CLIENT_CAPABILITIES as META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL,
+    META_PROTOCOL_VERSION as META_VERSION,
+};
+pub(super) use tether_protocol::modern::{META_SERVER_INFO, META_SUBSCRIPTION_ID as META_SUBSCRIPTION};
 
-const VERSION_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
-const PARAM_HEADER_PREFIX: &str = "mcp-param-";
+use tether_protocol::modern::{
+    HEADER_METHOD as METHOD_HEADER, HEADER_NAME as NAME_HEADER, HEADER_PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    HEADER_PROTOCOL_VERSION as VERSION_HEADER,
+};
 
 /// Result fields that exist only in the modern revision.
 const MODERN_RESULT_FIELDS: [&str; 3] = ["resultType", "ttlMs", "cacheScope"];
