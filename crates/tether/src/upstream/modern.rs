@@ -197,8 +197,8 @@ impl Handle {
         *slot = Some(tokio::spawn(listen(shared).instrument(span)));
     }
 
-    /// Ends the connection: the listen stream and requests in flight are dropped.
-    pub async fn close(&self) {
+    /// Stops the listen stream and drops the requests in flight.
+    fn stop(&self) {
         if let Ok(mut slot) = self.listen.lock()
             && let Some(t) = slot.take()
         {
@@ -206,6 +206,11 @@ impl Handle {
         }
         self.shared.alive.store(false, Ordering::Release);
         self.shared.drop_waiters();
+    }
+
+    /// Ends the connection: the listen stream and requests in flight are dropped.
+    pub async fn close(&self) {
+        self.stop();
         if let Transport::Stdio(w) = &self.shared.transport {
             w.close().await;
         }
@@ -225,13 +230,7 @@ impl Handle {
     /// Ends a connection the session never heard of (a probe that found no 2026-07-28
     /// server): nothing is reported.
     pub(super) async fn discard(&self) {
-        if let Ok(mut slot) = self.listen.lock()
-            && let Some(t) = slot.take()
-        {
-            t.abort();
-        }
-        self.shared.alive.store(false, Ordering::Release);
-        self.shared.drop_waiters();
+        self.stop();
         if let Transport::Stdio(w) = &self.shared.transport {
             // Off the caller's path: its successor need not wait for the grace.
             let w = w.clone();
