@@ -238,6 +238,16 @@ async fn post(
     if let Some(s) = sid {
         req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
     }
+    answer_of(req, url, &body).await
+}
+
+/// Sends `req` (carrying `body`) and reads the status, the session id it names and the
+/// JSON-RPC answer (from JSON or from the SSE stream), each step bounded.
+async fn answer_of(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Option<String>, Value), String> {
     let resp = tokio::time::timeout(CALL_TIMEOUT, req.send())
         .await
         .map_err(|_| format!("no answer to {body} within {CALL_TIMEOUT:?}"))?
@@ -528,22 +538,7 @@ async fn modern_post(http: &reqwest::Client, url: &str, body: &Value) -> Result<
         .header("mcp-method", "tools/call")
         .header("mcp-name", name)
         .body(body.to_string());
-    let resp = tokio::time::timeout(CALL_TIMEOUT, req.send())
-        .await
-        .map_err(|_| format!("no answer to {body} within {CALL_TIMEOUT:?}"))?
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let text = tokio::time::timeout(CALL_TIMEOUT, resp.text())
-        .await
-        .map_err(|_| "the answer's body did not end in time".to_owned())?
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let answer = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .chain(std::iter::once(text.as_str()))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| v.get("result").is_some() || v.get("error").is_some())
-        .ok_or_else(|| format!("HTTP {status} without a JSON-RPC answer: {text:.300}"))?;
+    let (status, _, answer) = answer_of(req, url, body).await?;
     Ok((status, answer))
 }
 
