@@ -319,7 +319,11 @@ async fn a_refresh_settles_requests_in_flight_like_a_crash_does() {
             async move { unsafe_.request("tools/call", json!({"name": "work", "arguments": {"ms": 1500}})).await },
         );
     let session = gw.manager.live_session(&id).expect("live");
-    harness::eventually("both calls in flight", || session.pending_requests() == 2).await;
+    harness::eventually_async("both calls in flight", || {
+        let s = session.clone();
+        async move { s.pending_requests().await == 2 }
+    })
+    .await;
 
     let b = Browser::of(&gw);
     let bearer = format!("Bearer {ADMIN_TOKEN}");

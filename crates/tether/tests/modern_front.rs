@@ -6,7 +6,8 @@
 mod harness;
 
 use harness::{
-    JSON_POST, config, echo_command, echo_gateway, eventually, kill9, only_child, raw_post, restart, start, within,
+    JSON_POST, config, echo_command, echo_gateway, eventually, eventually_async, kill9, only_child, raw_post, restart,
+    start, within,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -318,12 +319,20 @@ async fn a_response_the_client_closes_cancels_the_request_upstream() {
         .send();
     let task = tokio::spawn(post);
     let s = session.clone();
-    eventually("the slow request is pending upstream", move || s.pending_requests() == 1).await;
+    eventually_async("the slow request is pending upstream", move || {
+        let s = s.clone();
+        async move { s.pending_requests().await == 1 }
+    })
+    .await;
     task.abort();
     // The client is gone: the request ends at the gateway (and a cancel goes upstream) well
     // before the upstream would have answered it.
     let s = session.clone();
-    eventually("the abandoned request is no longer pending", move || s.pending_requests() == 0).await;
+    eventually_async("the abandoned request is no longer pending", move || {
+        let s = s.clone();
+        async move { s.pending_requests().await == 0 }
+    })
+    .await;
     gw.shutdown().await;
 }
 

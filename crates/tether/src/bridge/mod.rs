@@ -201,7 +201,7 @@ impl Bridge {
     /// the answer (what else the remote sends meanwhile goes to the client). An answer saying
     /// the remote is unavailable is an error, so that it is retried.
     async fn initialize_once(&self, session: &SessionHandle, msg: Message) -> Result<Message, GatewayError> {
-        let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
+        let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
         session.request(msg, sink).await?;
         // The session ends every request (its sweep enforces --timeout); this bound is a backstop.
         let backstop = self.config.timeout + Duration::from_secs(5);
@@ -279,8 +279,8 @@ impl Bridge {
             stats: Arc::new(Stats::default()),
         });
         let session = manager.create(Transport::Stdio).await?;
-        let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
-        session.attach_standalone(sink.clone());
+        let (sink, rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
+        session.attach_standalone(sink.clone()).await;
         tokio::spawn(forward(rx, self.out.clone()));
         // Requests on the stdio stream have no per-request timer of their own: sweep.
         let s = session.clone();

@@ -27,8 +27,8 @@ pub async fn get(State(app): State<AppState>, sref: SessionRef) -> Response {
         Ok(s) => s,
         Err(e) => return error_response(&e, None),
     };
-    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
-    session.attach_standalone(sink);
+    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
+    session.attach_standalone(sink).await;
     let (tx, resp) = sse_response(None);
     let pump = Pump {
         session: session.clone(),
@@ -79,7 +79,7 @@ pub async fn post(State(app): State<AppState>, sref: SessionRef, headers: Header
         let session = sref.resolve(&app, Transport::LegacySse).await?;
         match msg.kind() {
             Kind::Request => {
-                let sink = session.standalone_sink().ok_or(GatewayError::SessionNotFound)?.probed(probe.clone());
+                let sink = session.standalone_sink().await.ok_or(GatewayError::SessionNotFound)?.probed(probe.clone());
                 let span =
                     tracing::info_span!("request", session_id = %session.id(), method = msg.method().unwrap_or(""));
                 let id = msg.id().map(ToOwned::to_owned);

@@ -101,7 +101,7 @@ async fn initialize(
 ) -> Result<Response, GatewayError> {
     let session = sref.create(app, Transport::StreamableHttp).await?;
     let span = tracing::info_span!("request", session_id = %session.id(), method = method::INITIALIZE);
-    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
     let sink = sink.probed(probe.clone());
     let answer = async {
         let gid = session.request(msg, sink).await?;
@@ -192,13 +192,13 @@ async fn forward(
         request_id = %client_id.as_deref().map(RawValue::get).unwrap_or(""),
     );
     let kind = if accept.sse { StreamKind::Request } else { StreamKind::Json };
-    let (sink, mut rx) = Sink::channel(session.next_stream(), kind);
+    let (sink, mut rx) = Sink::channel(session.next_stream().await, kind);
     let sink = sink.for_request(client_id.as_deref());
     let sink = sink.probed(probe.clone());
     // Taken before the request goes upstream: a fast answer is emitted while this handler
     // still runs, and its position must come after the priming event's, or a client resuming
     // from the priming id would never get it.
-    let priming = session.next_event_id(&sink);
+    let priming = session.next_event_id(&sink).await;
     let gid = match session.request(msg, sink).instrument(span.clone()).await {
         Ok(g) => g,
         Err(e) => {
@@ -259,7 +259,7 @@ pub async fn get(State(app): State<AppState>, sref: SessionRef, headers: HeaderM
         return resume(&app, session, &last).instrument(span).await;
     }
     let _entered = span.enter();
-    fresh_standalone(&app, session)
+    fresh_standalone(&app, session).await
 }
 
 /// Runs a standalone stream: priming, the backlog, then live messages.
@@ -276,13 +276,16 @@ async fn standalone(
         None => true,
     };
     if ok {
-        for m in backlog {
-            // Queued while no stream was open: delivered now as stored, id-bearing events.
-            if !session.emit(&sink, m, false, None).await {
-                break;
+        // Queued while no stream was open: delivered now as stored, id-bearing events, while
+        // the stream is read (a backlog longer than the stream's buffer must not wait on it).
+        let backlog = async {
+            for m in backlog {
+                if !session.emit(&sink, m, false, None).await {
+                    break;
+                }
             }
-        }
-        pump.run(&mut rx, false, None).await;
+        };
+        tokio::join!(backlog, pump.run(&mut rx, false, None));
     }
     session.detach_standalone(sink.stream);
 }
@@ -290,7 +293,7 @@ async fn standalone(
 async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response {
     let Some((key, after)) = parse_event_id(last) else {
         warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID not issued by tether; resuming from now");
-        return fresh_standalone(app, session);
+        return fresh_standalone(app, session).await;
     };
     let parsed = parse_stream_key(key);
     let (was_standalone, local) = (parsed.standalone, parsed.local);
@@ -301,12 +304,12 @@ async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response 
     if let Some(n) = local {
         if was_standalone {
             let (sink, rx) = Sink::channel(n, StreamKind::Standalone);
-            backlog = session.attach_standalone(sink.clone());
+            backlog = session.attach_standalone(sink.clone()).await;
             live = Some((sink, rx));
         } else {
             let (sink, rx) = Sink::channel(n, StreamKind::Request);
             let sink = sink.for_request_key(&parsed);
-            if session.reattach_request(n, sink.clone()) {
+            if session.reattach_request(n, sink.clone()).await {
                 live = Some((sink, rx));
             }
         }
@@ -318,7 +321,7 @@ async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response 
         Ok(Replay::Gone) if live.is_some() || (!was_standalone && parsed.request_id().is_some()) => Vec::new(),
         Ok(Replay::Gone) => {
             warn!(session_id = %session.id(), last_event_id = %last, "Last-Event-ID is older than retention; resuming from now");
-            return fresh_standalone(app, session);
+            return fresh_standalone(app, session).await;
         }
         Err(e) => return error_response(&e, None),
     };
@@ -344,8 +347,8 @@ async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response 
             Some(_) => {}
             // The standalone stream of an earlier run of tether continues as this run's.
             None if was_standalone => {
-                let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
-                let backlog = session.attach_standalone(sink.clone());
+                let (sink, rx) = Sink::channel(session.next_stream().await, StreamKind::Standalone);
+                let backlog = session.attach_standalone(sink.clone()).await;
                 standalone(pump, sink, rx, backlog, None).await;
             }
             // A request stream of an earlier run whose answer never came (tether stopped first):
@@ -364,11 +367,11 @@ async fn resume(app: &AppState, session: SessionHandle, last: &str) -> Response 
     resp
 }
 
-fn fresh_standalone(app: &AppState, session: SessionHandle) -> Response {
-    let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Standalone);
+async fn fresh_standalone(app: &AppState, session: SessionHandle) -> Response {
+    let (sink, rx) = Sink::channel(session.next_stream().await, StreamKind::Standalone);
     // Before the stream is attached, so that everything it carries comes after it.
-    let priming = session.next_event_id(&sink);
-    let backlog = session.attach_standalone(sink.clone());
+    let priming = session.next_event_id(&sink).await;
+    let backlog = session.attach_standalone(sink.clone()).await;
     let (tx, resp) = sse_response(None);
     let pump = pump(app, &session, tx, false);
     tokio::spawn(standalone(pump, sink, rx, backlog, Some(priming)).in_current_span());

@@ -2,19 +2,20 @@
 //! timeouts, streams, and the end of the session.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tether_protocol::message::{numeric_id, raw_value};
 use tether_protocol::{Message, method, params};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::StreamKind;
+use super::actor::{Command, Waiter};
 use super::recovery::{self, Facts, Failure, Fate, Loss, Safety};
-use super::store::Replay;
-use super::{Pending, Reply, Session, Sink, lock, next_gid, rewrite_param, state_change_of};
+use super::routing::Settled;
+use super::{Pending, Reply, Session, Sink, next_gid, rewrite_param, state_change_of};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
@@ -32,9 +33,14 @@ const SAFE_METHODS: [&str; 9] = [
 ];
 
 impl Session {
-    /// Forwards a client request. Its answer, and messages related to it, go to `sink`.
-    /// Returns the gateway id, which the caller uses to time the request out.
-    pub async fn request(self: &Arc<Self>, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
+    /// Takes a client request. Its answer, and messages related to it, go to `sink`;
+    /// `accepted` hears the gateway id once it went upstream, or why it could not.
+    pub(super) async fn request(
+        &mut self,
+        msg: Message,
+        sink: Sink,
+        accepted: oneshot::Sender<Result<u64, GatewayError>>,
+    ) {
         let method = msg.method().unwrap_or_default().to_owned();
         let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
         let gid = next_gid();
@@ -58,83 +64,164 @@ impl Session {
             upstream_msg: Some(Arc::new(upstream_msg)),
             retry_safe,
             attempts: 0,
+            undelivered: 0,
+            waits: 0,
+            sending: false,
+            accepted: Some(accepted),
         };
-        self.dispatch(gid, pending, None).await.map(|()| gid)
+        self.dispatch(gid, pending, None).await;
     }
 
-    /// Sends a waiting request on a live binding. When the send fails, the recovery policy
-    /// decides: a message the upstream provably never received is sent again after a revive;
-    /// one that may have reached it is retried (a bounded number of times) when repeating it
-    /// is safe, and otherwise ends with "upstream restarted".
-    pub(super) async fn dispatch(
-        self: &Arc<Self>,
-        gid: u64,
-        mut p: Pending,
-        mut stale: Option<u64>,
-    ) -> Result<(), GatewayError> {
-        let Some(msg) = p.upstream_msg.clone() else { return Ok(()) };
-        let mut undelivered = 0;
-        let mut waits = 0u32;
-        let deadline = p.started + self.deps.config.request_timeout;
-        loop {
-            let up = match self.upstream_paced(stale, false).await {
-                Ok(up) => up,
-                // An upstream that served this session before and is away now (a server being
-                // restarted) is waited for, with backoff from the first retry delay, at most
-                // `reconnect_attempts` times, and never past the request's deadline: a request
-                // whose next attempt would come after it ends by its timeout.
-                Err(GatewayError::UpstreamUnavailable(d)) if self.has_bound() => {
-                    waits += 1;
-                    tracing::debug!(session_id = %self.id, error = %d, attempt = waits, "a request found the upstream away");
-                    if self.deps.config.reconnect_attempts.is_some_and(|n| waits > n) {
-                        return Err(GatewayError::UpstreamUnavailable(d));
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let delay = self.deps.config.restart.retry_delay(waits, rand::random());
-                    if delay >= left {
-                        tokio::time::sleep(left).await;
-                        return Err(GatewayError::UpstreamTimeout(self.deps.config.request_timeout.as_secs()));
-                    }
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            p.generation = up.generation();
-            self.insert_pending(gid, p);
-            *lock(&self.upstream_used) = tokio::time::Instant::now();
-            let err = match up.send(&msg, Some(gid)).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            // Take the request back, unless the binding's death already decided its fate.
-            let Some(back) = lock(&self.routes).pending.remove(&gid) else { return Ok(()) };
-            p = back;
-            stale = Some(up.generation());
-            match &err {
-                SendError::SessionLost => self.note_gone("upstream_session_lost"),
-                SendError::Unreachable(_) | SendError::Interrupted(_) => self.note_gone("upstream_disconnected"),
-                SendError::Refused { .. } => {}
+    /// Sends a request on the live binding, or has it wait for one. `stale` names a binding
+    /// the request was lost with: it is replaced even if it still looks alive.
+    pub(super) async fn dispatch(&mut self, gid: u64, mut p: Pending, stale: Option<u64>) {
+        let Some(msg) = p.upstream_msg.clone() else { return };
+        let up = match self.ready(stale, false) {
+            Ok(Some(up)) => up,
+            Ok(None) => {
+                self.waiting.push(Waiter::Request { gid, p });
+                return;
             }
-            let (loss, detail) = match err {
-                SendError::Unreachable(d) => (Loss::Unreachable { tries: undelivered }, d),
-                SendError::SessionLost => (Loss::SendSessionLost { tries: undelivered }, String::new()),
-                SendError::Interrupted(d) => (Loss::Interrupted, d),
-                SendError::Refused { status, detail } => return Err(GatewayError::UpstreamRefused { status, detail }),
-            };
-            match recovery::decide(self.facts(&p), loss) {
-                Fate::Resend => undelivered += 1,
-                Fate::Retry => {
-                    p.attempts += 1;
-                    self.deps.stats.requests_retried.inc();
+            Err(e) => return self.refuse(p, e).await,
+        };
+        p.generation = up.generation();
+        self.upstream_used = Instant::now();
+        let accepted = p.accepted.take();
+        self.routes.pending.insert(gid, p);
+        if up.sends_at_once(&msg) {
+            match up.send(&msg, Some(gid)).await {
+                Ok(()) => {
+                    if let Some(tx) = accepted {
+                        let _ = tx.send(Ok(gid));
+                    }
                 }
-                Fate::Fail(failure) => return Err(self.failure(failure, detail)),
-                // Not outcomes of a send.
-                Fate::Reopen | Fate::LearnTools | Fate::Deliver => {
-                    return Err(self.failure(Failure::Restarted, detail));
+                Err(e) => self.send_failed(gid, up.generation(), e, accepted).await,
+            }
+            return;
+        }
+        self.send_from_task(&up, msg, gid, accepted);
+    }
+
+    /// Sends a request from a task: an HTTP upstream answers the POST's headers when it is
+    /// ready, which the session never waits for. Until the task reports ([`Command::Sent`]),
+    /// the send's outcome, not the binding's end, decides the request's fate.
+    pub(super) fn send_from_task(
+        &mut self,
+        up: &Upstream,
+        msg: Arc<Message>,
+        gid: u64,
+        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
+    ) {
+        if let Some(p) = self.routes.pending.get_mut(&gid) {
+            p.sending = true;
+        }
+        let reporter = self.reporter();
+        let generation = up.generation();
+        let up = up.clone();
+        tokio::spawn(async move {
+            let result = up.send(&msg, Some(gid)).await;
+            if let Err(Command::Sent { accepted: Some(tx), .. }) =
+                reporter.send_or_return(Command::Sent { gid, generation, result, accepted }).await
+            {
+                let _ = tx.send(Err(GatewayError::SessionNotFound));
+            }
+        });
+    }
+
+    /// A send from a task is done. A request whose binding ended meanwhile is settled now:
+    /// it reached the upstream, which is gone.
+    pub(super) async fn sent(
+        &mut self,
+        gid: u64,
+        generation: u64,
+        result: Result<(), SendError>,
+        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
+    ) {
+        if let Err(error) = result {
+            return self.send_failed(gid, generation, error, accepted).await;
+        }
+        if let Some(tx) = accepted {
+            let _ = tx.send(Ok(gid));
+        }
+        let gone = !self.live().is_some_and(|u| u.generation() == generation);
+        let Some(p) = self.routes.pending.get_mut(&gid) else { return };
+        p.sending = false;
+        if !gone {
+            return;
+        }
+        let Some(p) = self.routes.pending.remove(&gid) else { return };
+        match p.reply {
+            Reply::Client(ref sink) => {
+                let sink = sink.clone();
+                let why = "the upstream connection was lost";
+                if let Settled::Deliver(p) =
+                    self.lose(gid, p, sink.clone(), Loss::InFlight, Some(generation), why).await
+                {
+                    let err = self.failure(Failure::Restarted, why.into());
+                    self.end_with(&sink, &p.client_id, &err).await;
                 }
+            }
+            Reply::Internal(i) => {
+                self.internal_in_flight = self.internal_in_flight.saturating_sub(1);
+                self.internal_failed(i, "the upstream connection was lost").await;
             }
         }
+    }
+
+    /// A send failed: the recovery policy decides. A message the upstream provably never
+    /// received is sent again after a revive; one that may have reached it is retried (a
+    /// bounded number of times) when repeating it is safe, and otherwise ends with "upstream
+    /// restarted".
+    async fn send_failed(
+        &mut self,
+        gid: u64,
+        generation: u64,
+        err: SendError,
+        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
+    ) {
+        // Take the request back, unless the binding's death already decided its fate.
+        let Some(mut p) = self.routes.pending.remove(&gid) else {
+            if let Some(tx) = accepted {
+                let _ = tx.send(Ok(gid));
+            }
+            return;
+        };
+        p.accepted = accepted;
+        if let Reply::Internal(_) = p.reply {
+            self.internal_in_flight = self.internal_in_flight.saturating_sub(1);
+            let Reply::Internal(i) = p.reply else { return };
+            return self.internal_failed(i, &err.to_string()).await;
+        }
+        match &err {
+            SendError::SessionLost => self.note_gone("upstream_session_lost"),
+            SendError::Unreachable(_) | SendError::Interrupted(_) => self.note_gone("upstream_disconnected"),
+            SendError::Refused { .. } => {}
+        }
+        let (loss, detail) = match err {
+            SendError::Unreachable(d) => (Loss::Unreachable { tries: tries(p.undelivered) }, d),
+            SendError::SessionLost => (Loss::SendSessionLost { tries: tries(p.undelivered) }, String::new()),
+            SendError::Interrupted(d) => (Loss::Interrupted, d),
+            SendError::Refused { status, detail } => {
+                return self.refuse(p, GatewayError::UpstreamRefused { status, detail }).await;
+            }
+        };
+        match recovery::decide(self.facts(&p), loss) {
+            Fate::Resend => p.undelivered += 1,
+            Fate::Retry => {
+                p.attempts += 1;
+                self.deps.stats.requests_retried.inc();
+            }
+            Fate::Fail(failure) => {
+                let e = self.failure(failure, detail);
+                return self.refuse(p, e).await;
+            }
+            // Not outcomes of a send.
+            Fate::Reopen | Fate::LearnTools | Fate::Deliver => {
+                let e = self.failure(Failure::Restarted, detail);
+                return self.refuse(p, e).await;
+            }
+        }
+        Box::pin(self.dispatch(gid, p, Some(generation))).await;
     }
 
     /// What the recovery policy needs to know about a request.
@@ -143,12 +230,12 @@ impl Session {
             Safety::Initialize
         } else if p.retry_safe {
             Safety::Safe
-        } else if p.method == method::TOOLS_CALL && !lock(&self.list_digests).contains_key("tools") {
+        } else if p.method == method::TOOLS_CALL && !self.list_digests.contains_key("tools") {
             Safety::UnknownTool
         } else {
             Safety::Unsafe
         };
-        Facts { safety, attempts: p.attempts, closed: self.is_closed() }
+        Facts { safety, attempts: p.attempts, closed: self.closed }
     }
 
     /// The error a request ends with, counted.
@@ -176,139 +263,177 @@ impl Session {
             return false;
         }
         let Some(name) = params.and_then(params::call_name) else { return false };
-        self.deps.config.retry_tools.iter().any(|t| t == name.as_ref())
-            || lock(&self.safe_tools).contains(name.as_ref())
+        self.deps.config.retry_tools.iter().any(|t| t == name.as_ref()) || self.safe_tools.contains(name.as_ref())
+    }
+
+    /// Sends a message that is not a request, without waiting for an HTTP upstream.
+    pub(super) async fn send_quiet(&self, up: &Upstream, msg: Message) {
+        if up.sends_at_once(&msg) {
+            if let Err(e) = up.send(&msg, None).await {
+                tracing::debug!(session_id = %self.id, error = %e, "message not delivered upstream");
+            }
+            return;
+        }
+        let up = up.clone();
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = up.send(&msg, None).await {
+                tracing::debug!(session_id = %id, error = %e, "message not delivered upstream");
+            }
+        });
     }
 
     /// Forwards a client notification.
-    pub async fn notify(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
+    pub(super) async fn notify(&mut self, msg: Message, done: oneshot::Sender<Result<(), GatewayError>>) {
         self.note_activity(false);
         let mut msg = msg;
         if msg.is(method::NOTIFICATION_CANCELLED) {
-            let Some(gid) = self.cancel_by_client_id(&msg) else {
-                return Ok(());
-            };
-            rewrite_param(&mut msg, "requestId", &numeric_id(gid));
-            if let Some(up) = self.current().filter(Upstream::is_alive) {
-                let _ = up.send(&msg, None).await;
+            if let Some(gid) = self.cancel_by_client_id(&msg) {
+                rewrite_param(&mut msg, "requestId", &numeric_id(gid));
+                if let Some(up) = self.live().cloned() {
+                    self.send_quiet(&up, msg).await;
+                }
             }
-            return Ok(());
+            let _ = done.send(Ok(()));
+            return;
         }
-        let up = self.upstream(None).await?;
-        match up.send(&msg, None).await {
-            Ok(()) => Ok(()),
-            Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
+        match self.ready(None, true) {
+            Ok(Some(up)) => self.send_notification(&up, msg, done).await,
+            Ok(None) => self.waiting.push(Waiter::Notify { msg, done }),
             Err(e) => {
-                // Lost with the connection; the revive replays what matters (initialized).
-                tracing::debug!(session_id = %self.id, error = %e, "notification not delivered");
-                Ok(())
+                let _ = done.send(Err(e));
             }
+        }
+    }
+
+    /// Sends a client notification on a live binding; `done` hears a refusal.
+    pub(super) async fn send_notification(
+        &self,
+        up: &Upstream,
+        msg: Message,
+        done: oneshot::Sender<Result<(), GatewayError>>,
+    ) {
+        let id = self.id.clone();
+        let at_once = up.sends_at_once(&msg);
+        let send = {
+            let up = up.clone();
+            async move {
+                let r = match up.send(&msg, None).await {
+                    Ok(()) => Ok(()),
+                    Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
+                    Err(e) => {
+                        // Lost with the connection; the revive replays what matters (initialized).
+                        tracing::debug!(session_id = %id, error = %e, "notification not delivered");
+                        Ok(())
+                    }
+                };
+                let _ = done.send(r);
+            }
+        };
+        if at_once {
+            send.await;
+        } else {
+            tokio::spawn(send);
         }
     }
 
     /// Forwards the client's answer to a server→client request, to the upstream's original id.
-    pub async fn answer(self: &Arc<Self>, msg: Message) -> Result<(), GatewayError> {
+    pub(super) async fn answer(&mut self, msg: Message) {
         self.note_activity(false);
         let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
-        let Some(sr) = lock(&self.routes).server_requests.remove(&key) else {
+        let Some(sr) = self.routes.server_requests.remove(&key) else {
             tracing::debug!(session_id = %self.id, id = %key, "answer to an unknown server request; dropped");
-            return Ok(());
+            return;
         };
-        let Some(up) = self.current().filter(|u| u.generation() == sr.generation && u.is_alive()) else {
+        let Some(up) = self.live().filter(|u| u.generation() == sr.generation).cloned() else {
             tracing::debug!(session_id = %self.id, "answer for an upstream that has since restarted; dropped");
-            return Ok(());
+            return;
         };
         let mut msg = msg;
         msg.set_id(sr.upstream_id);
-        if let Err(e) = up.send(&msg, None).await {
-            tracing::debug!(session_id = %self.id, error = %e, "answer not delivered");
-        }
-        Ok(())
+        self.send_quiet(&up, msg).await;
     }
 
     /// Ends a request that ran out of time: the upstream is told to cancel it, and the client
     /// gets the error on the request's own stream. False if the answer won the race.
-    pub async fn time_out(&self, gid: u64) -> bool {
-        let Some(p) = lock(&self.routes).pending.remove(&gid) else { return false };
-        self.end_overdue(p).await;
+    pub(super) async fn time_out(&mut self, gid: u64) -> bool {
+        if let Some(p) = self.routes.pending.remove(&gid) {
+            self.end_overdue(p).await;
+            return true;
+        }
+        let Some(i) = self.waiting.iter().position(|w| matches!(w, Waiter::Request { gid: g, .. } if *g == gid)) else {
+            return false;
+        };
+        if let Waiter::Request { p, .. } = self.waiting.remove(i) {
+            self.end_overdue(p).await;
+        }
         true
     }
 
-    async fn end_overdue(&self, p: Pending) {
-        if let Some(up) = self.current().filter(Upstream::is_alive) {
+    async fn end_overdue(&mut self, p: Pending) {
+        if let Some(up) = self.live().cloned() {
             let params = raw_value(&serde_json::json!({ "requestId": p.seq, "reason": "timed out" }));
-            let _ = up.send(&Message::notification(method::NOTIFICATION_CANCELLED, Some(&params)), None).await;
+            self.send_quiet(&up, Message::notification(method::NOTIFICATION_CANCELLED, Some(&params))).await;
         }
         let secs = self.deps.config.request_timeout.as_secs();
         warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
         self.deps.stats.requests_timed_out.inc();
-        if let Reply::Client(sink) = &p.reply {
-            self.end_with(sink, &p.client_id, &GatewayError::UpstreamTimeout(secs)).await;
+        if matches!(p.reply, Reply::Client(_)) {
+            self.refuse(p, GatewayError::UpstreamTimeout(secs)).await;
         }
     }
 
     /// Opens the client's standalone stream (replacing an older one) and returns what was
     /// queued for it.
-    pub fn attach_standalone(&self, sink: Sink) -> Vec<Bytes> {
-        let backlog: Vec<Bytes> = {
-            let mut r = lock(&self.routes);
-            r.standalone = Some(sink);
-            r.backlog.drain(..).collect()
-        };
-        if let Some(up) = self.current().filter(Upstream::is_alive) {
+    pub(super) fn attach_standalone(&mut self, sink: Sink) -> Vec<Bytes> {
+        self.routes.standalone = Some(sink);
+        let backlog: Vec<Bytes> = self.routes.backlog.drain(..).collect();
+        if let Some(up) = self.live() {
             up.open_standalone();
         }
+        self.publish();
         backlog
     }
 
     /// Forgets the standalone stream `stream`, if it is still the current one.
-    pub fn detach_standalone(&self, stream: u64) {
-        let mut r = lock(&self.routes);
-        if r.standalone.as_ref().is_some_and(|s| s.stream == stream) {
-            r.standalone = None;
-            drop(r);
+    pub(super) fn detach_standalone(&mut self, stream: u64) {
+        if self.routes.standalone.as_ref().is_some_and(|s| s.stream == stream) {
+            self.routes.standalone = None;
             // The stream was activity until now: the TTL counts from its close.
             self.stream_activity(0);
+            self.publish();
         }
-    }
-
-    /// The standalone stream's sink (a legacy session's only stream).
-    pub fn standalone_sink(&self) -> Option<Sink> {
-        lock(&self.routes).standalone.clone()
-    }
-
-    /// Writes one message to a sink.
-    pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
-        self.emit(sink, data, true, None).await
     }
 
     /// Ends client requests older than the request timeout (for streams that have no
     /// per-request timer: legacy SSE).
-    pub async fn expire_overdue(&self) {
+    pub(super) async fn expire_overdue(&mut self) {
         let timeout = self.deps.config.request_timeout;
-        let overdue: Vec<Pending> = {
-            let mut r = lock(&self.routes);
-            let gids: Vec<u64> = r
-                .pending
-                .iter()
-                .filter(|(_, p)| matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout)
-                .map(|(g, _)| *g)
-                .collect();
-            gids.iter().filter_map(|g| r.pending.remove(g)).collect()
-        };
-        for p in overdue {
-            self.end_overdue(p).await;
+        let gids: Vec<u64> = self
+            .routes
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p.reply, Reply::Client(_)) && p.started.elapsed() >= timeout)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in gids {
+            if let Some(p) = self.routes.pending.remove(&g) {
+                self.end_overdue(p).await;
+            }
         }
     }
 
     /// Moves a request still waiting for its answer onto a new stream (a client resuming its
     /// POST stream with `Last-Event-ID`). False if no such request is waiting here.
-    pub fn reattach_request(&self, stream: u64, sink: Sink) -> bool {
-        let mut r = lock(&self.routes);
-        let found = r
-            .pending
-            .values_mut()
-            .find(|p| matches!(&p.reply, Reply::Client(s) if s.stream == stream && s.kind == StreamKind::Request));
+    pub(super) fn reattach_request(&mut self, stream: u64, sink: Sink) -> bool {
+        let is_it =
+            |p: &Pending| matches!(&p.reply, Reply::Client(s) if s.stream == stream && s.kind == StreamKind::Request);
+        let found = self.routes.pending.values_mut().find(|p| is_it(p)).or_else(|| {
+            self.waiting.iter_mut().find_map(|w| match w {
+                Waiter::Request { p, .. } if is_it(p) => Some(p),
+                _ => None,
+            })
+        });
         match found {
             Some(p) => {
                 // The request's metrics probe follows it to the new stream.
@@ -323,80 +448,67 @@ impl Session {
         }
     }
 
-    /// The stored events of a stream after `after_seq`.
-    pub async fn replay(&self, key: &str, after_seq: u64) -> Result<Replay, GatewayError> {
-        let limit = self.deps.config.retention.per_stream;
-        self.deps.store.replay(&self.id, key, after_seq, limit).await.map_err(|e| GatewayError::Store(e.to_string()))
-    }
-
     /// Whether the binding is live, unused for `idle`, with nothing in flight and no client
     /// stream waiting for server messages.
-    pub fn upstream_idle_for(&self, idle: std::time::Duration) -> bool {
-        let used = *lock(&self.upstream_used);
-        self.upstream_alive()
-            && used.elapsed() >= idle
-            && !self.has_standalone()
-            && lock(&self.routes).pending.is_empty()
+    pub(super) fn upstream_idle_for(&self, idle: std::time::Duration) -> bool {
+        self.live().is_some()
+            && self.upstream_used.elapsed() >= idle
+            && self.routes.standalone.is_none()
+            && self.routes.pending.is_empty()
+            && self.waiting.is_empty()
     }
 
-    /// Whether a standalone stream is open.
-    pub fn has_standalone(&self) -> bool {
-        lock(&self.routes).standalone.is_some()
+    /// Client requests waiting for their answer.
+    pub(super) fn pending_requests(&self) -> usize {
+        self.routes.pending.values().filter(|p| matches!(p.reply, Reply::Client(_))).count()
+            + self.waiting.iter().filter(|w| matches!(w, Waiter::Request { .. })).count()
     }
 
-    /// Ends the session's live side: pending requests get an error, streams end, the upstream
-    /// closes. The record is closed by the manager.
-    pub async fn shutdown(&self) {
-        self.closed.store(true, Ordering::Release);
-        let pending: Vec<Pending> = {
-            let mut r = lock(&self.routes);
-            r.standalone = None;
-            r.server_requests.clear();
-            r.pending.take_all()
-        };
-        for p in pending {
+    /// Ends the session's live side: pending requests get an error, streams end; the binding
+    /// is handed back to be closed. The record is closed by the manager.
+    pub(super) async fn shutdown(&mut self) -> Option<Upstream> {
+        self.closed = true;
+        self.routes.standalone = None;
+        self.routes.server_requests.clear();
+        for (_, p) in self.routes.pending.take_all() {
             if let Reply::Client(sink) = p.reply {
                 self.end_with(&sink, &p.client_id, &GatewayError::SessionNotFound).await;
             }
         }
-        let up = self.binding.lock().await.take();
-        lock(&self.current).take();
-        if let Some(up) = up {
-            up.close().await;
+        self.internal_in_flight = 0;
+        for w in std::mem::take(&mut self.waiting) {
+            self.settle(w, &GatewayError::SessionNotFound).await;
         }
+        let up = self.retire(false);
+        self.publish();
+        up
     }
 
-    /// Closes the upstream binding but keeps the session (idle reap, gateway shutdown).
-    pub async fn release_upstream(&self) {
-        let up = self.binding.lock().await.take();
-        lock(&self.current).take();
-        if let Some(up) = up {
-            self.note_gone("upstream_reaped");
-            up.close().await;
-        }
+    /// Lets the binding go but keeps the session (idle reap, gateway shutdown); the caller
+    /// closes what it gets. What was in flight on it settles when its end is reported.
+    pub(super) fn release(&mut self, cause: &'static str) -> Option<Upstream> {
+        let up = self.retire(true)?;
+        self.note_gone(cause);
+        self.publish();
+        Some(up)
     }
 
-    /// Whether an upstream binding is live.
-    pub fn upstream_alive(&self) -> bool {
-        self.current().is_some_and(|u| u.is_alive())
-    }
-
-    /// The stdio child's pid, if the binding is a live child.
-    pub fn upstream_pid(&self) -> Option<u32> {
-        self.current().filter(Upstream::is_alive).and_then(|u| u.pid())
-    }
-
-    fn cancel_by_client_id(&self, msg: &Message) -> Option<u64> {
+    fn cancel_by_client_id(&mut self, msg: &Message) -> Option<u64> {
         let request_id = params::cancelled_request_id(msg.params()?)?;
-        let mut r = lock(&self.routes);
-        let gid = r
+        let gid = self
+            .routes
             .pending
             .iter()
             .find(|(_, p2)| matches!(p2.reply, Reply::Client(_)) && p2.client_id.get() == request_id.get())
             .map(|(g, _)| *g)?;
         // Dropping the pending entry ends the client's stream for it: a cancelled request
         // gets no answer.
-        r.pending.remove(&gid);
+        self.routes.pending.remove(&gid);
         Some(gid)
     }
+}
+
+/// A count as the recovery policy reads it (it stops well before 255).
+fn tries(n: u32) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
 }

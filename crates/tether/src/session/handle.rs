@@ -1,25 +1,30 @@
 //! [`SessionHandle`]: what callers (downstream, bridge, admin, the manager's map) hold of a
-//! session. A cheap clone naming one session; every call goes to the session, which alone holds
-//! its state. Callers never see [`Session`] itself, so the session's inside can become one task
-//! owning its state (issue 11, `docs/actor-plan.md`) without touching them again.
+//! session. A cheap clone naming one session; every call is a command to the session's task,
+//! which alone holds its state, or a read of what the task last published.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tether_protocol::Message;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::inspect::{LastError, UpstreamState};
+use super::actor::{Command, Inbox};
+use super::inspect::{LastError, UpstreamState, View};
 use super::record::{SessionRecord, Transport};
-use super::store::Replay;
-use super::{Session, SessionConfig, Sink};
+use super::store::{Activity, Replay};
+use super::{SessionConfig, Shared, Sink, event_id};
 use crate::error::GatewayError;
+use crate::upstream::Upstream;
 use crate::upstream::credentials::ForwardedAuth;
 
-/// One session, as its callers hold it.
+/// One session, as its callers hold it: the session's inbox, and what it shows without being
+/// asked.
 #[derive(Clone)]
 pub struct SessionHandle {
-    session: Arc<Session>,
+    shared: Arc<Shared>,
+    tx: Inbox,
+    view: watch::Receiver<View>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -70,211 +75,284 @@ impl Snapshot {
 }
 
 impl SessionHandle {
-    pub(super) fn new(session: Arc<Session>) -> SessionHandle {
-        SessionHandle { session }
+    pub(super) fn new(shared: Arc<Shared>, tx: Inbox, view: watch::Receiver<View>) -> SessionHandle {
+        SessionHandle { shared, tx, view }
     }
 
-    /// The session behind the handle (the session layer's own use: the manager's reaper,
-    /// activity writer and shutdown).
-    pub(super) fn session(&self) -> &Arc<Session> {
-        &self.session
+    /// Asks the session something; `None` when it has ended.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Box::new(make(tx))).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Tells the session something, without waiting for it.
+    async fn tell(&self, cmd: Command) {
+        let _ = self.tx.send(Box::new(cmd)).await;
     }
 
     /// tether's id for the session.
     pub fn id(&self) -> &str {
-        self.session.id()
+        &self.shared.id
     }
 
     /// The client-facing transport.
     pub fn transport(&self) -> Transport {
-        self.session.transport()
+        self.shared.transport
     }
 
     /// The config the session runs with.
     pub fn config(&self) -> &SessionConfig {
-        self.session.config()
+        &self.shared.deps.config
     }
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.session.is_closed()
+        self.tx.is_closed() || self.view.borrow().closed
     }
 
     /// The slot holding the client's credential for upstream requests (`--forward-auth`).
     pub fn forwarded_auth(&self) -> &ForwardedAuth {
-        self.session.forwarded_auth()
+        &self.shared.forwarded
     }
 
     /// Whether the session completed a handshake, so an upstream has served it before.
     pub fn has_bound(&self) -> bool {
-        self.session.has_bound()
+        self.view.borrow().record.upstream_init.is_some()
     }
 
     /// The principal the session is bound to (a fingerprint, see `crate::auth`), if any.
     pub fn principal(&self) -> Option<String> {
-        self.session.principal()
+        self.shared.principal.clone()
+    }
+
+    /// When the session was created (Unix ms).
+    pub fn created_at(&self) -> u64 {
+        self.shared.created_at
     }
 
     /// The negotiated protocol version, once initialized.
     pub fn protocol_version(&self) -> Option<String> {
-        self.session.protocol_version()
+        self.view.borrow().record.protocol_version.clone()
     }
 
-    /// A copy of the record as the session sees it now.
+    /// A copy of the record as the session last showed it.
     pub fn record(&self) -> SessionRecord {
-        self.session.record()
+        self.view.borrow().record.clone()
     }
 
     /// Milliseconds since the Unix epoch of the last client activity.
     pub fn last_active(&self) -> u64 {
-        self.session.last_active()
+        self.view.borrow().record.last_active
     }
 
     /// Forwards a client request; its answer, and messages related to it, go to `sink`.
-    /// Returns the gateway id, which the caller uses to time the request out.
+    /// Returns the gateway id once it went upstream, which the caller uses to time it out.
     pub async fn request(&self, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
-        self.session.request(msg, sink).await
+        self.ask(|accepted| Command::Request { msg, sink, accepted })
+            .await
+            .unwrap_or(Err(GatewayError::SessionNotFound))
     }
 
     /// Forwards a client notification.
     pub async fn notify(&self, msg: Message) -> Result<(), GatewayError> {
-        self.session.notify(msg).await
+        self.ask(|done| Command::Notify { msg, done }).await.unwrap_or(Err(GatewayError::SessionNotFound))
     }
 
     /// Forwards the client's answer to a server→client request.
     pub async fn answer(&self, msg: Message) -> Result<(), GatewayError> {
-        self.session.answer(msg).await
+        if self.tx.send(Box::new(Command::Answer { msg })).await.is_err() {
+            return Err(GatewayError::SessionNotFound);
+        }
+        Ok(())
     }
 
     /// Ends a request that ran out of time. False if the answer won the race.
     pub async fn time_out(&self, gid: u64) -> bool {
-        self.session.time_out(gid).await
+        self.ask(|reply| Command::TimeOut { gid, reply }).await.unwrap_or(false)
     }
 
     /// Ends client requests older than the request timeout (streams without a per-request
     /// timer: legacy SSE, the bridge).
     pub async fn expire_overdue(&self) {
-        self.session.expire_overdue().await
+        self.tell(Command::ExpireOverdue).await;
     }
 
     /// A new stream number for a client stream of this session.
-    pub fn next_stream(&self) -> u64 {
-        self.session.next_stream()
+    pub async fn next_stream(&self) -> u64 {
+        self.ask(|reply| Command::NextStream { reply }).await.unwrap_or(0)
     }
 
     /// A fresh event id on a sink's stream that is not stored (priming events).
-    pub fn next_event_id(&self, sink: &Sink) -> String {
-        self.session.next_event_id(sink)
+    pub async fn next_event_id(&self, sink: &Sink) -> String {
+        let sink = sink.clone();
+        let key = sink.key();
+        self.ask(|reply| Command::EventId { sink, reply }).await.unwrap_or_else(|| event_id(&key, 0))
     }
 
     /// Sends one message to a client stream (stored first on a resumable one).
     pub async fn emit(&self, sink: &Sink, data: Bytes, fin: bool, status: Option<u16>) -> bool {
-        self.session.emit(sink, data, fin, status).await
+        let sink = sink.clone();
+        self.ask(|reply| Command::Emit { sink, data, fin, status, reply }).await.unwrap_or(false)
     }
 
     /// Writes one message to a sink.
     pub async fn send_to(&self, sink: &Sink, data: Bytes) -> bool {
-        self.session.send_to(sink, data).await
+        self.emit(sink, data, true, None).await
     }
 
     /// Opens the client's standalone stream (replacing an older one) and returns what was
     /// queued for it.
-    pub fn attach_standalone(&self, sink: Sink) -> Vec<Bytes> {
-        self.session.attach_standalone(sink)
+    pub async fn attach_standalone(&self, sink: Sink) -> Vec<Bytes> {
+        self.ask(|reply| Command::AttachStandalone { sink, reply }).await.unwrap_or_default()
     }
 
-    /// Forgets the standalone stream `stream`, if it is still the current one.
+    /// Forgets the standalone stream `stream`, if it is still the current one. Callable where
+    /// nothing can wait (a stream's end): a full inbox hands it to a task.
     pub fn detach_standalone(&self, stream: u64) {
-        self.session.detach_standalone(stream)
+        if let Err(mpsc::error::TrySendError::Full(cmd)) =
+            self.tx.try_send(Box::new(Command::DetachStandalone { stream }))
+        {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 
     /// The standalone stream's sink (a legacy session's only stream).
-    pub fn standalone_sink(&self) -> Option<Sink> {
-        self.session.standalone_sink()
+    pub async fn standalone_sink(&self) -> Option<Sink> {
+        self.ask(|reply| Command::StandaloneSink { reply }).await.flatten()
     }
 
     /// Moves a request still waiting for its answer onto a new stream (a resume with
     /// `Last-Event-ID`). False if no such request is waiting here.
-    pub fn reattach_request(&self, stream: u64, sink: Sink) -> bool {
-        self.session.reattach_request(stream, sink)
+    pub async fn reattach_request(&self, stream: u64, sink: Sink) -> bool {
+        self.ask(|reply| Command::Reattach { stream, sink, reply }).await.unwrap_or(false)
     }
 
     /// The stored events of a stream after `after_seq`.
     pub async fn replay(&self, key: &str, after_seq: u64) -> Result<Replay, GatewayError> {
-        self.session.replay(key, after_seq).await
+        let limit = self.config().retention.per_stream;
+        self.shared
+            .deps
+            .store
+            .replay(self.id(), key, after_seq, limit)
+            .await
+            .map_err(|e| GatewayError::Store(e.to_string()))
     }
 
     /// An operator's "refresh": the binding is rebuilt by replay now. The new generation, or
     /// `None` for a session that has not completed its handshake.
     pub async fn refresh(&self) -> Result<Option<u64>, GatewayError> {
-        self.session.refresh().await
+        self.ask(|reply| Command::Refresh { reply }).await.unwrap_or(Err(GatewayError::SessionNotFound))
     }
 
     /// Whether a standalone stream is open.
     pub fn has_standalone(&self) -> bool {
-        self.session.has_standalone()
+        self.view.borrow().standalone
     }
 
     /// The state of the upstream binding.
     pub fn upstream_state(&self) -> UpstreamState {
-        self.session.upstream_state()
+        self.view.borrow().upstream_state()
+    }
+
+    fn current(&self) -> Option<Upstream> {
+        self.view.borrow().current.clone()
     }
 
     /// Whether an upstream binding is live.
     pub fn upstream_alive(&self) -> bool {
-        self.session.upstream_alive()
+        self.current().is_some_and(|u| u.is_alive())
     }
 
     /// The era the current upstream connection speaks (`None`: stdio, legacy SSE, or none yet).
     pub fn upstream_era(&self) -> Option<crate::upstream::era::Era> {
-        self.session.upstream_era()
+        self.current().and_then(|u| u.era())
     }
 
     /// How many times the upstream side was rebuilt.
     pub fn revive_count(&self) -> u64 {
-        self.session.revive_count()
+        self.view.borrow().revives
     }
 
     /// The stdio child's pid, if the binding is a live child.
     pub fn upstream_pid(&self) -> Option<u32> {
-        self.session.upstream_pid()
+        self.current().filter(Upstream::is_alive).and_then(|u| u.pid())
     }
 
     /// When (Unix ms) the upstream side was last revived, and why.
     pub fn last_revive(&self) -> Option<(u64, &'static str)> {
-        self.session.last_revive()
+        self.view.borrow().last_revive
     }
 
     /// Client requests waiting for their answer.
-    pub fn pending_requests(&self) -> usize {
-        self.session.pending_requests()
+    pub async fn pending_requests(&self) -> usize {
+        self.ask(|reply| Command::PendingCount { reply }).await.unwrap_or(0)
     }
 
     /// The last upstream failure, if any.
     pub fn last_error(&self) -> Option<LastError> {
-        self.session.last_error()
+        self.view.borrow().last_error.clone()
     }
 
-    /// Everything an operator sees of the session, at once.
+    /// Everything an operator sees of the session, at once (of an ended session, what it
+    /// showed last).
     pub async fn inspect(&self) -> Snapshot {
-        let s = &self.session;
-        let (breaker_open_for, consecutive_failures) = s.breaker_status();
+        if let Some(s) = self.ask(|reply| Command::Inspect { reply }).await {
+            return s;
+        }
+        let v = self.view.borrow().clone();
         Snapshot {
-            record: s.record(),
-            upstream_state: s.upstream_state(),
-            alive: s.upstream_alive(),
-            pid: s.upstream_pid(),
-            upstream_session: s.upstream_session(),
-            generation: s.generation(),
-            revives: s.revive_count(),
-            last_revive: s.last_revive(),
-            last_error: s.last_error(),
-            breaker_open_for,
-            consecutive_failures,
-            streams_opened: s.streams_opened(),
-            standalone_open: s.has_standalone(),
-            pending_requests: s.pending_requests(),
-            in_flight: s.in_flight(Snapshot::IN_FLIGHT),
+            upstream_state: v.upstream_state(),
+            record: v.record,
+            alive: false,
+            pid: None,
+            upstream_session: None,
+            generation: None,
+            revives: v.revives,
+            last_revive: v.last_revive,
+            last_error: v.last_error,
+            breaker_open_for: None,
+            consecutive_failures: 0,
+            streams_opened: 0,
+            standalone_open: false,
+            pending_requests: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// The activity not yet written to the store; an open standalone stream counts as
+    /// activity once the last is `refresh_ms` old.
+    pub(super) async fn take_activity(&self, refresh_ms: u64) -> Option<Activity> {
+        self.ask(|reply| Command::TakeActivity { refresh_ms, reply }).await.flatten()
+    }
+
+    /// Closes the binding if it sat unused for `idle` with nothing waiting on it; true if it
+    /// did.
+    pub(super) async fn release_if_idle(&self, idle: Duration) -> bool {
+        match self.ask(|reply| Command::ReleaseIfIdle { idle, reply }).await.flatten() {
+            Some(up) => {
+                up.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the binding but keeps the session (gateway shutdown).
+    pub(super) async fn release_upstream(&self) {
+        if let Some(up) = self.ask(|reply| Command::Release { reply }).await.flatten() {
+            up.close().await;
+        }
+    }
+
+    /// Ends the session's live side: pending requests get an error, streams end, the upstream
+    /// closes. The record is closed by the manager.
+    pub(super) async fn shutdown(&self) {
+        if let Some(up) = self.ask(|reply| Command::Shutdown { reply }).await.flatten() {
+            up.close().await;
         }
     }
 }

@@ -1,11 +1,12 @@
 //! What an operator can see of a live session without changing it: the state of its upstream
 //! binding, its streams and its last upstream failure. Read by the admin API and metrics.
 
-use std::sync::atomic::Ordering;
+use tokio::time::Instant;
 
-use super::record::now_ms;
-use super::{Session, lock};
-use crate::upstream::QuitReason;
+use super::handle::Snapshot;
+use super::record::{SessionRecord, now_ms};
+use super::{Binding, Session};
+use crate::upstream::{QuitReason, Upstream};
 
 /// The state of a session's upstream binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +46,9 @@ pub struct LastError {
 #[derive(Debug, Default)]
 pub(super) struct ReviveCause {
     /// Set when the binding goes; taken by the revive that replaces it.
-    gone: Option<&'static str>,
+    pub(super) gone: Option<&'static str>,
     /// The last revive: when (Unix ms) and why.
-    last: Option<(u64, &'static str)>,
+    pub(super) last: Option<(u64, &'static str)>,
 }
 
 /// The cause label of a binding that ended on its own, by what ended it.
@@ -60,101 +61,156 @@ pub(super) fn loss_cause(reason: &QuitReason) -> &'static str {
     }
 }
 
-impl Session {
-    /// Remembers why the binding went away, unless an earlier cause is still unresolved (a
-    /// revive that failed keeps the cause of the loss it was repairing).
-    pub(super) fn note_gone(&self, cause: &'static str) {
-        lock(&self.revive_cause).gone.get_or_insert(cause);
-    }
-
-    /// The cause of the revive about to happen: what took the binding away, else `fallback`.
-    pub(super) fn gone_cause(&self, fallback: &'static str) -> &'static str {
-        lock(&self.revive_cause).gone.unwrap_or(fallback)
-    }
-
-    /// A revive succeeded: the cause is resolved.
-    pub(super) fn note_revived(&self, cause: &'static str) {
-        let mut c = lock(&self.revive_cause);
-        c.gone = None;
-        c.last = Some((now_ms(), cause));
-    }
-
+/// What a session shows its handles without being asked: published by its task when it
+/// changes, read by the sync getters that metrics, the reaper's filters and tests call.
+#[derive(Clone)]
+pub(crate) struct View {
+    /// The record (activity as of the last publication).
+    pub record: SessionRecord,
+    /// The current binding, live or dead.
+    pub current: Option<Upstream>,
+    /// A revive is under way.
+    pub reviving: bool,
+    /// The last revive failed.
+    pub lost: bool,
+    /// Until when the crash-loop breaker refuses restarts.
+    pub breaker_open_until: Option<Instant>,
+    /// How many times the upstream side was rebuilt.
+    pub revives: u64,
     /// When (Unix ms) the upstream side was last revived, and why.
-    pub fn last_revive(&self) -> Option<(u64, &'static str)> {
-        lock(&self.revive_cause).last
+    pub last_revive: Option<(u64, &'static str)>,
+    /// The last upstream failure.
+    pub last_error: Option<LastError>,
+    /// Whether a standalone stream is open.
+    pub standalone: bool,
+    /// Whether the session has ended.
+    pub closed: bool,
+}
+
+impl View {
+    /// What a new session shows.
+    pub fn of(record: &SessionRecord) -> View {
+        View {
+            record: record.clone(),
+            current: None,
+            reviving: false,
+            lost: false,
+            breaker_open_until: None,
+            revives: 0,
+            last_revive: None,
+            last_error: None,
+            standalone: false,
+            closed: false,
+        }
     }
 
     /// The state of the upstream binding.
     pub fn upstream_state(&self) -> UpstreamState {
-        if lock(&self.breaker).is_open(tokio::time::Instant::now()) {
+        if self.breaker_open_until.is_some_and(|t| Instant::now() < t) {
             return UpstreamState::Broken;
         }
-        if self.upstream_alive() {
+        if self.current.as_ref().is_some_and(Upstream::is_alive) {
             return UpstreamState::Alive;
         }
-        // The binding lock is held while a binding is (re)built; a dead binding still in place
-        // is replaced on next use.
-        let rebuilding = self.binding.try_lock().is_err();
-        if rebuilding || self.current().is_some() {
+        // A dead binding still in place is replaced on next use.
+        if self.reviving || self.lost || self.current.is_some() {
             return UpstreamState::Restarting;
         }
         UpstreamState::Idle
     }
+}
 
-    /// The last upstream failure, if any.
-    pub fn last_error(&self) -> Option<LastError> {
-        lock(&self.last_error).clone()
+impl Session {
+    /// Shows handles the session as it is now.
+    pub(super) fn publish(&mut self) {
+        let now = Instant::now();
+        let breaker_open_until = self.breaker.open_for(now).map(|d| now + d);
+        let record = self.record.clone();
+        let current = self.current().cloned();
+        let reviving = matches!(self.binding, Binding::Reviving { .. });
+        let (lost, revives, last_revive) = (self.lost, self.revives, self.revive_cause.last);
+        let last_error = self.last_error.clone();
+        let (standalone, closed) = (self.routes.standalone.is_some(), self.closed);
+        self.view.send_modify(|v| {
+            *v = View {
+                record,
+                current,
+                reviving,
+                lost,
+                breaker_open_until,
+                revives,
+                last_revive,
+                last_error,
+                standalone,
+                closed,
+            }
+        });
+    }
+
+    /// Shows handles the latest activity.
+    pub(super) fn publish_activity(&mut self) {
+        let (last_active, requests, tool_calls) =
+            (self.record.last_active, self.record.requests, self.record.tool_calls);
+        self.view.send_modify(|v| {
+            v.record.last_active = last_active;
+            v.record.requests = requests;
+            v.record.tool_calls = tool_calls;
+        });
+    }
+
+    /// Remembers why the binding went away, unless an earlier cause is still unresolved (a
+    /// revive that failed keeps the cause of the loss it was repairing).
+    pub(super) fn note_gone(&mut self, cause: &'static str) {
+        self.revive_cause.gone.get_or_insert(cause);
+    }
+
+    /// The cause of the revive about to happen: what took the binding away, else `fallback`.
+    pub(super) fn gone_cause(&self, fallback: &'static str) -> &'static str {
+        self.revive_cause.gone.unwrap_or(fallback)
+    }
+
+    /// A revive succeeded: the cause is resolved.
+    pub(super) fn note_revived(&mut self, cause: &'static str) {
+        self.revive_cause.gone = None;
+        self.revive_cause.last = Some((now_ms(), cause));
     }
 
     /// Remembers an upstream failure for the admin API.
-    pub(super) fn note_error(&self, message: impl std::fmt::Display) {
-        *lock(&self.last_error) = Some(LastError { at_ms: now_ms(), message: message.to_string() });
+    pub(super) fn note_error(&mut self, message: impl std::fmt::Display) {
+        self.last_error = Some(LastError { at_ms: now_ms(), message: message.to_string() });
     }
 
-    /// How many client streams the session has opened in this process.
-    pub fn streams_opened(&self) -> u64 {
-        self.streams.load(Ordering::Relaxed).saturating_sub(1)
-    }
-
-    /// The generation of the current binding (each revive makes a new one), if there is one.
-    pub fn generation(&self) -> Option<u64> {
-        self.current().map(|u| u.generation())
-    }
-
-    /// The era the current upstream connection speaks: `None` for stdio and legacy SSE
-    /// (handshake era only) and before a first connection.
-    pub fn upstream_era(&self) -> Option<crate::upstream::era::Era> {
-        self.current().and_then(|u| u.era())
-    }
-
-    /// The upstream's own session id, for a Streamable HTTP binding.
-    pub fn upstream_session(&self) -> Option<String> {
-        self.current().filter(super::Upstream::is_alive).and_then(|u| u.upstream_session())
-    }
-
-    /// The crash-loop breaker: how long it stays open (if it is), and the failures since the
-    /// last successful start.
-    pub fn breaker_status(&self) -> (Option<std::time::Duration>, u32) {
-        let b = lock(&self.breaker);
-        (b.open_for(tokio::time::Instant::now()), b.consecutive_failures())
-    }
-
-    /// The client requests in flight: method and age, oldest first, at most `max`.
-    pub fn in_flight(&self, max: usize) -> Vec<(String, std::time::Duration)> {
-        let r = lock(&self.routes);
-        let mut v: Vec<(String, std::time::Duration)> = r
+    /// Everything an operator sees of the session, at once.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let now = Instant::now();
+        self.publish();
+        let view = self.view.borrow().clone();
+        let live = self.live();
+        let mut in_flight: Vec<(String, std::time::Duration)> = self
+            .routes
             .pending
             .values()
             .filter(|p| matches!(p.reply, super::Reply::Client(_)))
-            .map(|p| (p.method.clone(), p.started.elapsed()))
+            .map(|p| (p.method.clone(), now.duration_since(p.started)))
             .collect();
-        v.sort_by_key(|p| std::cmp::Reverse(p.1));
-        v.truncate(max);
-        v
-    }
-
-    /// Client requests waiting for their answer.
-    pub fn pending_requests(&self) -> usize {
-        lock(&self.routes).pending.values().filter(|p| matches!(p.reply, super::Reply::Client(_))).count()
+        in_flight.sort_by_key(|p| std::cmp::Reverse(p.1));
+        in_flight.truncate(Snapshot::IN_FLIGHT);
+        Snapshot {
+            record: self.record.clone(),
+            upstream_state: view.upstream_state(),
+            alive: live.is_some(),
+            pid: live.and_then(Upstream::pid),
+            upstream_session: live.and_then(Upstream::upstream_session),
+            generation: self.current().map(Upstream::generation),
+            revives: self.revives,
+            last_revive: self.revive_cause.last,
+            last_error: self.last_error.clone(),
+            breaker_open_for: self.breaker.open_for(now),
+            consecutive_failures: self.breaker.consecutive_failures(),
+            streams_opened: self.streams.saturating_sub(1),
+            standalone_open: self.routes.standalone.is_some(),
+            pending_requests: self.pending_requests(),
+            in_flight,
+        }
     }
 }

@@ -70,7 +70,7 @@ impl Manager {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())
         })?;
-        let session = SessionHandle::new(Session::new(record, self.deps.clone(), self.stopping.clone()));
+        let session = Session::spawn(record, self.deps.clone(), self.stopping.clone());
         self.write().insert(session.id().to_owned(), session.clone());
         self.deps.stats.sessions_created.inc();
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
@@ -118,7 +118,7 @@ impl Manager {
             if live.len() >= max {
                 return Err(GatewayError::TooManySessions(max));
             }
-            let session = SessionHandle::new(Session::new(record, self.deps.clone(), self.stopping.clone()));
+            let session = Session::spawn(record, self.deps.clone(), self.stopping.clone());
             live.insert(id.to_owned(), session.clone());
             session
         };
@@ -132,17 +132,17 @@ impl Manager {
     pub async fn close(&self, id: &str, reason: CloseReason) -> bool {
         let session = self.write().remove(id);
         let Some(session) = session else { return false };
-        if let Some(a) = session.session().take_activity() {
+        if let Some(a) = session.take_activity(u64::MAX).await {
             let _ = self.deps.store.touch(id, a).await;
         }
-        session.session().shutdown().await;
+        session.shutdown().await;
         if let Err(e) = self.deps.store.close(id, now_ms(), reason).await {
             warn!(session_id = %id, error = %e, "closing the session record failed");
         }
         if let Err(e) = self.deps.store.forget(id).await {
             warn!(session_id = %id, error = %e, "dropping the session's stored events failed");
         }
-        self.count_end(id, session.record().created_at, reason);
+        self.count_end(id, session.created_at(), reason);
         true
     }
 
@@ -157,7 +157,7 @@ impl Manager {
             }
         };
         if let Some(s) = removed {
-            self.count_end(id, s.record().created_at, CloseReason::UpstreamFailed);
+            self.count_end(id, s.created_at(), CloseReason::UpstreamFailed);
         }
     }
 
@@ -205,7 +205,7 @@ impl Manager {
                 // A request may have loaded it meanwhile: that copy ends too.
                 let resumed = self.write().remove(id);
                 if let Some(s) = resumed {
-                    s.session().shutdown().await;
+                    s.shutdown().await;
                 }
                 Ok(true)
             }
@@ -377,12 +377,12 @@ impl Manager {
     /// its binding: the client is waiting for what the server may send.
     pub async fn reap_idle_upstreams(&self) {
         let idle = self.deps.config.upstream_idle;
-        let sessions: Vec<SessionHandle> =
-            self.read().values().filter(|s| s.session().upstream_idle_for(idle)).cloned().collect();
+        let sessions: Vec<SessionHandle> = self.read().values().filter(|s| s.upstream_alive()).cloned().collect();
         for s in sessions {
-            info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
-            self.deps.stats.upstream_reaped.inc();
-            s.session().release_upstream().await;
+            if s.release_if_idle(idle).await {
+                info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
+                self.deps.stats.upstream_reaped.inc();
+            }
         }
     }
 
@@ -393,10 +393,7 @@ impl Manager {
         let refresh_ms = (self.deps.config.ttl.as_millis() / 2) as u64;
         let mut batch = Vec::new();
         for s in self.live() {
-            if s.has_standalone() {
-                s.session().stream_activity(refresh_ms);
-            }
-            if let Some(a) = s.session().take_activity() {
+            if let Some(a) = s.take_activity(refresh_ms).await {
                 batch.push((s.id().to_owned(), a));
             }
         }
@@ -418,7 +415,7 @@ impl Manager {
         self.stopping.cancel();
         self.flush_activity().await;
         let sessions = self.live();
-        let closes = sessions.iter().map(|s| s.session().release_upstream());
+        let closes = sessions.iter().map(SessionHandle::release_upstream);
         futures_util::future::join_all(closes).await;
     }
 

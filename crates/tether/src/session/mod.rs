@@ -15,6 +15,7 @@ pub mod manager;
 pub mod record;
 pub mod store;
 
+mod actor;
 mod breaker;
 mod client;
 mod handle;
@@ -26,8 +27,8 @@ mod routing;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +43,7 @@ use tracing::warn;
 
 use crate::error::GatewayError;
 use crate::stats::{RequestProbe, Stats};
-use crate::upstream::{Upstream, UpstreamOptions, UpstreamSpec};
+use crate::upstream::{Upstream, UpstreamEvent, UpstreamOptions, UpstreamSpec};
 use record::{SessionRecord, SessionState, Transport, now_ms};
 use store::{Activity, Retention, Store};
 
@@ -216,9 +217,20 @@ impl Sink {
     }
 }
 
+/// Who waits for the answer of a request on the upstream leg.
 enum Reply {
+    /// A client request: the answer goes to its stream.
     Client(Sink),
-    Internal(oneshot::Sender<Message>),
+    /// One of tether's own requests: the answer continues what the session was doing.
+    Internal(Internal),
+}
+
+/// What the session does with the answer to one of its own requests (the actor never waits).
+enum Internal {
+    /// A `tools/list` after a revive: decides whether the held `tools/call` is retried.
+    LearnTools { gid: u64, call: Box<Pending> },
+    /// A list compared with what the client saw before a revive: `list_changed` if it differs.
+    ListCheck { kind: &'static str, seen: u64 },
 }
 
 enum StateChange {
@@ -243,6 +255,14 @@ struct Pending {
     retry_safe: bool,
     /// How many times it was sent again after it may have reached the upstream.
     attempts: u8,
+    /// How many times it was sent again because it provably never reached the upstream.
+    undelivered: u32,
+    /// How many times it waited for an away upstream to come back.
+    waits: u32,
+    /// A task is sending it (an HTTP upstream): the send's outcome decides its fate.
+    sending: bool,
+    /// The caller waiting to hear that the request went upstream (or why it cannot).
+    accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
 }
 
 struct ServerRequest {
@@ -275,8 +295,8 @@ impl PendingMap {
         p
     }
 
-    fn take_all(&mut self) -> Vec<Pending> {
-        std::mem::take(&mut self.0).into_values().collect()
+    fn take_all(&mut self) -> Vec<(u64, Pending)> {
+        std::mem::take(&mut self.0).into_iter().collect()
     }
 }
 
@@ -317,133 +337,148 @@ pub(super) fn next_gid() -> u64 {
     NEXT_GID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A live client session.
-pub(crate) struct Session {
+/// What a session's handles and its task share, fixed for its life.
+pub(crate) struct Shared {
     id: String,
     transport: Transport,
-    record: Mutex<SessionRecord>,
-    binding: tokio::sync::Mutex<Option<Upstream>>,
-    current: Mutex<Option<Upstream>>,
-    routes: Mutex<Routes>,
+    created_at: u64,
+    principal: Option<String>,
     deps: Arc<Deps>,
-    generations: AtomicU64,
-    streams: AtomicU64,
-    events: AtomicU64,
-    server_seq: AtomicU64,
-    closed: AtomicBool,
-    activity: Mutex<Activity>,
-    revives: AtomicU64,
-    breaker: Mutex<Breaker>,
+    /// The client's credential for upstream requests (`--forward-auth`); memory only. A slot
+    /// the downstream fills and the upstream connection reads, not session state.
+    forwarded: crate::upstream::credentials::ForwardedAuth,
+}
+
+/// A client session's state, owned by its one task (`actor.rs`): nothing else touches it, so
+/// it holds no lock. Handlers reach it through a [`SessionHandle`]'s commands.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    id: String,
+    record: SessionRecord,
+    binding: Binding,
+    routes: Routes,
+    deps: Arc<Deps>,
+    generations: u64,
+    streams: u64,
+    events: u64,
+    server_seq: u64,
+    closed: bool,
+    activity: Activity,
+    revives: u64,
+    breaker: Breaker,
     /// Tools the upstream annotated read-only or idempotent, from `tools/list` answers.
-    safe_tools: Mutex<HashSet<String>>,
+    safe_tools: HashSet<String>,
     /// Digests of the list answers the client has seen, by kind.
-    list_digests: Mutex<HashMap<&'static str, u64>>,
-    /// When a message last went upstream (tokio time, so that paused-time tests drive it).
-    upstream_used: Mutex<tokio::time::Instant>,
+    list_digests: HashMap<&'static str, u64>,
+    /// When a message last went upstream.
+    upstream_used: Instant,
     /// Cancelled when the gateway stops: no upstream is started any more.
     stopping: CancellationToken,
     /// The last upstream failure, for the admin API.
-    last_error: Mutex<Option<inspect::LastError>>,
-    /// The client's credential for upstream requests (`--forward-auth`); memory only.
-    forwarded: crate::upstream::credentials::ForwardedAuth,
+    last_error: Option<inspect::LastError>,
     /// Why the binding is gone (the cause the next revive is logged with) and the last revive.
-    revive_cause: Mutex<inspect::ReviveCause>,
+    revive_cause: inspect::ReviveCause,
+    /// Work waiting for a binding: requests, notifications, refreshes.
+    waiting: Vec<actor::Waiter>,
+    /// When waiting requests try an away upstream again.
+    retry_at: Option<Instant>,
+    /// The session's own inbox, for the tasks it spawns (revives, HTTP sends, a let-go
+    /// binding's events). Weak: the loop ends when every handle and task is gone.
+    inbox: mpsc::WeakSender<Box<actor::Command>>,
+    /// tether's own requests in flight (their deadlines wake the loop).
+    internal_in_flight: usize,
+    /// The last revive failed: no binding, and the next use tries again.
+    lost: bool,
+
+    /// What handles read without asking (`inspect::View`).
+    view: tokio::sync::watch::Sender<inspect::View>,
+}
+
+/// The upstream binding as the session sees it.
+enum Binding {
+    /// None: never started, released when idle, or gone with a revive that failed.
+    None,
+    /// A connection, with the receiving end of its events while it is open. A dead one stays
+    /// until it is replaced (the admin API shows it as restarting).
+    Up { up: Upstream, events: Option<mpsc::Receiver<UpstreamEvent>> },
+    /// A revive task is building generation `generation`; `hurry` cuts its backoff short.
+    Reviving { generation: u64, hurry: Option<oneshot::Sender<()>> },
 }
 
 impl Session {
-    /// A live session for a record (new, or loaded from the store).
-    pub fn new(record: SessionRecord, deps: Arc<Deps>, stopping: CancellationToken) -> Arc<Session> {
-        Arc::new(Session {
+    /// Starts the task of a session for a record (new, or loaded from the store).
+    pub fn spawn(record: SessionRecord, deps: Arc<Deps>, stopping: CancellationToken) -> SessionHandle {
+        let shared = Arc::new(Shared {
             id: record.id.clone(),
             transport: record.transport,
-            record: Mutex::new(record),
-            binding: tokio::sync::Mutex::new(None),
-            current: Mutex::new(None),
-            routes: Mutex::new(Routes::default()),
-            deps,
-            generations: AtomicU64::new(0),
-            streams: AtomicU64::new(1),
-            events: AtomicU64::new(0),
-            server_seq: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            activity: Mutex::new(Activity::default()),
-            revives: AtomicU64::new(0),
-            breaker: Mutex::new(Breaker::default()),
-            safe_tools: Mutex::new(HashSet::new()),
-            list_digests: Mutex::new(HashMap::new()),
-            upstream_used: Mutex::new(tokio::time::Instant::now()),
-            stopping,
-            last_error: Mutex::new(None),
+            created_at: record.created_at,
+            principal: record.principal.clone(),
+            deps: deps.clone(),
             forwarded: Default::default(),
-            revive_cause: Mutex::new(inspect::ReviveCause::default()),
-        })
-    }
-
-    /// tether's id for the session.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The client-facing transport.
-    pub fn transport(&self) -> Transport {
-        self.transport
-    }
-
-    /// A copy of the record as the session sees it now.
-    pub fn record(&self) -> SessionRecord {
-        lock(&self.record).clone()
-    }
-
-    /// The negotiated protocol version, once initialized.
-    pub fn protocol_version(&self) -> Option<String> {
-        lock(&self.record).protocol_version.clone()
-    }
-
-    /// How many times the upstream side was rebuilt.
-    pub fn revive_count(&self) -> u64 {
-        self.revives.load(Ordering::Relaxed)
+        });
+        let (tx, rx) = mpsc::channel(actor::INBOX);
+        let (view, view_rx) = tokio::sync::watch::channel(inspect::View::of(&record));
+        let session = Session {
+            shared: shared.clone(),
+            id: record.id.clone(),
+            record,
+            binding: Binding::None,
+            routes: Routes::default(),
+            deps,
+            generations: 0,
+            streams: 1,
+            events: 0,
+            server_seq: 0,
+            closed: false,
+            activity: Activity::default(),
+            revives: 0,
+            breaker: Breaker::default(),
+            safe_tools: HashSet::new(),
+            list_digests: HashMap::new(),
+            upstream_used: Instant::now(),
+            stopping,
+            last_error: None,
+            revive_cause: inspect::ReviveCause::default(),
+            waiting: Vec::new(),
+            retry_at: None,
+            inbox: tx.downgrade(),
+            internal_in_flight: 0,
+            lost: false,
+            view,
+        };
+        tokio::spawn(session.run(rx));
+        SessionHandle::new(shared, tx, view_rx)
     }
 
     /// Whether the session completed a handshake, so an upstream has served it before.
-    pub fn has_bound(&self) -> bool {
-        lock(&self.record).upstream_init.is_some()
+    fn has_bound(&self) -> bool {
+        self.record.upstream_init.is_some()
     }
 
-    /// The principal the session is bound to (a fingerprint, see `crate::auth`), if any.
-    pub fn principal(&self) -> Option<String> {
-        lock(&self.record).principal.clone()
+    /// The current binding, live or dead.
+    fn current(&self) -> Option<&Upstream> {
+        match &self.binding {
+            Binding::Up { up, .. } => Some(up),
+            _ => None,
+        }
     }
 
-    /// The slot holding the client's credential for upstream requests (`--forward-auth`).
-    pub fn forwarded_auth(&self) -> &crate::upstream::credentials::ForwardedAuth {
-        &self.forwarded
-    }
-
-    /// The config the session runs with.
-    pub fn config(&self) -> &SessionConfig {
-        &self.deps.config
-    }
-
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// A new stream number for a client stream of this session.
-    pub fn next_stream(&self) -> u64 {
-        self.streams.fetch_add(1, Ordering::Relaxed)
+    /// The current binding, if it is alive.
+    fn live(&self) -> Option<&Upstream> {
+        self.current().filter(|u| u.is_alive())
     }
 
     /// A fresh event id on a sink's stream that is not stored (priming events).
-    pub fn next_event_id(&self, sink: &Sink) -> String {
-        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
-        event_id(&sink.key(), seq)
+    fn next_event_id(&mut self, sink: &Sink) -> String {
+        self.events += 1;
+        event_id(&sink.key(), self.events)
     }
 
     /// Sends one message to a client stream. On a resumable stream the event gets an id and is
-    /// committed to the event store first, so it survives the stream (and tether) going away.
-    pub async fn emit(&self, sink: &Sink, data: Bytes, fin: bool, status: Option<u16>) -> bool {
-        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+    /// handed to the event store first, so it survives the stream (and tether) going away.
+    async fn emit(&mut self, sink: &Sink, data: Bytes, fin: bool, status: Option<u16>) -> bool {
+        self.events += 1;
+        let seq = self.events;
         let mut id = None;
         if sink.resumable() {
             let key = sink.key();
@@ -464,15 +499,30 @@ impl Session {
 
     /// Ends a client request with an error. Its wire form and its HTTP status (for a plain
     /// JSON answer) come from the one error map, [`GatewayError::wire`].
-    async fn end_with(&self, sink: &Sink, client_id: &RawValue, err: &GatewayError) -> bool {
+    async fn end_with(&mut self, sink: &Sink, client_id: &RawValue, err: &GatewayError) -> bool {
         let data = Bytes::from(err.to_message(Some(client_id)).to_bytes());
         self.emit(sink, data, true, Some(err.wire().status.as_u16())).await
     }
 
+    /// Ends a request that cannot go on: the caller still waiting to hear that it went
+    /// upstream hears the error (and picks the HTTP status); otherwise its stream does.
+    async fn refuse(&mut self, mut p: Pending, err: GatewayError) {
+        if let Some(tx) = p.accepted.take() {
+            let _ = tx.send(Err(err));
+            return;
+        }
+        match p.reply {
+            Reply::Client(sink) => {
+                self.end_with(&sink, &p.client_id, &err).await;
+            }
+            Reply::Internal(i) => Box::pin(self.internal_failed(i, &err.to_string())).await,
+        }
+    }
+
     /// Notes an answered request stream; returns the one that falls out of retention.
-    fn finish_stream(&self, key: &str) -> Option<String> {
+    fn finish_stream(&mut self, key: &str) -> Option<String> {
         let cap = self.deps.config.retention.finished_streams.max(1);
-        let mut r = lock(&self.routes);
+        let r = &mut self.routes;
         if r.finished.back().is_some_and(|k| k == key) {
             return None;
         }
@@ -480,49 +530,41 @@ impl Session {
         if r.finished.len() > cap { r.finished.pop_front() } else { None }
     }
 
-    /// Milliseconds since the Unix epoch of the last client activity.
-    pub fn last_active(&self) -> u64 {
-        lock(&self.record).last_active
-    }
-
-    fn note_activity(&self, tool_call: bool) {
+    fn note_activity(&mut self, tool_call: bool) {
         let now = now_ms();
-        {
-            let mut r = lock(&self.record);
-            r.last_active = now;
-            r.requests += 1;
-            r.tool_calls += u64::from(tool_call);
-        }
+        let r = &mut self.record;
+        r.last_active = now;
+        r.requests += 1;
+        r.tool_calls += u64::from(tool_call);
         if tool_call {
             self.deps.stats.tool_calls.inc();
         }
-        let mut a = lock(&self.activity);
+        let a = &mut self.activity;
         a.last_active = now;
         a.requests += 1;
         a.tool_calls += u64::from(tool_call);
+        self.publish_activity();
     }
 
     /// Counts an open (or just closed) standalone stream as activity, when the last activity
     /// is at least `older_than_ms` old.
-    pub fn stream_activity(&self, older_than_ms: u64) {
+    fn stream_activity(&mut self, older_than_ms: u64) {
         let now = now_ms();
-        {
-            let mut r = lock(&self.record);
-            if now.saturating_sub(r.last_active) < older_than_ms {
-                return;
-            }
-            r.last_active = now;
+        if now.saturating_sub(self.record.last_active) < older_than_ms {
+            return;
         }
-        lock(&self.activity).last_active = now;
+        self.record.last_active = now;
+        self.activity.last_active = now;
+        self.publish_activity();
     }
 
     /// Takes the activity not yet written to the store.
-    pub fn take_activity(&self) -> Option<Activity> {
-        let mut a = lock(&self.activity);
+    fn take_activity(&mut self) -> Option<Activity> {
+        let a = &mut self.activity;
         if a.requests == 0 && a.last_active == 0 {
             return None;
         }
-        Some(std::mem::take(&mut *a))
+        Some(std::mem::take(a))
     }
 
     async fn store_state(&self, state: SessionState) {
@@ -532,17 +574,10 @@ impl Session {
     }
 
     async fn store_handshake(&self) {
-        let rec = self.record();
-        if let Err(e) = self.deps.store.set_handshake(&rec).await {
+        if let Err(e) = self.deps.store.set_handshake(&self.record).await {
             warn!(session_id = %self.id, error = %e, "storing the handshake failed");
         }
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: every critical section here leaves the data
-/// consistent, so a panic elsewhere must not take the session down with it.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn state_change_of(method: &str, params: &RawValue) -> Option<StateChange> {

@@ -1,21 +1,16 @@
 //! Where upstream messages go: answers to the request they answer, server→client requests and
 //! notifications to the stream they belong to, and what a dead connection leaves behind.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tether_protocol::message::{numeric_id, string_id};
 use tether_protocol::{Kind, Message, method, params, session_error};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::actor::Waiter;
 use super::record::intern;
 use super::recovery::{self, Failure, Fate, Loss};
-use super::{Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, lock, rewrite_param};
+use super::{Binding, Internal, Pending, Reply, ServerRequest, Session, Sink, StateChange, is_answer, rewrite_param};
 use crate::upstream::{Origin, QuitReason, UpstreamEvent};
 
 /// `notifications/resources/updated` and the `notifications/*/list_changed` family.
@@ -26,7 +21,7 @@ fn is_change_notification(msg: &Message) -> bool {
 }
 
 /// What the loss path did with a request.
-enum Settled {
+pub(super) enum Settled {
     /// It goes upstream again (after a revive, or once the tools are known).
     Again,
     /// It ended with an error on its stream.
@@ -36,29 +31,22 @@ enum Settled {
 }
 
 impl Session {
-    /// Reads one binding's events until it is gone.
-    ///
-    /// Boxed, because a binding's death may revive the session, which starts a new reader:
-    /// the explicit `Send` future type breaks that cycle for the compiler.
-    pub(super) fn route_events(
-        self: Arc<Self>,
-        generation: u64,
-        mut rx: mpsc::Receiver<UpstreamEvent>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            while let Some(ev) = rx.recv().await {
-                match ev {
-                    UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
-                    UpstreamEvent::Closed(reason, undelivered) => {
-                        self.on_closed(generation, reason, &undelivered).await;
-                        return;
-                    }
+    /// One event of binding `generation` (the current one, or one the session let go of).
+    pub(super) async fn on_event(&mut self, generation: u64, ev: UpstreamEvent) {
+        match ev {
+            UpstreamEvent::Message(origin, msg) => self.route(generation, origin, msg).await,
+            UpstreamEvent::Closed(reason, undelivered) => {
+                if let Binding::Up { up, events } = &mut self.binding
+                    && up.generation() == generation
+                {
+                    *events = None;
                 }
+                self.on_closed(generation, reason, &undelivered).await;
             }
-        })
+        }
     }
 
-    async fn route(self: &Arc<Self>, generation: u64, origin: Origin, mut msg: Message) {
+    async fn route(&mut self, generation: u64, origin: Origin, mut msg: Message) {
         if is_answer(&msg) {
             return self.route_answer(msg).await;
         }
@@ -67,12 +55,10 @@ impl Session {
                 // The gateway holds the connection, so the gateway answers the upstream's pings.
                 return self.answer_ping(generation, &msg).await;
             }
-            let n = self.server_seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let client_id = format!("tether-{n}");
+            self.server_seq += 1;
+            let client_id = format!("tether-{}", self.server_seq);
             let upstream_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
-            lock(&self.routes)
-                .server_requests
-                .insert(format!("\"{client_id}\""), ServerRequest { upstream_id, generation });
+            self.routes.server_requests.insert(format!("\"{client_id}\""), ServerRequest { upstream_id, generation });
             msg.set_id(string_id(&client_id));
             let target = self.target(origin, None);
             return self.deliver(target, msg).await;
@@ -84,7 +70,8 @@ impl Session {
         } else if msg.is(method::NOTIFICATION_CANCELLED) {
             // The upstream cancels one of its own requests: name it by the client-facing id.
             if let Some(upstream_id) = msg.params().and_then(params::cancelled_request_id).map(|i| i.get().to_owned()) {
-                let client_id = lock(&self.routes)
+                let client_id = self
+                    .routes
                     .server_requests
                     .iter()
                     .find(|(_, sr)| sr.generation == generation && sr.upstream_id.get() == upstream_id)
@@ -105,19 +92,19 @@ impl Session {
         self.deliver(target, msg).await;
     }
 
-    async fn route_answer(self: &Arc<Self>, msg: Message) {
+    async fn route_answer(&mut self, msg: Message) {
         let Some(gid) = msg.numeric_id() else {
             debug!(session_id = %self.id, "upstream answer with an id tether did not issue; dropped");
             return;
         };
-        let Some(p) = lock(&self.routes).pending.remove(&gid) else {
+        let Some(p) = self.routes.pending.remove(&gid) else {
             debug!(session_id = %self.id, gid, "answer to a request no longer waiting; dropped");
             return;
         };
         let sink = match p.reply {
-            Reply::Internal(tx) => {
-                let _ = tx.send(msg);
-                return;
+            Reply::Internal(i) => {
+                self.internal_in_flight = self.internal_in_flight.saturating_sub(1);
+                return self.internal_answered(i, msg).await;
             }
             Reply::Client(ref sink) => sink.clone(),
         };
@@ -139,7 +126,7 @@ impl Session {
 
     /// Gives the client the upstream's answer to its request, with the client's id, after
     /// recording what a successful one changes.
-    async fn answer_client(&self, p: Pending, sink: Sink, mut msg: Message) {
+    async fn answer_client(&mut self, p: Pending, sink: Sink, mut msg: Message) {
         if msg.kind() == Kind::Response {
             self.apply_success(&p, &msg).await;
             self.learn_from_list(&p.method, &msg);
@@ -152,25 +139,25 @@ impl Session {
 
     /// Remembers what list answers say: which tools are safe to retry, and a digest of each
     /// list for telling the client about changes across a revive.
-    fn learn_from_list(&self, list_method: &str, msg: &Message) {
+    pub(super) fn learn_from_list(&mut self, list_method: &str, msg: &Message) {
         let Some(kind) = method::list_kind(list_method) else { return };
         let Some(kind) = super::replay::LIST_KINDS.iter().find(|k| **k == kind) else { return };
         let Some(result) = msg.result() else { return };
-        lock(&self.list_digests).insert(kind, super::replay::digest(result.get()));
+        self.list_digests.insert(kind, super::replay::digest(result.get()));
         if *kind == "tools" {
             let safe = params::safe_tools(result);
-            lock(&self.safe_tools).extend(safe);
+            self.safe_tools.extend(safe);
         }
     }
 
     /// Records what a successful answer changes in the session: the handshake, the log level,
     /// subscriptions.
-    async fn apply_success(&self, p: &Pending, msg: &Message) {
+    async fn apply_success(&mut self, p: &Pending, msg: &Message) {
         if p.method == method::INITIALIZE {
             let result = msg.result().map(ToOwned::to_owned);
             let version = msg.result().and_then(params::protocol_version);
             {
-                let mut r = lock(&self.record);
+                let r = &mut self.record;
                 r.client_init = p.init_params.as_deref().map(intern);
                 r.upstream_init = result.as_deref().map(intern);
                 r.protocol_version.clone_from(&version);
@@ -180,10 +167,11 @@ impl Session {
                     up.set_protocol_version(v);
                 }
                 // A legacy SSE client's one stream is open before the upstream session exists.
-                if self.has_standalone() {
+                if self.routes.standalone.is_some() {
                     up.open_standalone();
                 }
             }
+            self.publish();
             self.store_handshake().await;
             info!(session_id = %self.id, protocol_version = ?version, "session initialized");
             return;
@@ -191,28 +179,27 @@ impl Session {
         let Some(change) = &p.state_change else {
             return;
         };
-        let state = {
-            let mut r = lock(&self.record);
-            match change {
-                StateChange::SetLevel(l) => r.state.log_level = Some(l.clone()),
-                StateChange::Subscribe(u) => {
-                    r.state.subscriptions.insert(u.clone());
-                }
-                StateChange::Unsubscribe(u) => {
-                    r.state.subscriptions.remove(u);
-                }
+        let r = &mut self.record;
+        match change {
+            StateChange::SetLevel(l) => r.state.log_level = Some(l.clone()),
+            StateChange::Subscribe(u) => {
+                r.state.subscriptions.insert(u.clone());
             }
-            r.state.clone()
-        };
+            StateChange::Unsubscribe(u) => {
+                r.state.subscriptions.remove(u);
+            }
+        }
+        let state = r.state.clone();
+        self.publish();
         self.store_state(state).await;
     }
 
-    async fn answer_ping(&self, generation: u64, msg: &Message) {
+    async fn answer_ping(&mut self, generation: u64, msg: &Message) {
         let Some(id) = msg.id() else { return };
-        if let Some(up) = self.current().filter(|u| u.generation() == generation) {
+        if let Some(up) = self.current().filter(|u| u.generation() == generation).cloned() {
             let empty = RawValue::from_string("{}".to_owned()).ok();
             if let Some(empty) = empty {
-                let _ = up.send(&Message::response(id, &empty), None).await;
+                self.send_quiet(&up, Message::response(id, &empty)).await;
             }
         }
     }
@@ -222,7 +209,7 @@ impl Session {
     /// messages from a channel that does not say (stdio) go to the newest request still
     /// waiting, since servers emit them while serving it; then the standalone stream.
     pub(super) fn target(&self, origin: Origin, progress_token: Option<&str>) -> Option<Sink> {
-        let r = lock(&self.routes);
+        let r = &self.routes;
         let sse_sink = |p: &Pending| match &p.reply {
             Reply::Client(s) if s.sse() => Some(s.clone()),
             _ => None,
@@ -250,7 +237,7 @@ impl Session {
         r.standalone.clone()
     }
 
-    pub(super) async fn deliver(&self, target: Option<Sink>, msg: Message) {
+    pub(super) async fn deliver(&mut self, target: Option<Sink>, msg: Message) {
         let data = Bytes::from(msg.to_bytes());
         if let Some(sink) = target {
             if self.emit(&sink, data.clone(), false, None).await {
@@ -262,7 +249,7 @@ impl Session {
                 return;
             }
         }
-        let mut r = lock(&self.routes);
+        let r = &mut self.routes;
         if r.backlog.len() >= self.deps.config.backlog {
             r.backlog.pop_front();
             warn!(session_id = %self.id, "no client stream for server messages; the oldest queued one was dropped");
@@ -273,14 +260,18 @@ impl Session {
     /// A binding ended: every request it carried ends too, with an error saying so, unless
     /// repeating it is safe, in which case it is sent again on a revived binding. A session
     /// whose client listens on a standalone stream is revived at once.
-    async fn on_closed(self: &Arc<Self>, generation: u64, reason: QuitReason, undelivered: &[u64]) {
-        let orphans: Vec<(u64, Pending)> = {
-            let mut r = lock(&self.routes);
-            r.server_requests.retain(|_, sr| sr.generation != generation);
-            let gids: Vec<u64> =
-                r.pending.iter().filter(|(_, p)| p.generation == generation).map(|(g, _)| *g).collect();
-            gids.iter().filter_map(|g| r.pending.remove(g).map(|p| (*g, p))).collect()
-        };
+    async fn on_closed(&mut self, generation: u64, reason: QuitReason, undelivered: &[u64]) {
+        self.routes.server_requests.retain(|_, sr| sr.generation != generation);
+        // A request a task is still sending is settled by the send's outcome (`Session::sent`).
+        let gids: Vec<u64> = self
+            .routes
+            .pending
+            .iter()
+            .filter(|(_, p)| p.generation == generation && !p.sending)
+            .map(|(g, _)| *g)
+            .collect();
+        let orphans: Vec<(u64, Pending)> =
+            gids.iter().filter_map(|g| self.routes.pending.remove(g).map(|p| (*g, p))).collect();
         let unexpected = reason != QuitReason::Closed;
         // A binding whose revive failed was never in service: its failure is counted there.
         let was_serving = self.current().is_some_and(|u| u.generation() == generation);
@@ -294,8 +285,14 @@ impl Session {
         }
         let mut retried = false;
         for (gid, p) in orphans {
-            let Reply::Client(sink) = &p.reply else { continue };
-            let sink = sink.clone();
+            let sink = match p.reply {
+                Reply::Client(ref sink) => sink.clone(),
+                Reply::Internal(i) => {
+                    self.internal_in_flight = self.internal_in_flight.saturating_sub(1);
+                    self.internal_failed(i, &format!("the upstream went away: {reason}")).await;
+                    continue;
+                }
+            };
             let loss = if undelivered.contains(&gid) { Loss::NotDelivered } else { Loss::InFlight };
             match self.lose(gid, p, sink.clone(), loss, Some(generation), &reason.to_string()).await {
                 Settled::Again => retried = true,
@@ -307,22 +304,24 @@ impl Session {
                 }
             }
         }
-        if unexpected && !retried && self.has_standalone() && !self.is_closed() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.upstream(Some(generation)).await {
-                    warn!(session_id = %me.id, error = %e, "restarting the upstream for an open stream failed; the next request retries");
+        if unexpected && !retried && self.routes.standalone.is_some() && !self.closed {
+            match self.ready(Some(generation), true) {
+                Ok(Some(_)) => {}
+                Ok(None) => self.waiting.push(Waiter::Standalone),
+                Err(e) => {
+                    warn!(session_id = %self.id, error = %e, "restarting the upstream for an open stream failed; the next request retries");
                 }
-            });
+            }
         }
+        self.publish();
     }
 
     /// The one loss path for a request whose binding died with it, or whose answer says the
     /// upstream did not serve it: the recovery policy decides, and its fate is carried out.
     /// `stale` names the binding it was lost with, when that binding is gone; `detail` is what
     /// a failure says.
-    async fn lose(
-        self: &Arc<Self>,
+    pub(super) async fn lose(
+        &mut self,
         gid: u64,
         mut p: Pending,
         sink: Sink,
@@ -331,14 +330,14 @@ impl Session {
         detail: &str,
     ) -> Settled {
         match recovery::decide(self.facts(&p), loss) {
-            Fate::Resend => self.spawn_dispatch(gid, p, sink, stale),
+            Fate::Resend => Box::pin(self.dispatch(gid, p, stale)).await,
             Fate::Retry => {
                 if loss == Loss::RemoteRestarted {
                     info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
                 }
                 p.attempts += 1;
                 self.deps.stats.requests_retried.inc();
-                self.spawn_dispatch(gid, p, sink, stale);
+                Box::pin(self.dispatch(gid, p, stale)).await;
             }
             Fate::Reopen => {
                 let Some(up) = self.current() else { return Settled::Deliver(Box::new(p)) };
@@ -347,12 +346,14 @@ impl Session {
                 p.attempts += 1;
                 let generation = p.generation;
                 up.mark_lost();
-                self.spawn_dispatch(gid, p, sink, Some(generation));
+                Box::pin(self.dispatch(gid, p, Some(generation))).await;
             }
-            // The tool's annotations are not known yet: learn them from the revived upstream.
+            // The tool's annotations are not known yet: learn them from the revived upstream,
+            // then decide.
             Fate::LearnTools => {
                 let stale = stale.unwrap_or(p.generation);
-                self.spawn_decide_after_revive(gid, p, sink, stale);
+                let cont = Internal::LearnTools { gid, call: Box::new(p) };
+                Box::pin(self.internal(method::TOOLS_LIST.to_owned(), None, cont, Some(stale))).await;
             }
             Fate::Deliver => {
                 if loss == Loss::RemoteRestarted {
@@ -367,48 +368,5 @@ impl Session {
             }
         }
         Settled::Again
-    }
-
-    /// For a `tools/call` whose tool annotations were never seen: revive, list the tools, and
-    /// retry the call if its tool turns out read-only or idempotent; otherwise the client gets
-    /// "upstream restarted".
-    fn spawn_decide_after_revive(self: &Arc<Self>, gid: u64, mut p: Pending, sink: Sink, stale: u64) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut reason = String::from("the upstream restarted");
-            match me.upstream(Some(stale)).await {
-                Ok(up) => {
-                    if let Ok(list) = me.internal_request(&up, method::TOOLS_LIST, None).await {
-                        me.learn_from_list(method::TOOLS_LIST, &list);
-                    }
-                    let params = p.upstream_msg.as_ref().and_then(|m| m.params().map(ToOwned::to_owned));
-                    p.retry_safe = me.is_retry_safe(&p.method, params.as_deref());
-                    if recovery::decide(me.facts(&p), Loss::InFlight) == Fate::Retry {
-                        p.attempts += 1;
-                        me.deps.stats.requests_retried.inc();
-                        let client_id = p.client_id.clone();
-                        if let Err(e) = me.dispatch(gid, p, Some(stale)).await {
-                            me.end_with(&sink, &client_id, &e).await;
-                        }
-                        return;
-                    }
-                }
-                Err(e) => reason = e.to_string(),
-            }
-            let err = me.failure(Failure::Restarted, reason);
-            me.end_with(&sink, &p.client_id, &err).await;
-        });
-    }
-
-    /// Sends a request again on a revived binding, in the background; its client hears the
-    /// outcome on `sink`.
-    fn spawn_dispatch(self: &Arc<Self>, gid: u64, p: Pending, sink: Sink, stale: Option<u64>) {
-        let me = self.clone();
-        let client_id = p.client_id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.dispatch(gid, p, stale).await {
-                me.end_with(&sink, &client_id, &e).await;
-            }
-        });
     }
 }

@@ -38,7 +38,7 @@ fn request(id: u64, method: &str, params: Value) -> Message {
 /// Sends a request on its own SSE stream; returns what the stream carried: the messages before
 /// the answer, and the answer.
 async fn call(s: &SessionHandle, id: u64, method: &str, params: Value) -> (Vec<Value>, Value) {
-    let (sink, mut rx) = Sink::channel(s.next_stream(), StreamKind::Request);
+    let (sink, mut rx) = Sink::channel(s.next_stream().await, StreamKind::Request);
     if let Err(e) = s.request(request(id, method, params), sink).await {
         return (Vec::new(), serde_json::from_slice(&e.to_message(None).to_bytes()).expect("json"));
     }
@@ -152,7 +152,7 @@ async fn a_silent_upstream_meets_the_request_deadline() {
     let script = Script::default().on(|m, _, _| (m == "tools/call").then_some(Act::Silence));
     let m = manager(&script, |c| c.request_timeout = Duration::from_secs(30));
     let s = initialized(&m).await;
-    let (sink, mut rx) = Sink::channel(s.next_stream(), StreamKind::Request);
+    let (sink, mut rx) = Sink::channel(s.next_stream().await, StreamKind::Request);
     s.request(request(1, "tools/call", tool("write")), sink).await.expect("sent");
     tokio::time::advance(Duration::from_secs(29)).await;
     s.expire_overdue().await;
@@ -338,7 +338,7 @@ async fn a_crash_with_several_requests_in_flight_settles_each_by_the_policy() {
     let s = initialized(&m).await;
     call(&s, 1, "tools/list", json!({})).await;
     // A safe request waits on the first upstream when an unsafe call crashes it.
-    let (sink, mut safe_rx) = Sink::channel(s.next_stream(), StreamKind::Request);
+    let (sink, mut safe_rx) = Sink::channel(s.next_stream().await, StreamKind::Request);
     s.request(request(2, "prompts/get", json!({ "name": "p" })), sink).await.expect("sent");
     let (_, unsafe_answer) = call(&s, 3, "tools/call", tool("write")).await;
     assert_eq!(unsafe_answer["error"]["code"], error_code::UPSTREAM_RESTARTED, "{unsafe_answer}");
@@ -363,8 +363,8 @@ async fn a_change_notification_from_stdio_goes_to_the_standalone_stream_not_the_
         .on(notify("log", "notifications/message", json!({ "level": "info", "data": "x" })));
     let m = manager(&script, |_| {});
     let s = initialized(&m).await;
-    let (standalone, mut standalone_rx) = Sink::channel(s.next_stream(), StreamKind::Standalone);
-    drop(s.attach_standalone(standalone));
+    let (standalone, mut standalone_rx) = Sink::channel(s.next_stream().await, StreamKind::Standalone);
+    drop(s.attach_standalone(standalone).await);
     let (before, a) = call(&s, 1, "tools/call", tool("bump")).await;
     assert!(a["result"].is_object(), "{a}");
     assert!(before.is_empty(), "the update is about the session, not the call: {before:?}");

@@ -276,6 +276,18 @@ impl Upstream {
         }
     }
 
+    /// Whether [`Upstream::send`] of `msg` returns as soon as the message is handed over (a
+    /// handshake-era child's stdin), so that a session may wait for it; otherwise (an HTTP
+    /// POST's response, a probe of the child's era) the session sends from a task.
+    pub fn sends_at_once(&self, msg: &Message) -> bool {
+        match &*self.kind {
+            Kind::Stdio(h) => h.sends_at_once(msg),
+            Kind::Http(_) | Kind::Sse(_) => false,
+            #[cfg(test)]
+            Kind::Fake(_) => true,
+        }
+    }
+
     /// Tells the connection the negotiated protocol version (sent as `MCP-Protocol-Version`).
     pub fn set_protocol_version(&self, version: &str) {
         if let Kind::Http(h) = &*self.kind {

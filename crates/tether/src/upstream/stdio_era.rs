@@ -108,6 +108,15 @@ impl Handle {
         }
     }
 
+    /// Whether [`Handle::send`] of `msg` only hands it to a handshake-era child's stdin.
+    pub fn sends_at_once(&self, msg: &Message) -> bool {
+        match self.current() {
+            Current::Modern(_) => false,
+            Current::Handshake(_, Some(_)) => !(msg.kind() == Kind::Request && msg.is(method::INITIALIZE)),
+            Current::Handshake(_, None) => !self.ctx.prefer_modern,
+        }
+    }
+
     /// Sends `initialize` to a handshake-era child and waits (a bounded time) for its answer:
     /// a modern-only refusal ends that child and starts one spoken to in 2026-07-28.
     async fn initialize_watched(

@@ -394,6 +394,17 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     assert!(ok.is_ok(), "timed out waiting for: {what}");
 }
 
+/// Waits until an async condition holds (a question to a session); fails after the harness's wait.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let ok = tokio::time::timeout(WAIT, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "timed out waiting for: {what}");
+}
+
 /// The pid of the stdio child of the gateway's only session.
 pub fn only_child(gw: &Gateway) -> u32 {
     let live = gw.manager.live();

@@ -165,7 +165,7 @@ pub async fn run(
         upstream.set_id(unique.clone());
         // A stream that carries related messages, but is not resumed (2026-07-28 has no
         // resumption): no event is stored for it.
-        let (sink, rx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
+        let (sink, rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
         let gid = session.request(upstream, sink.probed(probe.clone())).await?;
         (session, rx, gid, unique, forwarded)
     };
@@ -204,7 +204,7 @@ async fn apply_log_level(session: &SessionHandle, level: &str) {
     if !logs || matches!((current, wanted), (Some(c), Some(w)) if c <= w) {
         return;
     }
-    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
     let params = raw_value(&json!({ "level": level }));
     let Ok(gid) = session.request(Message::request(0, method::LOGGING_SET_LEVEL, Some(&params)), sink).await else {
         return;

@@ -33,7 +33,8 @@ const MAX_URIS: usize = 256;
 /// One fan-out per binding, and the resource URIs its open listens hold.
 #[derive(Default)]
 pub struct Hubs {
-    map: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    /// Held while a hub is looked up or opened (an await: the session is asked for a stream).
+    map: tokio::sync::Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
     /// Binding id → URI → open listens that asked for it.
     held: Mutex<HashMap<String, HashMap<String, usize>>>,
 }
@@ -72,8 +73,8 @@ impl Hubs {
         still
     }
 
-    fn subscribe(&self, session: &SessionHandle) -> broadcast::Receiver<Bytes> {
-        let mut map = lock(&self.map);
+    async fn subscribe(&self, session: &SessionHandle) -> broadcast::Receiver<Bytes> {
+        let mut map = self.map.lock().await;
         if let Some(tx) = map.get(session.id())
             && tx.receiver_count() > 0
             && session.has_standalone()
@@ -82,10 +83,10 @@ impl Hubs {
         }
         let (btx, brx) = broadcast::channel(HUB_BUFFER);
         map.insert(session.id().to_owned(), btx.clone());
-        let (sink, mut srx) = Sink::channel(session.next_stream(), StreamKind::Legacy);
+        let (sink, mut srx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
         let stream = sink.stream;
         // Whatever queued while nobody listened is old news: listens carry what happens next.
-        drop(session.attach_standalone(sink));
+        drop(session.attach_standalone(sink).await);
         let session = session.clone();
         tokio::spawn(async move {
             while let Some(o) = srx.recv().await {
@@ -141,7 +142,7 @@ pub async fn open(
         honored.insert("resourceSubscriptions".into(), json!(uris));
     }
     let listen_id: Value = msg.id().and_then(|i| serde_json::from_str(i.get()).ok()).unwrap_or(Value::Null);
-    let mut rx = front.hubs.subscribe(&session);
+    let mut rx = front.hubs.subscribe(&session).await;
     let (tx, resp) = sse_response(None);
     let keepalive = session.config().keepalive;
     let stop = app.shutdown.clone();
@@ -245,7 +246,7 @@ async fn subscribe(session: &SessionHandle, uri: &str) -> bool {
 
 /// `resources/subscribe` or `unsubscribe` of `uri` on the binding; whether it succeeded.
 async fn call(session: &SessionHandle, name: &str, uri: &str) -> bool {
-    let (sink, mut rx) = Sink::channel(session.next_stream(), StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
     let params = raw_value(&json!({ "uri": uri }));
     let Ok(gid) = session.request(Message::request(0, name, Some(&params)), sink).await else {
         return false;
