@@ -129,6 +129,28 @@ pub enum GatewayError {
         /// What the revived upstream answered.
         now: String,
     },
+    /// A client request that ended without an answer (its client cancelled it, or its stream
+    /// closed before the answer).
+    #[error("Request cancelled")]
+    RequestCancelled,
+    /// The bridge's client sent a request before `initialize`.
+    #[error("Not initialized: send initialize first")]
+    NotInitialized,
+    /// A 2026-07-28 retry carried a round tether started on an upstream that has since come
+    /// back in the handshake era.
+    #[error(
+        "Invalid or expired requestState: the upstream no longer speaks 2026-07-28, so the round it started cannot be continued; send the request again without inputResponses and requestState"
+    )]
+    RoundOrphaned,
+    /// A request for input (an `input_required` round) could not be completed.
+    #[error("{0}")]
+    InputFailed(String),
+    /// Told to the upstream for a client: the client's retry carried no answer to its request.
+    #[error("the client gave no response")]
+    NoInputResponse,
+    /// Told to the upstream for a client: the client cannot answer this kind of request.
+    #[error("the client did not declare this capability")]
+    CapabilityNotDeclared,
     /// tether is shutting down or draining.
     #[error("tether is shutting down; retry shortly")]
     ShuttingDown,
@@ -264,6 +286,13 @@ impl GatewayError {
                 ),
                 Fault::Upstream,
             ),
+            E::RequestCancelled => w(StatusCode::OK, code::REQUEST_CANCELLED, None, Fault::Downstream),
+            E::NotInitialized => w(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, None, Fault::Downstream),
+            E::RoundOrphaned => {
+                w(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, reason("invalid_request_state"), Fault::Downstream)
+            }
+            E::InputFailed(_) | E::NoInputResponse => w(StatusCode::OK, code::INTERNAL_ERROR, None, Fault::Downstream),
+            E::CapabilityNotDeclared => w(StatusCode::OK, code::METHOD_NOT_FOUND, None, Fault::Downstream),
             E::ShuttingDown => {
                 w(StatusCode::SERVICE_UNAVAILABLE, code::GATEWAY_UNAVAILABLE, reason("shutting_down"), Fault::Internal)
             }

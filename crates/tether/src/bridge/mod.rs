@@ -143,12 +143,7 @@ impl Bridge {
                 }
             }
             (Kind::Request, None) => {
-                let m = Message::error(
-                    msg.id(),
-                    error_code::INVALID_REQUEST,
-                    "Not initialized: send initialize first",
-                    None,
-                );
+                let m = GatewayError::NotInitialized.to_message(msg.id());
                 self.reply(m).await;
             }
             (Kind::Notification, Some((session, _))) => {
@@ -201,7 +196,7 @@ impl Bridge {
     /// the answer (what else the remote sends meanwhile goes to the client). An answer saying
     /// the remote is unavailable is an error, so that it is retried.
     async fn initialize_once(&self, session: &SessionHandle, msg: Message) -> Result<Message, GatewayError> {
-        let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
+        let (sink, mut rx) = Sink::channel(0, StreamKind::Legacy);
         session.request(msg, sink).await?;
         // The session ends every request (its sweep enforces --timeout); this bound is a backstop.
         let backstop = self.config.timeout + Duration::from_secs(5);

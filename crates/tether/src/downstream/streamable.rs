@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use std::time::Duration;
 use tether_protocol::method;
-use tether_protocol::{Kind, Message, error_code};
+use tether_protocol::{Kind, Message};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -101,7 +101,8 @@ async fn initialize(
 ) -> Result<Response, GatewayError> {
     let session = sref.create(app, Transport::StreamableHttp).await?;
     let span = tracing::info_span!("request", session_id = %session.id(), method = method::INITIALIZE);
-    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
+    // Numbered by the session when the request reaches it.
+    let (sink, mut rx) = Sink::channel(0, StreamKind::Json);
     let sink = sink.probed(probe.clone());
     let answer = async {
         let gid = session.request(msg, sink).await?;
@@ -192,15 +193,15 @@ async fn forward(
         request_id = %client_id.as_deref().map(RawValue::get).unwrap_or(""),
     );
     let kind = if accept.sse { StreamKind::Request } else { StreamKind::Json };
-    let (sink, mut rx) = Sink::channel(session.next_stream().await, kind);
+    // Numbered by the session, which takes the priming event id before the request goes
+    // upstream: a fast answer is emitted while this handler still runs, and its position must
+    // come after the priming event's, or a client resuming from the priming id would never
+    // get it.
+    let (sink, mut rx) = Sink::channel(0, kind);
     let sink = sink.for_request(client_id.as_deref());
     let sink = sink.probed(probe.clone());
-    // Taken before the request goes upstream: a fast answer is emitted while this handler
-    // still runs, and its position must come after the priming event's, or a client resuming
-    // from the priming id would never get it.
-    let priming = session.next_event_id(&sink).await;
-    let gid = match session.request(msg, sink).instrument(span.clone()).await {
-        Ok(g) => g,
+    let (gid, priming) = match session.open_request(msg, sink, accept.sse).instrument(span.clone()).await {
+        Ok(a) => (a.gid, a.priming.unwrap_or_default()),
         Err(e) => {
             probe.failed(&e);
             return error_response(&e, client_id.as_deref());
@@ -237,8 +238,8 @@ async fn forward(
 }
 
 fn cancelled(id: Option<&RawValue>) -> Response {
-    let m = Message::error(id, error_code::REQUEST_CANCELLED, "Request cancelled", None);
-    json_response(StatusCode::OK, m.to_bytes())
+    let e = GatewayError::RequestCancelled;
+    json_response(e.wire().status, e.to_message(id).to_bytes())
 }
 
 /// GET /mcp — the standalone stream for server-initiated messages, or, with `Last-Event-ID`,

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::handle::Snapshot;
 use super::revive::Revived;
 use super::store::Activity;
-use super::{Binding, Internal, Pending, Session, Sink};
+use super::{Acceptance, Accepted, Binding, Internal, Pending, Session, Sink};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream, UpstreamEvent};
 
@@ -29,8 +29,9 @@ pub(super) type Inbox = mpsc::Sender<Box<Command>>;
 /// What a session is asked to do.
 pub(crate) enum Command {
     /// A client request; `accepted` hears once it went upstream (or why it cannot), its
-    /// answer goes to `sink`.
-    Request { msg: Message, sink: Sink, accepted: oneshot::Sender<Result<u64, GatewayError>> },
+    /// answer goes to `sink`. A sink numbered 0 gets the session's next stream number; with
+    /// `prime`, its stream's priming event id is taken before the request goes upstream.
+    Request { msg: Message, sink: Sink, prime: bool, accepted: oneshot::Sender<Result<Accepted, GatewayError>> },
     /// A client notification.
     Notify { msg: Message, done: oneshot::Sender<Result<(), GatewayError>> },
     /// The client's answer to a server→client request.
@@ -72,12 +73,7 @@ pub(crate) enum Command {
     /// A revive task's outcome.
     Revived(Revived),
     /// How a request the session sent from a task (an HTTP upstream's POST) went.
-    Sent {
-        gid: u64,
-        generation: u64,
-        result: Result<(), SendError>,
-        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
-    },
+    Sent { gid: u64, generation: u64, result: Result<(), SendError>, accepted: Option<Acceptance> },
     /// An event of a binding the session has let go of (it settles what was in flight there).
     Event { generation: u64, event: UpstreamEvent },
 }
@@ -151,13 +147,13 @@ impl Session {
             }
         }
         if let Some(up) = self.retire(false) {
-            tokio::spawn(async move { up.close().await });
+            super::spawn(async move { up.close().await });
         }
     }
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Request { msg, sink, accepted } => self.request(msg, sink, accepted).await,
+            Command::Request { msg, sink, prime, accepted } => self.request(msg, sink, prime, accepted).await,
             Command::Notify { msg, done } => self.notify(msg, done).await,
             Command::Answer { msg } => self.answer(msg).await,
             Command::TimeOut { gid, reply } => {

@@ -15,7 +15,7 @@ use super::StreamKind;
 use super::actor::{Command, Waiter};
 use super::recovery::{self, Facts, Failure, Fate, Loss, Safety};
 use super::routing::Settled;
-use super::{Pending, Reply, Session, Sink, next_gid, rewrite_param, state_change_of};
+use super::{Acceptance, Accepted, Pending, Reply, Session, Sink, next_gid, rewrite_param, state_change_of};
 use crate::error::GatewayError;
 use crate::upstream::{SendError, Upstream};
 
@@ -33,14 +33,22 @@ const SAFE_METHODS: [&str; 9] = [
 ];
 
 impl Session {
-    /// Takes a client request. Its answer, and messages related to it, go to `sink`;
-    /// `accepted` hears the gateway id once it went upstream, or why it could not.
+    /// Takes a client request. Its answer, and messages related to it, go to `sink` (numbered
+    /// here when it has no number yet, and primed first when asked); `accepted` hears the
+    /// gateway id once it went upstream, or why it could not.
     pub(super) async fn request(
         &mut self,
         msg: Message,
-        sink: Sink,
-        accepted: oneshot::Sender<Result<u64, GatewayError>>,
+        mut sink: Sink,
+        prime: bool,
+        accepted: oneshot::Sender<Result<Accepted, GatewayError>>,
     ) {
+        if sink.stream == 0 {
+            sink.stream = self.streams;
+            self.streams += 1;
+        }
+        let priming = prime.then(|| self.next_event_id(&sink));
+        let accepted = Acceptance { tx: accepted, stream: sink.stream, priming };
         let method = msg.method().unwrap_or_default().to_owned();
         let client_id = msg.id().map(ToOwned::to_owned).unwrap_or_else(|| numeric_id(0));
         let gid = next_gid();
@@ -91,8 +99,8 @@ impl Session {
         if up.sends_at_once(&msg) {
             match up.send(&msg, Some(gid)).await {
                 Ok(()) => {
-                    if let Some(tx) = accepted {
-                        let _ = tx.send(Ok(gid));
+                    if let Some(a) = accepted {
+                        a.ok(gid);
                     }
                 }
                 Err(e) => self.send_failed(gid, up.generation(), e, accepted).await,
@@ -105,25 +113,19 @@ impl Session {
     /// Sends a request from a task: an HTTP upstream answers the POST's headers when it is
     /// ready, which the session never waits for. Until the task reports ([`Command::Sent`]),
     /// the send's outcome, not the binding's end, decides the request's fate.
-    pub(super) fn send_from_task(
-        &mut self,
-        up: &Upstream,
-        msg: Arc<Message>,
-        gid: u64,
-        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
-    ) {
+    pub(super) fn send_from_task(&mut self, up: &Upstream, msg: Arc<Message>, gid: u64, accepted: Option<Acceptance>) {
         if let Some(p) = self.routes.pending.get_mut(&gid) {
             p.sending = true;
         }
         let reporter = self.reporter();
         let generation = up.generation();
         let up = up.clone();
-        tokio::spawn(async move {
+        super::spawn(async move {
             let result = up.send(&msg, Some(gid)).await;
-            if let Err(Command::Sent { accepted: Some(tx), .. }) =
+            if let Err(Command::Sent { accepted: Some(a), .. }) =
                 reporter.send_or_return(Command::Sent { gid, generation, result, accepted }).await
             {
-                let _ = tx.send(Err(GatewayError::SessionNotFound));
+                a.err(GatewayError::SessionNotFound);
             }
         });
     }
@@ -135,15 +137,15 @@ impl Session {
         gid: u64,
         generation: u64,
         result: Result<(), SendError>,
-        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
+        accepted: Option<Acceptance>,
     ) {
         if let Err(error) = result {
             return self.send_failed(gid, generation, error, accepted).await;
         }
-        if let Some(tx) = accepted {
-            let _ = tx.send(Ok(gid));
+        if let Some(a) = accepted {
+            a.ok(gid);
         }
-        let gone = !self.live().is_some_and(|u| u.generation() == generation);
+        let gone = self.live().is_none_or(|u| u.generation() != generation);
         let Some(p) = self.routes.pending.get_mut(&gid) else { return };
         p.sending = false;
         if !gone {
@@ -172,17 +174,11 @@ impl Session {
     /// received is sent again after a revive; one that may have reached it is retried (a
     /// bounded number of times) when repeating it is safe, and otherwise ends with "upstream
     /// restarted".
-    async fn send_failed(
-        &mut self,
-        gid: u64,
-        generation: u64,
-        err: SendError,
-        accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
-    ) {
+    async fn send_failed(&mut self, gid: u64, generation: u64, err: SendError, accepted: Option<Acceptance>) {
         // Take the request back, unless the binding's death already decided its fate.
         let Some(mut p) = self.routes.pending.remove(&gid) else {
-            if let Some(tx) = accepted {
-                let _ = tx.send(Ok(gid));
+            if let Some(a) = accepted {
+                a.ok(gid);
             }
             return;
         };
@@ -270,15 +266,14 @@ impl Session {
     pub(super) async fn send_quiet(&self, up: &Upstream, msg: Message) {
         if up.sends_at_once(&msg) {
             if let Err(e) = up.send(&msg, None).await {
-                tracing::debug!(session_id = %self.id, error = %e, "message not delivered upstream");
+                tracing::debug!(error = %e, "message not delivered upstream");
             }
             return;
         }
         let up = up.clone();
-        let id = self.id.clone();
-        tokio::spawn(async move {
+        super::spawn(async move {
             if let Err(e) = up.send(&msg, None).await {
-                tracing::debug!(session_id = %id, error = %e, "message not delivered upstream");
+                tracing::debug!(error = %e, "message not delivered upstream");
             }
         });
     }
@@ -313,7 +308,6 @@ impl Session {
         msg: Message,
         done: oneshot::Sender<Result<(), GatewayError>>,
     ) {
-        let id = self.id.clone();
         let at_once = up.sends_at_once(&msg);
         let send = {
             let up = up.clone();
@@ -323,7 +317,7 @@ impl Session {
                     Err(SendError::Refused { status, detail }) => Err(GatewayError::UpstreamRefused { status, detail }),
                     Err(e) => {
                         // Lost with the connection; the revive replays what matters (initialized).
-                        tracing::debug!(session_id = %id, error = %e, "notification not delivered");
+                        tracing::debug!(error = %e, "notification not delivered");
                         Ok(())
                     }
                 };
@@ -333,7 +327,7 @@ impl Session {
         if at_once {
             send.await;
         } else {
-            tokio::spawn(send);
+            super::spawn(send);
         }
     }
 
@@ -342,11 +336,11 @@ impl Session {
         self.note_activity(false);
         let key = msg.id().map(|i| i.get().to_owned()).unwrap_or_default();
         let Some(sr) = self.routes.server_requests.remove(&key) else {
-            tracing::debug!(session_id = %self.id, id = %key, "answer to an unknown server request; dropped");
+            tracing::debug!(id = %key, "answer to an unknown server request; dropped");
             return;
         };
         let Some(up) = self.live().filter(|u| u.generation() == sr.generation).cloned() else {
-            tracing::debug!(session_id = %self.id, "answer for an upstream that has since restarted; dropped");
+            tracing::debug!("answer for an upstream that has since restarted; dropped");
             return;
         };
         let mut msg = msg;
@@ -376,7 +370,7 @@ impl Session {
             self.send_quiet(&up, Message::notification(method::NOTIFICATION_CANCELLED, Some(&params))).await;
         }
         let secs = self.deps.config.request_timeout.as_secs();
-        warn!(session_id = %self.id, method = %p.method, timeout_s = secs, "request timed out");
+        warn!(method = %p.method, timeout_s = secs, "request timed out");
         self.deps.stats.requests_timed_out.inc();
         if matches!(p.reply, Reply::Client(_)) {
             self.refuse(p, GatewayError::UpstreamTimeout(secs)).await;

@@ -13,7 +13,7 @@ use super::actor::{Command, Inbox};
 use super::inspect::{LastError, UpstreamState, View};
 use super::record::{SessionRecord, Transport};
 use super::store::{Activity, Replay};
-use super::{SessionConfig, Shared, Sink, event_id};
+use super::{Accepted, SessionConfig, Shared, Sink, event_id};
 use crate::error::GatewayError;
 use crate::upstream::Upstream;
 use crate::upstream::credentials::ForwardedAuth;
@@ -149,7 +149,14 @@ impl SessionHandle {
     /// Forwards a client request; its answer, and messages related to it, go to `sink`.
     /// Returns the gateway id once it went upstream, which the caller uses to time it out.
     pub async fn request(&self, msg: Message, sink: Sink) -> Result<u64, GatewayError> {
-        self.ask(|accepted| Command::Request { msg, sink, accepted })
+        self.open_request(msg, sink, false).await.map(|a| a.gid)
+    }
+
+    /// Forwards a client request on a new stream, in one exchange with the session: a sink
+    /// numbered 0 is numbered by the session, and with `prime` the stream's priming event id
+    /// is taken before the request goes upstream (so that any answer comes after it).
+    pub async fn open_request(&self, msg: Message, sink: Sink, prime: bool) -> Result<Accepted, GatewayError> {
+        self.ask(|accepted| Command::Request { msg, sink, prime, accepted })
             .await
             .unwrap_or(Err(GatewayError::SessionNotFound))
     }

@@ -39,7 +39,7 @@ use tether_protocol::{Kind, Message, event_id, method, params};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::error::GatewayError;
 use crate::stats::{RequestProbe, Stats};
@@ -161,7 +161,8 @@ pub enum StreamKind {
 }
 
 impl Sink {
-    /// A sink and the receiving end its stream reads.
+    /// A sink and the receiving end its stream reads. Stream number 0: the session numbers it
+    /// when a request opens it ([`SessionHandle::open_request`]).
     pub fn channel(stream: u64, kind: StreamKind) -> (Sink, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(64);
         (Sink { tx, stream, kind, probe: None, request: None }, rx)
@@ -262,7 +263,35 @@ struct Pending {
     /// A task is sending it (an HTTP upstream): the send's outcome decides its fate.
     sending: bool,
     /// The caller waiting to hear that the request went upstream (or why it cannot).
-    accepted: Option<oneshot::Sender<Result<u64, GatewayError>>>,
+    accepted: Option<Acceptance>,
+}
+
+/// What the caller of a request hears once it went upstream.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The gateway id (the caller times the request out with it).
+    pub gid: u64,
+    /// The stream number of the request's sink.
+    pub stream: u64,
+    /// The priming event id of the request's stream, when one was asked for.
+    pub priming: Option<String>,
+}
+
+/// The caller of a request, waiting for [`Accepted`] or the reason it cannot go upstream.
+struct Acceptance {
+    tx: oneshot::Sender<Result<Accepted, GatewayError>>,
+    stream: u64,
+    priming: Option<String>,
+}
+
+impl Acceptance {
+    fn ok(self, gid: u64) {
+        let _ = self.tx.send(Ok(Accepted { gid, stream: self.stream, priming: self.priming }));
+    }
+
+    fn err(self, e: GatewayError) {
+        let _ = self.tx.send(Err(e));
+    }
 }
 
 struct ServerRequest {
@@ -328,6 +357,11 @@ pub fn stream_key(stream: u64, standalone: bool) -> String {
 /// Reads a stream key of this process or another one.
 pub fn parse_stream_key(key: &str) -> StreamKey {
     event_id::parse_stream_key(key, instance())
+}
+
+/// Spawns one of a session's tasks, in the session's span.
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(task.in_current_span());
 }
 
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
@@ -446,7 +480,10 @@ impl Session {
             lost: false,
             view,
         };
-        tokio::spawn(session.run(rx));
+        // One span for the session's life: its task's logs, and those of the tasks it
+        // spawns, carry its id.
+        let span = tracing::info_span!("session", session_id = %shared.id);
+        tokio::spawn(session.run(rx).instrument(span));
         SessionHandle::new(shared, tx, view_rx)
     }
 
@@ -490,7 +527,7 @@ impl Session {
             match stored {
                 Ok(()) => id = Some(event_id(&key, seq)),
                 Err(e) => {
-                    warn!(session_id = %self.id, error = %e, "storing an SSE event failed; it is sent without an id")
+                    warn!(error = %e, "storing an SSE event failed; it is sent without an id")
                 }
             }
         }
@@ -507,8 +544,8 @@ impl Session {
     /// Ends a request that cannot go on: the caller still waiting to hear that it went
     /// upstream hears the error (and picks the HTTP status); otherwise its stream does.
     async fn refuse(&mut self, mut p: Pending, err: GatewayError) {
-        if let Some(tx) = p.accepted.take() {
-            let _ = tx.send(Err(err));
+        if let Some(a) = p.accepted.take() {
+            a.err(err);
             return;
         }
         match p.reply {
@@ -569,13 +606,13 @@ impl Session {
 
     async fn store_state(&self, state: SessionState) {
         if let Err(e) = self.deps.store.set_state(&self.id, &state).await {
-            warn!(session_id = %self.id, error = %e, "storing session state failed");
+            warn!(error = %e, "storing session state failed");
         }
     }
 
     async fn store_handshake(&self) {
         if let Err(e) = self.deps.store.set_handshake(&self.record).await {
-            warn!(session_id = %self.id, error = %e, "storing the handshake failed");
+            warn!(error = %e, "storing the handshake failed");
         }
     }
 }

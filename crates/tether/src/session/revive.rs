@@ -118,7 +118,7 @@ impl Session {
         if settle && let Some(mut events) = events {
             let reporter = self.reporter();
             let generation = up.generation();
-            tokio::spawn(async move {
+            super::spawn(async move {
                 while let Some(event) = events.recv().await {
                     if !reporter.send(Command::Event { generation, event }).await {
                         return;
@@ -166,7 +166,7 @@ impl Session {
             standalone: self.routes.standalone.is_some(),
         };
         let reporter = self.reporter();
-        tokio::spawn(async move {
+        super::spawn(async move {
             let revived = job.run().await;
             if let Err(Command::Revived(r)) = reporter.send_or_return(Command::Revived(revived)).await
                 && let Ok(c) = r.outcome
@@ -184,13 +184,13 @@ impl Session {
         let current = matches!(self.binding, Binding::Reviving { generation, .. } if generation == r.generation);
         if !current || self.closed {
             if let Ok(c) = r.outcome {
-                tokio::spawn(async move { c.up.close().await });
+                super::spawn(async move { c.up.close().await });
             }
             return;
         }
         let c = match r.outcome {
             Ok(c) if self.stopping.is_cancelled() => {
-                tokio::spawn(async move { c.up.close().await });
+                super::spawn(async move { c.up.close().await });
                 self.binding = Binding::None;
                 return self.settle_waiting(GatewayError::ShuttingDown, false).await;
             }
@@ -199,7 +199,7 @@ impl Session {
                 self.binding = Binding::None;
                 self.lost = true;
                 if in_replay {
-                    warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cause = r.cause, error = %e, "revive failed");
+                    warn!(upstream = self.deps.spec.kind(), cause = r.cause, error = %e, "revive failed");
                     self.note_error(format_args!("revive failed ({}): {e}", r.cause));
                     self.deps.stats.revive_failures.inc();
                 } else if !matches!(e, GatewayError::ShuttingDown) {
@@ -226,7 +226,6 @@ impl Session {
             self.revives += 1;
             self.note_revived(r.cause);
             info!(
-                session_id = %self.id,
                 upstream = self.deps.spec.kind(),
                 cause = r.cause,
                 generation,
@@ -277,7 +276,7 @@ impl Session {
                     if count && self.has_bound() && matches!(e, GatewayError::UpstreamUnavailable(_)) =>
                 {
                     p.waits += 1;
-                    tracing::debug!(session_id = %self.id, error = %e, attempt = p.waits, "a request found the upstream away");
+                    tracing::debug!(error = %e, attempt = p.waits, "a request found the upstream away");
                     if self.deps.config.reconnect_attempts.is_some_and(|n| p.waits > n) {
                         self.refuse(p, e.clone()).await;
                         continue;
@@ -306,7 +305,7 @@ impl Session {
             }
             Waiter::Internal { cont, .. } => self.internal_failed(cont, &e.to_string()).await,
             Waiter::Standalone => {
-                warn!(session_id = %self.id, error = %e, "restarting the upstream for an open stream failed; the next request retries");
+                warn!(error = %e, "restarting the upstream for an open stream failed; the next request retries");
             }
         }
     }
@@ -336,7 +335,7 @@ impl Session {
             let _ = reply.send(Ok(None));
             return;
         }
-        info!(session_id = %self.id, upstream = self.deps.spec.kind(), "session refresh requested by an operator");
+        info!(upstream = self.deps.spec.kind(), "session refresh requested by an operator");
         // Generations start at 1, so 0 marks "no binding": a revive starts at once.
         let stale = self.current().map_or(0, Upstream::generation);
         match self.ready(Some(stale), true) {
@@ -357,7 +356,11 @@ impl Session {
         self.breaker.failure(&self.deps.config.restart, now, trip);
         if !was && self.breaker.is_open(now) {
             self.deps.stats.crash_loops.inc();
-            warn!(session_id = %self.id, upstream = self.deps.spec.kind(), cooldown_s = self.deps.config.restart.cooldown.as_secs(), "upstream is crash-looping; refusing restarts for the cool-down");
+            warn!(
+                upstream = self.deps.spec.kind(),
+                cooldown_s = self.deps.config.restart.cooldown.as_secs(),
+                "upstream is crash-looping; refusing restarts for the cool-down"
+            );
         }
     }
 
@@ -374,12 +377,12 @@ impl Session {
         self.closed = true;
         let store = self.deps.store.clone();
         let id = self.id.clone();
-        tokio::spawn(async move {
+        super::spawn(async move {
             if let Err(e) = store.close(&id, now_ms(), reason).await {
-                warn!(session_id = %id, error = %e, "closing the session record failed");
+                warn!(error = %e, "closing the session record failed");
             }
             if let Err(e) = store.forget(&id).await {
-                warn!(session_id = %id, error = %e, "dropping the session's stored events failed");
+                warn!(error = %e, "dropping the session's stored events failed");
             }
         });
     }
@@ -401,7 +404,7 @@ impl Session {
     }
 
     async fn announce(&mut self, kind: &str) {
-        info!(session_id = %self.id, kind, "upstream list changed across the revive; telling the client");
+        info!(kind, "upstream list changed across the revive; telling the client");
         let note = Message::notification(&method::list_changed(kind), None);
         let target = self.target(Origin::Standalone, None);
         self.deliver(target, note).await;

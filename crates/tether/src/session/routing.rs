@@ -94,11 +94,11 @@ impl Session {
 
     async fn route_answer(&mut self, msg: Message) {
         let Some(gid) = msg.numeric_id() else {
-            debug!(session_id = %self.id, "upstream answer with an id tether did not issue; dropped");
+            debug!("upstream answer with an id tether did not issue; dropped");
             return;
         };
         let Some(p) = self.routes.pending.remove(&gid) else {
-            debug!(session_id = %self.id, gid, "answer to a request no longer waiting; dropped");
+            debug!(gid, "answer to a request no longer waiting; dropped");
             return;
         };
         let sink = match p.reply {
@@ -133,7 +133,7 @@ impl Session {
         }
         msg.set_id(p.client_id);
         if !self.emit(&sink, Bytes::from(msg.to_bytes()), true, None).await {
-            debug!(session_id = %self.id, method = %p.method, "the client's stream closed before its answer");
+            debug!(method = %p.method, "the client's stream closed before its answer");
         }
     }
 
@@ -173,7 +173,7 @@ impl Session {
             }
             self.publish();
             self.store_handshake().await;
-            info!(session_id = %self.id, protocol_version = ?version, "session initialized");
+            info!(protocol_version = ?version, "session initialized");
             return;
         }
         let Some(change) = &p.state_change else {
@@ -252,7 +252,7 @@ impl Session {
         let r = &mut self.routes;
         if r.backlog.len() >= self.deps.config.backlog {
             r.backlog.pop_front();
-            warn!(session_id = %self.id, "no client stream for server messages; the oldest queued one was dropped");
+            warn!("no client stream for server messages; the oldest queued one was dropped");
         }
         r.backlog.push_back(data);
     }
@@ -280,7 +280,7 @@ impl Session {
             self.note_gone(super::inspect::loss_cause(&reason));
         }
         if unexpected {
-            info!(session_id = %self.id, upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
+            info!(upstream = self.deps.spec.kind(), generation, reason = %reason, in_flight = orphans.len(), "upstream connection lost");
             self.note_error(format_args!("upstream connection lost: {reason}"));
         }
         let mut retried = false;
@@ -309,7 +309,7 @@ impl Session {
                 Ok(Some(_)) => {}
                 Ok(None) => self.waiting.push(Waiter::Standalone),
                 Err(e) => {
-                    warn!(session_id = %self.id, error = %e, "restarting the upstream for an open stream failed; the next request retries");
+                    warn!(error = %e, "restarting the upstream for an open stream failed; the next request retries");
                 }
             }
         }
@@ -333,7 +333,7 @@ impl Session {
             Fate::Resend => Box::pin(self.dispatch(gid, p, stale)).await,
             Fate::Retry => {
                 if loss == Loss::RemoteRestarted {
-                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
+                    info!(method = %p.method, class = "transport_error", retry = true, "upstream restarted with the request in flight");
                 }
                 p.attempts += 1;
                 self.deps.stats.requests_retried.inc();
@@ -342,7 +342,7 @@ impl Session {
             Fate::Reopen => {
                 let Some(up) = self.current() else { return Settled::Deliver(Box::new(p)) };
                 // The upstream did not process it: it forgot our session. Revive and send again.
-                info!(session_id = %self.id, method = %p.method, "upstream answered with a session error; reviving");
+                info!(method = %p.method, "upstream answered with a session error; reviving");
                 p.attempts += 1;
                 let generation = p.generation;
                 up.mark_lost();
@@ -357,7 +357,7 @@ impl Session {
             }
             Fate::Deliver => {
                 if loss == Loss::RemoteRestarted {
-                    info!(session_id = %self.id, method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
+                    info!(method = %p.method, class = "transport_error", retry = false, "upstream restarted with the request in flight");
                 }
                 return Settled::Deliver(Box::new(p));
             }

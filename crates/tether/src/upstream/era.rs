@@ -39,9 +39,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tether_protocol::message::{numeric_id, raw_value};
-use tether_protocol::{Kind, Message, error_code, method};
+use tether_protocol::{Kind, Message, method};
 
 use tracing::info;
 
@@ -326,13 +326,7 @@ pub(super) fn for_handshake(msg: &Message, gid: Option<u64>) -> Option<Result<Me
     let mut params: Value = serde_json::from_str(msg.params()?.get()).ok()?;
     if modern::continues_round(&params) {
         let id = gid.map(numeric_id).or_else(|| msg.id().map(ToOwned::to_owned));
-        return Some(Err(Message::error(
-            id.as_deref(),
-            error_code::INVALID_PARAMS,
-            "Invalid or expired requestState: the upstream no longer speaks 2026-07-28, so the round it \
-             started cannot be continued; send the request again without inputResponses and requestState",
-            Some(json!({ "reason": "invalid_request_state" })),
-        )));
+        return Some(Err(crate::error::GatewayError::RoundOrphaned.to_message(id.as_deref())));
     }
     tether_protocol::modern::strip_envelope(&mut params);
     let mut stripped = msg.clone();
@@ -350,6 +344,7 @@ fn make(url: &str, era: Era, parts: &ConnectContext) -> Current {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_flag_values_parse_and_name_themselves() {

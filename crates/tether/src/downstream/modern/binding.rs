@@ -210,7 +210,7 @@ impl Bindings {
 /// Opens the upstream side of a new binding: `initialize` (recorded by the session, so that a
 /// revive replays it) and `notifications/initialized`.
 async fn initialize(session: &SessionHandle, params: &Value) -> Result<(), GatewayError> {
-    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(0, StreamKind::Json);
     let msg = Message::request(0, method::INITIALIZE, Some(&raw_value(params)));
     let gid = session.request(msg, sink).await?;
     let timeout = session.config().request_timeout;

@@ -140,7 +140,7 @@ pub async fn run(
         let round = front.parked.take(claims.handle).ok_or(GatewayError::InvalidRequestState)?;
         let answer = match responses.and_then(|r| r.get(&round.key)) {
             Some(v) => Message::response(&round.asked, &raw_value(v)),
-            None => Message::error(Some(&round.asked), error_code::INTERNAL_ERROR, "the client gave no response", None),
+            None => GatewayError::NoInputResponse.to_message(Some(&round.asked)),
         };
         round.session.answer(answer).await?;
         (round.session, round.rx, round.gid, round.unique, false)
@@ -165,7 +165,7 @@ pub async fn run(
         upstream.set_id(unique.clone());
         // A stream that carries related messages, but is not resumed (2026-07-28 has no
         // resumption): no event is stored for it.
-        let (sink, rx) = Sink::channel(session.next_stream().await, StreamKind::Legacy);
+        let (sink, rx) = Sink::channel(0, StreamKind::Legacy);
         let gid = session.request(upstream, sink.probed(probe.clone())).await?;
         (session, rx, gid, unique, forwarded)
     };
@@ -204,7 +204,7 @@ async fn apply_log_level(session: &SessionHandle, level: &str) {
     if !logs || matches!((current, wanted), (Some(c), Some(w)) if c <= w) {
         return;
     }
-    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(0, StreamKind::Json);
     let params = raw_value(&json!({ "level": level }));
     let Ok(gid) = session.request(Message::request(0, method::LOGGING_SET_LEVEL, Some(&params)), sink).await else {
         return;
@@ -407,7 +407,7 @@ fn input_request(ctx: &Ctx, m: &Message) -> Option<Value> {
 /// capability answers).
 async fn refuse(ctx: &Ctx, m: &Message) {
     let Some(id) = m.id() else { return };
-    let e = Message::error(Some(id), error_code::METHOD_NOT_FOUND, "the client did not declare this capability", None);
+    let e = GatewayError::CapabilityNotDeclared.to_message(Some(id));
     let _ = ctx.session.answer(e).await;
 }
 

@@ -246,7 +246,7 @@ async fn subscribe(session: &SessionHandle, uri: &str) -> bool {
 
 /// `resources/subscribe` or `unsubscribe` of `uri` on the binding; whether it succeeded.
 async fn call(session: &SessionHandle, name: &str, uri: &str) -> bool {
-    let (sink, mut rx) = Sink::channel(session.next_stream().await, StreamKind::Json);
+    let (sink, mut rx) = Sink::channel(0, StreamKind::Json);
     let params = raw_value(&json!({ "uri": uri }));
     let Ok(gid) = session.request(Message::request(0, name, Some(&params)), sink).await else {
         return false;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value, string_id};
-use tether_protocol::{Message, error_code};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -80,7 +80,7 @@ impl Shared {
         if exchange.method == "tools/call" {
             self.answer(exchange.gid, json!({"content": [{"type": "text", "text": why}], "isError": true})).await;
         } else {
-            let m = Message::error(Some(&numeric_id(exchange.gid)), error_code::INTERNAL_ERROR, why, None);
+            let m = crate::error::GatewayError::InputFailed(why.to_owned()).to_message(Some(&numeric_id(exchange.gid)));
             self.deliver(Origin::Request(exchange.gid), m).await;
         }
     }
