@@ -7,6 +7,14 @@ use clap::{Parser, Subcommand};
 use tether::bridge::BridgeArgs;
 use tether::config::{Config, ServeArgs};
 
+/// jemalloc instead of glibc's malloc, for idle memory: opening many sessions at once keeps
+/// hundreds of upstream children alive until they are reaped, and what they free is left by glibc
+/// as holes between the sessions' long-lived allocations (7.3–7.7 KiB of RSS per idle session
+/// against ~2 KiB with jemalloc, BENCHMARKS.md). Its options (`.cargo/config.toml`) give freed
+/// pages back at once; `MALLOC_CONF` overrides them at run time.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EX_USAGE: u8 = 64;
 
