@@ -59,13 +59,15 @@ pub async fn list(
     let more = records.len() > limit;
     records.truncate(limit);
     let next = if more { records.last().map(|r| r.id.clone()) } else { None };
-    let sessions: Vec<Value> = records
-        .iter()
-        .map(|r| {
-            let live = state.manager().live_session(&r.id);
-            summary(&state, live.as_ref().map(|s| s.record()).as_ref().unwrap_or(r), live.as_ref())
-        })
-        .collect();
+    let mut sessions: Vec<Value> = Vec::with_capacity(records.len());
+    for r in &records {
+        let live = state.manager().live_session(&r.id);
+        let now = match &live {
+            Some(s) => Some(s.record_now().await),
+            None => None,
+        };
+        sessions.push(summary(&state, now.as_ref().unwrap_or(r), live.as_ref()));
+    }
     Ok(json_response(StatusCode::OK, &json!({ "sessions": sessions, "nextCursor": next })))
 }
 
@@ -74,7 +76,7 @@ pub async fn list(
 pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
     let live = state.manager().live_session(&id);
     let record = match &live {
-        Some(s) => s.record(),
+        Some(s) => s.record_now().await,
         None => load(&state, &id).await?,
     };
     let snap = match &live {

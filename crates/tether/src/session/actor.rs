@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::handle::Snapshot;
+use super::record::SessionRecord;
 use super::revive::Revived;
 use super::store::Activity;
 use super::{Acceptance, Accepted, Binding, Internal, Pending, Session, Sink};
@@ -60,6 +61,8 @@ pub(crate) enum Command {
     Inspect { reply: oneshot::Sender<Snapshot> },
     /// Client requests waiting for their answer.
     PendingCount { reply: oneshot::Sender<usize> },
+    /// The record as it is now.
+    Record { reply: oneshot::Sender<SessionRecord> },
     /// The activity not yet written; an open standalone stream counts as activity when the
     /// last is `refresh_ms` old.
     TakeActivity { refresh_ms: u64, reply: oneshot::Sender<Option<Activity>> },
@@ -189,6 +192,9 @@ impl Session {
             }
             Command::PendingCount { reply } => {
                 let _ = reply.send(self.pending_requests());
+            }
+            Command::Record { reply } => {
+                let _ = reply.send(self.record.clone());
             }
             Command::TakeActivity { refresh_ms, reply } => {
                 if self.routes.standalone.is_some() {

@@ -136,12 +136,22 @@ impl SessionHandle {
         self.view.borrow().record.protocol_version.clone()
     }
 
-    /// A copy of the record as the session last showed it.
+    /// A copy of the record as the session last showed it (its activity up to a quarter of a
+    /// second old).
     pub fn record(&self) -> SessionRecord {
         self.view.borrow().record.clone()
     }
 
-    /// Milliseconds since the Unix epoch of the last client activity.
+    /// The record as it is now (an ended session: as it last showed it).
+    pub async fn record_now(&self) -> SessionRecord {
+        match self.ask(|reply| Command::Record { reply }).await {
+            Some(r) => r,
+            None => self.record(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch of the last client activity (up to a quarter of a
+    /// second old).
     pub fn last_active(&self) -> u64 {
         self.view.borrow().record.last_active
     }

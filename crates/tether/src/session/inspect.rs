@@ -88,6 +88,9 @@ pub(crate) struct View {
 }
 
 impl View {
+    /// The longest activity goes unshown to handles.
+    pub const ACTIVITY_STEP_MS: u64 = 250;
+
     /// What a new session shows.
     pub fn of(record: &SessionRecord) -> View {
         View {
@@ -125,6 +128,7 @@ impl Session {
     pub(super) fn publish(&mut self) {
         let now = Instant::now();
         let breaker_open_until = self.breaker.open_for(now).map(|d| now + d);
+        self.shown_active = self.record.last_active;
         let record = self.record.clone();
         let current = self.current().cloned();
         let reviving = matches!(self.binding, Binding::Reviving { .. });
@@ -147,8 +151,15 @@ impl Session {
         });
     }
 
-    /// Shows handles the latest activity.
+    /// Shows handles the latest activity, unless it was shown less than a step ago (a quarter
+    /// of a second, or a twentieth of the TTL): a publication wakes every reader's shard, too
+    /// much for every request. [`SessionHandle::record_now`] asks for the exact record.
     pub(super) fn publish_activity(&mut self) {
+        let step = (self.deps.config.ttl.as_millis() as u64 / 20).clamp(1, View::ACTIVITY_STEP_MS);
+        if self.record.last_active.saturating_sub(self.shown_active) < step {
+            return;
+        }
+        self.shown_active = self.record.last_active;
         let (last_active, requests, tool_calls) =
             (self.record.last_active, self.record.requests, self.record.tool_calls);
         self.view.send_modify(|v| {

@@ -14,6 +14,9 @@ use super::store::StoreError;
 use super::{Deps, Session, SessionHandle};
 use crate::error::GatewayError;
 
+/// Idle upstreams closed at once by the reaper.
+const REAP_AT_ONCE: usize = 64;
+
 /// Sessions whose activity goes in one store write.
 const ACTIVITY_CHUNK: usize = 256;
 
@@ -376,14 +379,19 @@ impl Manager {
     /// use revives them. A session with a request in flight or an open standalone stream keeps
     /// its binding: the client is waiting for what the server may send.
     pub async fn reap_idle_upstreams(&self) {
+        use futures_util::StreamExt;
         let idle = self.deps.config.upstream_idle;
         let sessions: Vec<SessionHandle> = self.read().values().filter(|s| s.upstream_alive()).cloned().collect();
-        for s in sessions {
-            if s.release_if_idle(idle).await {
-                info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
-                self.deps.stats.upstream_reaped.inc();
-            }
-        }
+        // Closed side by side (a child's close waits for its exit): after a burst of sessions,
+        // one at a time could not keep up with the children the next burst starts.
+        futures_util::stream::iter(sessions)
+            .for_each_concurrent(REAP_AT_ONCE, |s| async move {
+                if s.release_if_idle(idle).await {
+                    info!(session_id = %s.id(), upstream = self.deps.spec.kind(), idle_s = idle.as_secs(), "idle upstream released");
+                    self.deps.stats.upstream_reaped.inc();
+                }
+            })
+            .await;
     }
 
     /// Writes the activity gathered since the last call.

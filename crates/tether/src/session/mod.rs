@@ -423,6 +423,8 @@ pub(crate) struct Session {
     internal_in_flight: usize,
     /// The last revive failed: no binding, and the next use tries again.
     lost: bool,
+    /// The activity time handles were last shown (`inspect::View`).
+    shown_active: u64,
 
     /// What handles read without asking (`inspect::View`).
     view: tokio::sync::watch::Sender<inspect::View>,
@@ -478,6 +480,7 @@ impl Session {
             inbox: tx.downgrade(),
             internal_in_flight: 0,
             lost: false,
+            shown_active: 0,
             view,
         };
         // One span for the session's life: its task's logs, and those of the tasks it

@@ -331,7 +331,7 @@ pub struct LiveDetail {
 pub async fn detail(state: &AdminState, id: &str) -> Result<Detail, AdminError> {
     let live = state.manager().live_session(id);
     let record = match &live {
-        Some(s) => s.record(),
+        Some(s) => s.record_now().await,
         None => crate::admin::sessions::load(state, id).await?,
     };
     let row = row(&record, live.as_ref());
