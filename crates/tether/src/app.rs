@@ -68,8 +68,22 @@ impl Gateway {
         // A shared store serves one tether per namespace until cluster mode exists; a standby
         // waits for it (and holds no listener meanwhile).
         // Every tether on a shared namespace is in its replica registry, serving or not.
-        let registry = replicas::Registry::start(&config.store, &listeners.mcp.local_addr()?.to_string()).await?;
+        let mcp_addr = listeners.mcp.local_addr()?.to_string();
+        // Cluster mode: the hop is bound first, and its address is what the registry lists.
+        let hop_listener = match &config.cluster {
+            Some(c) => Some(
+                TcpListener::bind(c.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on the cluster hop address {}: {e}", c.listen))?,
+            ),
+            None => None,
+        };
+        let advertise = config.cluster.as_ref().map_or(mcp_addr.clone(), |c| c.advertise.clone());
+        let registry =
+            replicas::Registry::start(&config.store, &mcp_addr, &advertise, config.cluster.is_some()).await?;
         let (listeners, namespace_lease) = match &registry {
+            // Several replicas serve the namespace: sessions are owned one by one, by lease.
+            Some(_) if config.cluster.is_some() => (listeners, None),
             Some(r) if config.standby => {
                 let (l, lease) = standby::wait(&config.store, r, listeners, stop.clone()).await?;
                 (l, Some(lease))
@@ -145,6 +159,16 @@ impl Gateway {
             None => None,
         };
         manager.spawn_background(stop.clone());
+        let cluster = match (&config.cluster, &registry) {
+            (Some(c), Some(r)) => {
+                let cluster =
+                    crate::cluster::Cluster::new(r.store(), r.me().clone(), c.clone(), manager.clone(), r.board())?;
+                cluster.spawn_renewer(stop.clone());
+                info!(hop = %c.listen, advertise = %c.advertise, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "cluster mode: serving with the other replicas of the namespace");
+                Some(cluster)
+            }
+            _ => None,
+        };
         let hard_stop = CancellationToken::new();
         let state = AppState {
             manager: manager.clone(),
@@ -153,8 +177,19 @@ impl Gateway {
             hard_stop: hard_stop.clone(),
             auth,
             modern: Default::default(),
+            cluster: cluster.clone(),
         };
         let front = config.front.clone();
+        let hop = match (hop_listener, &config.cluster) {
+            (Some(l), Some(c)) => {
+                let router = crate::cluster::hop::router(state.clone(), c.secret.clone());
+                let (front, signal) = (front.clone(), stop.clone());
+                Some(tokio::spawn(async move {
+                    downstream::listener::serve(l, router, &front, signal.cancelled_owned()).await;
+                }))
+            }
+            _ => None,
+        };
         let router = downstream::router(state);
         if let crate::upstream::UpstreamSpec::Stdio { command } = &config.upstream
             && let Some((program, args)) = command.split_first()
@@ -197,7 +232,14 @@ impl Gateway {
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
                 }
             }
+            if let Some(hop) = hop {
+                let _ = tokio::time::timeout(Duration::from_secs(2), hop).await;
+            }
             manager2.shutdown().await;
+            // Every upstream is closed: the sessions are free for the other replicas at once.
+            if let Some(cluster) = &cluster {
+                cluster.release_all().await;
+            }
             // Last: commit what waits, checkpoint and close the store (no `-wal` left behind).
             if let Err(e) = manager2.deps().store.shutdown().await {
                 warn!(error = %e, "closing the session store failed");

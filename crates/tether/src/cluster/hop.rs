@@ -1,0 +1,196 @@
+//! The internal hop between replicas: the forward decision on `/mcp` (one layer, [`layer`]),
+//! the forwarding client, and the hop listener that owners serve forwarded requests on
+//! ([`router`]).
+//!
+//! A forwarded request is the client's — method, path, body and the headers that matter to
+//! MCP (`Mcp-Session-Id`, `Last-Event-ID`, `Accept`, `MCP-Protocol-Version`, `Content-Type`,
+//! `Authorization`, `Host`) — plus the hop's secret, the principal's fingerprint and the
+//! lease epoch the sender read. The owner's answer (status, headers, SSE body) streams back
+//! as it comes, with no timeout of the hop's own; a client that goes away drops the hop's
+//! connection, which the owner sees as its client going away.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Cluster, Route};
+use crate::config::ClusterSecret;
+use crate::downstream::{AppState, Caller, error_response};
+use crate::error::GatewayError;
+
+/// The hop's secret.
+pub const SECRET_HEADER: &str = "tether-hop-secret";
+/// The fingerprint of the principal the sending replica authenticated.
+pub const PRINCIPAL_HEADER: &str = "tether-hop-principal";
+/// The lease epoch the sending replica read.
+pub const EPOCH_HEADER: &str = "tether-hop-epoch";
+/// The sending replica's id.
+pub const FROM_HEADER: &str = "tether-hop-from";
+/// On a 421 from a replica that no longer owns the session: look again.
+pub const MOVED_HEADER: &str = "tether-hop-moved";
+
+/// The client headers a forward carries (besides every `Mcp-*` header).
+const CARRIED: [HeaderName; 5] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::HOST,
+    HeaderName::from_static("last-event-id"),
+];
+
+/// Hop-by-hop headers of an answer, not copied back.
+const HOP_BY_HOP: [HeaderName; 4] =
+    [header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, HeaderName::from_static("keep-alive")];
+
+/// Marks a request that arrived over the hop (authenticated by the secret).
+#[derive(Debug, Clone, Copy)]
+pub struct Hopped;
+
+/// The hop listener's routes: the MCP routes behind the secret's check.
+pub fn router(app: AppState, secret: Option<ClusterSecret>) -> Router {
+    crate::downstream::router(app).layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
+        let secret = secret.clone();
+        async move {
+            if let Some(s) = &secret {
+                let given = req.headers().get(SECRET_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+                if !bool::from(given.ct_eq(s.expose().as_bytes())) {
+                    warn!(path = %req.uri().path(), "a hop request without the cluster secret refused");
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+            }
+            req.extensions_mut().insert(Hopped);
+            next.run(req).await
+        }
+    }))
+}
+
+/// The forward decision on `/mcp`, after the front door: a request naming a session this
+/// replica does not own goes to its owner; a new session is claimed once created; a session
+/// ended here gives its lease back.
+pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(cluster) = app.cluster.clone() else { return next.run(req).await };
+    let Some(sid) = crate::downstream::session_id(req.headers()).map(str::to_owned) else {
+        let resp = next.run(req).await;
+        if let Some(id) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            cluster.claim_new(id).await;
+        }
+        return resp;
+    };
+    let is_delete = req.method() == Method::DELETE;
+    if req.extensions().get::<Hopped>().is_some() {
+        return serve_forwarded(&cluster, &sid, is_delete, req, next).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match crate::downstream::read_body(body, &parts.headers, &app.front).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e, None),
+    };
+    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or_default();
+    // After one TTL and a margin, a dead owner's lease has run out and is claimed here.
+    let deadline = Instant::now() + cluster.ttl * 2 + Duration::from_secs(1);
+    loop {
+        match cluster.route(&sid).await {
+            Err(e) => return error_response(&e, None),
+            Ok(Route::Local) => {
+                let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+                if is_delete && resp.status().is_success() {
+                    cluster.release(&sid).await;
+                }
+                return resp;
+            }
+            Ok(Route::Forward { addr, epoch }) => {
+                match cluster.forward(&addr, epoch, &parts, bytes.clone(), &caller).await {
+                    Ok(resp) => return resp,
+                    Err(why) => {
+                        cluster.stats.cluster.forward_failures.inc();
+                        debug!(session_id = %sid, owner = %addr, reason = %why, "forward failed; looking the owner up again");
+                        if Instant::now() >= deadline {
+                            return error_response(&GatewayError::OwnerUnreachable(why), None);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A forwarded request, on the replica it was sent to: served if this replica owns the
+/// session (claiming it if its lease ran out meanwhile); 421 "moved" if another does.
+async fn serve_forwarded(cluster: &Cluster, sid: &str, is_delete: bool, req: Request, next: Next) -> Response {
+    let caller = req.extensions().get::<Caller>().cloned().unwrap_or_default();
+    let named = req.headers().get(PRINCIPAL_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = caller.key().unwrap_or_default();
+    if !bool::from(named.as_bytes().ct_eq(key.as_bytes())) {
+        warn!(session_id = %sid, "a forwarded request's principal does not match its credentials");
+        return error_response(&GatewayError::SessionNotFound, None);
+    }
+    match cluster.route(sid).await {
+        Ok(Route::Local) => {
+            let resp = next.run(req).await;
+            if is_delete && resp.status().is_success() {
+                cluster.release(sid).await;
+            }
+            resp
+        }
+        Ok(Route::Forward { .. }) => {
+            let mut r = StatusCode::MISDIRECTED_REQUEST.into_response();
+            r.headers_mut().insert(MOVED_HEADER, HeaderValue::from_static("1"));
+            r
+        }
+        Err(e) => error_response(&e, None),
+    }
+}
+
+impl Cluster {
+    /// Sends the request to the owner at `addr`; its answer, streaming. `Err` when it did
+    /// not answer (or answered "moved"): the caller looks the owner up again.
+    async fn forward(
+        &self,
+        addr: &str,
+        epoch: u64,
+        parts: &axum::http::request::Parts,
+        body: bytes::Bytes,
+        caller: &Caller,
+    ) -> Result<Response, String> {
+        let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
+        let mut rb = self.http.request(parts.method.clone(), format!("http://{addr}{path}"));
+        for (name, value) in &parts.headers {
+            if CARRIED.contains(name) || name.as_str().starts_with("mcp-") {
+                rb = rb.header(name, value);
+            }
+        }
+        if let Some(s) = &self.config.secret {
+            rb = rb.header(SECRET_HEADER, s.expose());
+        }
+        rb = rb
+            .header(PRINCIPAL_HEADER, caller.key().unwrap_or_default())
+            .header(EPOCH_HEADER, epoch.to_string())
+            .header(FROM_HEADER, &self.me.id)
+            .body(body);
+        let started = Instant::now();
+        let resp = rb.send().await.map_err(|e| e.to_string())?;
+        if resp.status() == StatusCode::MISDIRECTED_REQUEST && resp.headers().contains_key(MOVED_HEADER) {
+            return Err("the replica no longer owns the session".into());
+        }
+        self.stats.cluster.forwards.inc();
+        self.stats.cluster.forward_latency.observe(started.elapsed());
+        let mut out = Response::builder().status(resp.status());
+        if let Some(h) = out.headers_mut() {
+            for (name, value) in resp.headers() {
+                if !HOP_BY_HOP.contains(name) {
+                    h.append(name, value.clone());
+                }
+            }
+        }
+        out.body(Body::from_stream(resp.bytes_stream())).map_err(|e| e.to_string())
+    }
+}
