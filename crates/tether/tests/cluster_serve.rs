@@ -1,0 +1,234 @@
+//! Cluster mode end to end: several `tether serve` processes on one shared store (Postgres,
+//! then Redis; each test in its own namespace), each with its internal hop on loopback and a
+//! short lease TTL. A session created on one replica is served there only — its stdio child
+//! runs on that replica, as the admin APIs show — while clients reach it through any replica;
+//! when its owner is killed (-9), the next call through another replica is served there after
+//! the lease runs out, with the same session id and its state replayed; a DELETE through any
+//! replica ends it on its owner.
+
+mod harness;
+mod shared_stores;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use harness::{Client, Front};
+use serde_json::{Value, json};
+use shared_stores::{Cleanup, within};
+use tokio::process::{Child, Command};
+
+const ADMIN: &str = "cluster-test-admin-token";
+const LEASE_TTL: &str = "2s";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// One replica: a `tether serve` process with its MCP, hop and admin ports.
+struct Replica {
+    child: Child,
+    port: u16,
+    admin: u16,
+    log: PathBuf,
+}
+
+impl Replica {
+    async fn start(dir: &Path, store: &str, ns: &str, name: &str) -> Replica {
+        let (port, hop, admin) = (free_port(), free_port(), free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", store, "--store-namespace", ns])
+            .args(["--cluster-listen", &format!("127.0.0.1:{hop}"), "--lease-ttl", LEASE_TTL])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--admin-token", ADMIN])
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_tether-echo"))
+            .env("XDG_STATE_HOME", dir.join(name))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tether");
+        let r = Replica { child, port, admin, log };
+        within(async {
+            while !r.said().contains("tether serving MCP") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        r
+    }
+
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        within(reqwest::Client::new().get(url).bearer_auth(ADMIN).send()).await.expect("admin answers")
+    }
+
+    /// The session as this replica's admin shows it.
+    async fn session(&self, sid: &str) -> Value {
+        let r = self.admin_get(&format!("/admin/sessions/{sid}")).await;
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        serde_json::from_str(&r.text().await.expect("body")).expect("json")
+    }
+
+    /// The pid of the session's stdio child on this replica, if it runs here.
+    async fn child_of(&self, sid: &str) -> Option<u64> {
+        self.session(sid).await["upstream"]["pid"].as_u64()
+    }
+
+    /// A counter or gauge from this replica's /metrics.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text().await.expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    }
+
+    async fn kill9(mut self) -> String {
+        harness::kill9(self.child.id().expect("running"));
+        within(self.child.wait()).await.expect("reaped");
+        self.said()
+    }
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text result in {answer}")).to_owned()
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Two replicas: created on A, called through B (forwarded, including a stream), then A is
+/// killed and B takes the session over once the lease runs out.
+async fn forward_then_take_over(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let a = Replica::start(&dir, store, ns, "a").await;
+    let b = Replica::start(&dir, store, ns, "b").await;
+
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("a session id");
+    assert!(c.request("logging/setLevel", json!({"level": "debug"})).await.answer["result"].is_object());
+    let child = a.child_of(&sid).await.expect("the child runs on the replica that created the session");
+
+    c.base = b.base();
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "via b"}})).await;
+    assert_eq!(text_of(&r.answer), "via b");
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(text_of(&r.answer), "logged at debug", "served by A's child, which has A's state");
+    // A stream opened through B is A's, relayed as it comes.
+    let mut stream = c.open_stream().await;
+    c.request("tools/call", json!({"name": "burst", "arguments": {"count": 3, "ms": 2}})).await;
+    for i in 1..=3 {
+        let m = stream.next_message().await.expect("a burst message through the hop");
+        assert_eq!(m["params"]["data"], i);
+    }
+    drop(stream);
+    assert_eq!(b.child_of(&sid).await, None, "no child on B");
+    assert_eq!(b.session(&sid).await["session"]["live"], false, "B holds no copy of the session");
+    assert_eq!(a.child_of(&sid).await, Some(child), "one child, on A, throughout");
+    assert!(b.metric("tether_cluster_forwards_total").await >= 4.0);
+    assert_eq!(a.metric("tether_cluster_leases_held").await, 1.0);
+
+    let said = a.kill9().await;
+    assert!(said.contains("cluster mode"), "{said}");
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "after a died"}})).await;
+    assert_eq!(text_of(&r.answer), "after a died", "served by B once A's lease ran out");
+    assert_eq!(c.session.as_deref(), Some(&*sid), "the same session: no re-initialize");
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(text_of(&r.answer), "logged at debug", "B revived it by replaying its stored state");
+    let now = b.child_of(&sid).await.expect("the child runs on B now");
+    assert_ne!(now, child);
+    assert!(b.metric("tether_cluster_takeovers_total").await >= 1.0);
+    assert_eq!(b.metric("tether_cluster_leases_held").await, 1.0);
+    b.kill9().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Three replicas: the session lives on A only while B and C serve its calls; a DELETE
+/// through C ends it on A (its child stops) and every replica answers 404 after.
+async fn delete_through_another_replica(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let a = Replica::start(&dir, store, ns, "a").await;
+    let b = Replica::start(&dir, store, ns, "b").await;
+    let c3 = Replica::start(&dir, store, ns, "c").await;
+
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("a session id");
+    let child = a.child_of(&sid).await.expect("a child on A");
+    for (r, name) in [(&b, "b"), (&c3, "c"), (&a, "a")] {
+        c.base = r.base();
+        let said = format!("through {name}");
+        let ans = c.request("tools/call", json!({"name": "echo", "arguments": {"message": said}})).await;
+        assert_eq!(text_of(&ans.answer), said);
+    }
+    assert_eq!((b.child_of(&sid).await, c3.child_of(&sid).await), (None, None), "children on B or C");
+    assert_eq!(a.child_of(&sid).await, Some(child));
+
+    c.base = c3.base();
+    assert_eq!(c.close().await, reqwest::StatusCode::OK, "DELETE through C");
+    let on_a = a.session(&sid).await;
+    assert_eq!(on_a["session"]["state"], "closed", "{on_a}");
+    within(async {
+        while pid_alive(child) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(a.metric("tether_cluster_leases_held").await, 0.0, "the lease was given back");
+    for r in [&a, &b, &c3] {
+        let mut again = Client::for_base(r.base(), Front::Streamable);
+        again.session = Some(sid.clone());
+        let st = again.request("tools/list", json!({})).await.status;
+        assert_eq!(st, reqwest::StatusCode::NOT_FOUND, "the session is gone on {}", r.base());
+    }
+    for r in [a, b, c3] {
+        r.kill9().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_two_replicas_forward_then_take_over() {
+    let ns = shared_stores::namespace("cl2");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(forward_then_take_over(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_two_replicas_forward_then_take_over() {
+    let ns = shared_stores::namespace("cl2");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(forward_then_take_over(&shared_stores::redis_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn postgres_three_replicas_delete_anywhere() {
+    let ns = shared_stores::namespace("cl3");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(delete_through_another_replica(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_three_replicas_delete_anywhere() {
+    let ns = shared_stores::namespace("cl3");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(delete_through_another_replica(&shared_stores::redis_url(), &ns)).await;
+}
