@@ -7,11 +7,16 @@
 //! replica ends it on its owner.
 
 mod harness;
+mod peer_support;
 mod shared_stores;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use harness::{Client, Front};
 use serde_json::{Value, json};
@@ -231,4 +236,162 @@ async fn redis_three_replicas_delete_anywhere() {
     let ns = shared_stores::namespace("cl3");
     let _cleanup = Cleanup::Redis(ns.clone());
     within(delete_through_another_replica(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// A load balancer as the test writes it: every request goes to the next replica in turn
+/// (no stickiness); a refused connection is sent to the one after. Answers stream through.
+struct RoundRobin {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoundRobin {
+    async fn start(backends: Vec<String>) -> RoundRobin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let next = Arc::new(AtomicUsize::new(0));
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).build().expect("client");
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (backends, next, http) = (backends.clone(), next.clone(), http.clone());
+            async move { dispatch(&backends, &next, &http, req).await }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RoundRobin { addr, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn dispatch(
+    backends: &[String],
+    next: &AtomicUsize,
+    http: &reqwest::Client,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 8 << 20).await else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    for _ in 0..backends.len() {
+        let base = &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+        let mut rb = http.request(parts.method.clone(), format!("{base}{path}")).body(body.clone());
+        for (name, value) in &parts.headers {
+            if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
+                rb = rb.header(name, value);
+            }
+        }
+        match rb.send().await {
+            Ok(resp) => {
+                let mut out = axum::response::Response::builder().status(resp.status());
+                for (name, value) in resp.headers() {
+                    if name != axum::http::header::TRANSFER_ENCODING && name != axum::http::header::CONTENT_LENGTH {
+                        out = out.header(name, value);
+                    }
+                }
+                return out
+                    .body(axum::body::Body::from_stream(resp.bytes_stream()))
+                    .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response());
+            }
+            // A replica that is down: the next one.
+            Err(e) if e.is_connect() => continue,
+            Err(_) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
+        }
+    }
+    axum::http::StatusCode::BAD_GATEWAY.into_response()
+}
+
+/// The official Python client (`tests/peers/py_session.py`) keeps one session through a
+/// per-request round-robin balancer in front of two replicas: its calls land on both and are
+/// all served by the owner's one child; the owner is killed (-9), and its next calls are served
+/// by the other replica, on the same session — never a 404, never a second session.
+async fn python_client_through_a_balancer(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let peers = peer_support::peers(dir.clone(), &[]);
+    let a = Replica::start(&dir, store, ns, "a").await;
+    let b = Replica::start(&dir, store, ns, "b").await;
+    let lb = RoundRobin::start(vec![a.base(), b.base()]).await;
+
+    let err = std::fs::File::create(dir.join("py_session.stderr")).expect("log file");
+    let mut py = Command::new(&peers.python)
+        .arg(peers.workspace.join("tests/peers/py_session.py"))
+        .args(["--url", &lb.url(), "--name", "cluster-client", "--version", "1.0"])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Python driver starts");
+    let mut stdin = py.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(py.stdout.take().expect("stdout")).lines();
+    let mut next = async || -> Value {
+        let line = within(lines.next_line()).await.expect("read").expect("the Python driver is still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let ready = next().await;
+    assert_eq!((ready["event"].as_str(), ready["ok"].as_bool()), (Some("ready"), Some(true)), "{ready}");
+
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        within(stdin.write_all(format!("call before-{i}\n").as_bytes())).await.expect("write");
+        calls.push(next().await);
+    }
+    let listed = a.admin_get("/admin/sessions?state=all").await.text().await.expect("list");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    let sessions = listed["sessions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sessions.len(), 1, "one session: {listed}");
+    let sid = sessions[0]["id"].as_str().expect("id").to_owned();
+    let (on_a, on_b) = (a.child_of(&sid).await, b.child_of(&sid).await);
+    assert!(on_a.is_some() != on_b.is_some(), "one child, on one replica: {on_a:?} {on_b:?}");
+    let (owner, other) = if on_a.is_some() { (a, b) } else { (b, a) };
+    assert!(other.metric("tether_cluster_forwards_total").await >= 1.0, "calls landed on the other replica");
+
+    owner.kill9().await;
+    for i in 0..4 {
+        within(stdin.write_all(format!("call after-{i}\n").as_bytes())).await.expect("write");
+        calls.push(next().await);
+    }
+    for (i, c) in calls.iter().enumerate() {
+        let want = if i < 6 { format!("before-{i}") } else { format!("after-{}", i - 6) };
+        assert_eq!((c["ok"].as_bool(), c["text"].as_str()), (Some(true), Some(&*want)), "{c}");
+        let statuses = c["statuses"].as_array().cloned().unwrap_or_default();
+        assert!(statuses.iter().all(|s| s != 404), "never a 404: {c}");
+    }
+    assert!(other.child_of(&sid).await.is_some(), "the session's child runs on the survivor");
+    let listed = other.admin_get("/admin/sessions?state=all").await.text().await.expect("list");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1), "no second session: {listed}");
+
+    within(stdin.write_all(b"quit\n")).await.expect("write");
+    let status = within(py.wait()).await.expect("the driver exits");
+    assert!(status.success(), "{}", std::fs::read_to_string(dir.join("py_session.stderr")).unwrap_or_default());
+    other.kill9().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_python_client_through_a_balancer() {
+    let ns = shared_stores::namespace("clpy");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(python_client_through_a_balancer(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_python_client_through_a_balancer() {
+    let ns = shared_stores::namespace("clpy");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(python_client_through_a_balancer(&shared_stores::redis_url(), &ns)).await;
 }

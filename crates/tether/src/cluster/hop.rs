@@ -72,18 +72,13 @@ pub fn router(app: AppState, secret: Option<ClusterSecret>) -> Router {
     }))
 }
 
-/// The forward decision on `/mcp`, after the front door: a request naming a session this
-/// replica does not own goes to its owner; a new session is claimed once created; a session
-/// ended here gives its lease back.
+/// The forward decision on `/mcp` and the legacy POST endpoints, after the front door: a
+/// request naming a session this replica does not own goes to its owner; a session ended here
+/// gives its lease back. (A new session is claimed where it is created, `SessionRef::create`.)
 pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let Some(cluster) = app.cluster.clone() else { return next.run(req).await };
-    let Some(sid) = crate::downstream::session_id(req.headers()).map(str::to_owned) else {
-        let resp = next.run(req).await;
-        if let Some(id) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-            cluster.claim_new(id).await;
-        }
-        return resp;
-    };
+    // No session named: a new one, created (and claimed) here.
+    let Some(sid) = named_session(&req) else { return next.run(req).await };
     let is_delete = req.method() == Method::DELETE;
     if req.extensions().get::<Hopped>().is_some() {
         return serve_forwarded(&cluster, &sid, is_delete, req, next).await;
@@ -121,6 +116,18 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
             }
         }
     }
+}
+
+/// The session a request names: `Mcp-Session-Id`, or on the legacy POST endpoints the
+/// `session_id` (or `sessionId`) query parameter.
+fn named_session(req: &Request) -> Option<String> {
+    if let Some(id) = crate::downstream::session_id(req.headers()) {
+        return Some(id.to_owned());
+    }
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "session_id" || k == "sessionId").then(|| v.to_owned())
+    })
 }
 
 /// A forwarded request, on the replica it was sent to: served if this replica owns the

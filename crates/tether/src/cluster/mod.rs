@@ -65,6 +65,9 @@ pub struct Cluster {
     manager: Arc<Manager>,
     board: Board,
     held: Mutex<HashMap<String, Held>>,
+    /// One claim at a time here: two requests for a session whose lease ran out (a call and
+    /// its client's stream reconnecting) must not both claim it and drop each other's copy.
+    claiming: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     stats: Arc<Stats>,
 }
@@ -93,6 +96,7 @@ impl Cluster {
             manager,
             board,
             held: Mutex::new(HashMap::new()),
+            claiming: tokio::sync::Mutex::new(()),
             http,
             stats,
         }))
@@ -173,6 +177,10 @@ impl Cluster {
                     Some(r) if r.closed_at.is_none() => {}
                     _ => return Ok(Route::Local),
                 }
+            }
+            let _one = self.claiming.lock().await;
+            if self.held_epoch(session).is_some() {
+                return Ok(Route::Local);
             }
             let since = Instant::now();
             match self.store.claim(session, &self.me, self.ttl).await.map_err(store_error)? {

@@ -70,12 +70,12 @@ pub fn router(state: AppState) -> Router {
             "/mcp",
             get(streamable::get).post(streamable::post).delete(streamable::delete).fallback(method_not_allowed),
         )
-        // Cluster mode: a session another replica owns is served there (one decision, here).
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cluster::hop::layer))
-        .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
         .route("/messages/", legacy_post.clone().fallback(method_not_allowed))
         .route("/messages", legacy_post.clone().fallback(method_not_allowed))
         .route("/message", legacy_post.fallback(method_not_allowed))
+        // Cluster mode: a session another replica owns is served there (one decision, here).
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cluster::hop::layer))
+        .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
         // Every MCP endpoint above, and none below, is behind the front door.
         .layer(axum::middleware::from_fn_with_state(state.clone(), front_door::front_door))
         .route(crate::auth::METADATA_PATH, get(front_door::metadata))
