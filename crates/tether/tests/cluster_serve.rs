@@ -34,20 +34,27 @@ fn free_port() -> u16 {
 struct Replica {
     child: Child,
     port: u16,
+    hop: u16,
     admin: u16,
     log: PathBuf,
 }
 
 impl Replica {
     async fn start(dir: &Path, store: &str, ns: &str, name: &str) -> Replica {
+        Replica::start_with(dir, store, ns, name, &[]).await
+    }
+
+    async fn start_with(dir: &Path, store: &str, ns: &str, name: &str, extra: &[&str]) -> Replica {
         let (port, hop, admin) = (free_port(), free_port(), free_port());
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--store", store, "--store-namespace", ns])
-            .args(["--cluster-listen", &format!("127.0.0.1:{hop}"), "--lease-ttl", LEASE_TTL])
+            .args(["--cluster-listen", &format!("127.0.0.1:{hop}")])
+            .args(if extra.contains(&"--lease-ttl") { &[][..] } else { &["--lease-ttl", LEASE_TTL][..] })
             .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--admin-token", ADMIN])
+            .args(extra)
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_tether-echo"))
             .env("XDG_STATE_HOME", dir.join(name))
@@ -58,9 +65,12 @@ impl Replica {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn tether");
-        let r = Replica { child, port, admin, log };
+        let mut r = Replica { child, port, hop, admin, log };
         within(async {
             while !r.said().contains("tether serving MCP") {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    panic!("the replica exited ({status}) before serving: {}", r.said());
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -100,6 +110,11 @@ impl Replica {
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal");
     }
 
     async fn kill9(mut self) -> String {
@@ -394,4 +409,120 @@ async fn redis_python_client_through_a_balancer() {
     let ns = shared_stores::namespace("clpy");
     let _cleanup = Cleanup::Redis(ns.clone());
     within(python_client_through_a_balancer(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// The owner is stopped (SIGSTOP) past its lease: a call through the other replica, forwarded
+/// to it, is not left hanging — once the lease runs out the other replica claims the session
+/// and serves it. When the owner runs again (SIGCONT) it finds its lease lost and stops its
+/// copy of the session and its child (self-fence); what it receives is forwarded to the new
+/// owner.
+async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
+    use nix::sys::signal::Signal;
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let a = Replica::start(&dir, store, ns, "a").await;
+    let b = Replica::start(&dir, store, ns, "b").await;
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("a session id");
+    assert!(c.request("logging/setLevel", json!({"level": "debug"})).await.answer["result"].is_object());
+    let first = a.child_of(&sid).await.expect("a child on A");
+
+    a.signal(Signal::SIGSTOP);
+    c.base = b.base();
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(text_of(&r.answer), "logged at debug", "served by B, its state replayed");
+    let second = b.child_of(&sid).await.expect("a child on B");
+    a.signal(Signal::SIGCONT);
+    within(async {
+        while pid_alive(first) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(a.metric("tether_cluster_fenced_total").await >= 1.0);
+    assert_eq!(a.session(&sid).await["session"]["live"], false, "A dropped its copy");
+    c.base = a.base();
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "through a again"}})).await;
+    assert_eq!(text_of(&r.answer), "through a again");
+    assert_eq!((a.child_of(&sid).await, b.child_of(&sid).await), (None, Some(second)), "one child, on B");
+    for r in [a, b] {
+        r.kill9().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_a_stopped_owner_is_fenced() {
+    let ns = shared_stores::namespace("clstop");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(a_stopped_owner_is_fenced(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_a_stopped_owner_is_fenced() {
+    let ns = shared_stores::namespace("clstop");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(a_stopped_owner_is_fenced(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// With `--cluster-secret-file`, the hop refuses a request without the secret, and replicas
+/// forward with it. A SIGTERM drains: the replica gives its leases back as it stops, and the
+/// other serves the session next (no lease to wait out: the TTL here is long).
+async fn secret_and_drain(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("hop.secret");
+    std::fs::write(&secret, "a-cluster-secret-for-the-test\n").expect("secret");
+    let secret = secret.to_str().expect("utf-8 path");
+    let flags = ["--cluster-secret-file", secret, "--lease-ttl", "40s"];
+    let mut a = Replica::start_with(&dir, store, ns, "a", &flags).await;
+    let b = Replica::start_with(&dir, store, ns, "b", &flags).await;
+
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": harness::init_params()});
+    let direct = within(
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/mcp", a.hop))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(init.to_string())
+            .send(),
+    )
+    .await
+    .expect("the hop answers");
+    assert_eq!(direct.status(), reqwest::StatusCode::UNAUTHORIZED, "no secret, no hop");
+
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("a session id");
+    c.base = b.base();
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "with the secret"}})).await;
+    assert_eq!(text_of(&r.answer), "with the secret");
+    assert!(b.metric("tether_cluster_forwards_total").await >= 1.0);
+
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = within(a.child.wait()).await.expect("reaped");
+    assert!(status.success(), "{}", a.said());
+    assert!(a.said().contains("session leases released leases=1"), "{}", a.said());
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "after the drain"}})).await;
+    assert_eq!(text_of(&r.answer), "after the drain");
+    assert_eq!(c.session.as_deref(), Some(&*sid));
+    assert!(b.child_of(&sid).await.is_some(), "B serves it now");
+    assert!(b.metric("tether_cluster_takeovers_total").await >= 1.0);
+    b.kill9().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_secret_and_drain() {
+    let ns = shared_stores::namespace("cldrain");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(secret_and_drain(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_secret_and_drain() {
+    let ns = shared_stores::namespace("cldrain");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(secret_and_drain(&shared_stores::redis_url(), &ns)).await;
 }

@@ -102,7 +102,7 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                 return resp;
             }
             Ok(Route::Forward { addr, epoch }) => {
-                match cluster.forward(&addr, epoch, &parts, bytes.clone(), &caller).await {
+                match cluster.forward(&sid, &addr, epoch, &parts, bytes.clone(), &caller).await {
                     Ok(resp) => return resp,
                     Err(why) => {
                         cluster.stats.cluster.forward_failures.inc();
@@ -158,10 +158,24 @@ async fn serve_forwarded(cluster: &Cluster, sid: &str, is_delete: bool, req: Req
 }
 
 impl Cluster {
+    /// Resolves once `session`'s lease of `epoch` is no longer live (checked every half TTL;
+    /// a store that does not answer proves nothing).
+    async fn lapsed(&self, session: &str, epoch: u64) {
+        loop {
+            tokio::time::sleep(self.ttl / 2).await;
+            match self.store.lease(session).await {
+                Ok(Some(l)) if l.epoch == epoch && l.left_ms > 0 => {}
+                Ok(_) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Sends the request to the owner at `addr`; its answer, streaming. `Err` when it did
     /// not answer (or answered "moved"): the caller looks the owner up again.
     async fn forward(
         &self,
+        session: &str,
         addr: &str,
         epoch: u64,
         parts: &axum::http::request::Parts,
@@ -184,7 +198,12 @@ impl Cluster {
             .header(FROM_HEADER, &self.me.id)
             .body(body);
         let started = Instant::now();
-        let resp = rb.send().await.map_err(|e| e.to_string())?;
+        // No timeout on the answer, but an owner whose lease runs out while we wait for it
+        // (stopped, or cut off from the store) will not answer: its session is claimed instead.
+        let resp = tokio::select! {
+            r = rb.send() => r.map_err(|e| e.to_string())?,
+            () = self.lapsed(session, epoch) => return Err("the owner's lease ran out while it was asked".into()),
+        };
         if resp.status() == StatusCode::MISDIRECTED_REQUEST && resp.headers().contains_key(MOVED_HEADER) {
             return Err("the replica no longer owns the session".into());
         }
