@@ -141,6 +141,16 @@ impl Gateway {
         let streams_end = CancellationToken::new();
         // Before anything serves: a token file or JWKS file that fails here stops the start.
         let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
+        let cluster = match (&config.cluster, &registry) {
+            (Some(c), Some(r)) => {
+                let cluster =
+                    crate::cluster::Cluster::new(r.store(), r.me().clone(), c.clone(), manager.clone(), r.board())?;
+                cluster.spawn_renewer(stop.clone());
+                info!(hop = %c.listen, advertise = %c.advertise, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "cluster mode: serving with the other replicas of the namespace");
+                Some(cluster)
+            }
+            _ => None,
+        };
         let mut token_file = None;
         let admin = match listeners.admin {
             Some(l) => {
@@ -153,22 +163,14 @@ impl Gateway {
                     }
                 };
                 let board = registry.as_ref().map(replicas::Registry::board).unwrap_or_default();
-                let state = AdminState::new(manager.clone(), token, log, stop.clone()).with_replicas(board);
+                let state = AdminState::new(manager.clone(), token, log, stop.clone())
+                    .with_replicas(board)
+                    .with_cluster(cluster.clone());
                 Some(AdminServer::start(l, state).await?)
             }
             None => None,
         };
         manager.spawn_background(stop.clone());
-        let cluster = match (&config.cluster, &registry) {
-            (Some(c), Some(r)) => {
-                let cluster =
-                    crate::cluster::Cluster::new(r.store(), r.me().clone(), c.clone(), manager.clone(), r.board())?;
-                cluster.spawn_renewer(stop.clone());
-                info!(hop = %c.listen, advertise = %c.advertise, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "cluster mode: serving with the other replicas of the namespace");
-                Some(cluster)
-            }
-            _ => None,
-        };
         let hard_stop = CancellationToken::new();
         let state = AppState {
             manager: manager.clone(),

@@ -164,6 +164,33 @@ async fn forward_then_take_over(store: &str, ns: &str) {
     assert_eq!(a.child_of(&sid).await, Some(child), "one child, on A, throughout");
     assert!(b.metric("tether_cluster_forwards_total").await >= 4.0);
     assert_eq!(a.metric("tether_cluster_leases_held").await, 1.0);
+    // Both admins tell who owns it, with which epoch.
+    let (on_a, on_b) = (a.session(&sid).await["lease"].clone(), b.session(&sid).await["lease"].clone());
+    assert_eq!((on_a["owner"].as_str(), on_a["here"].as_bool()), (Some(&*format!("127.0.0.1:{}", a.port)), Some(true)));
+    assert_eq!(
+        (on_b["owner"].clone(), on_b["epoch"].clone(), on_b["here"].as_bool()),
+        (on_a["owner"].clone(), on_a["epoch"].clone(), Some(false))
+    );
+    assert!(on_a["leftMs"].as_u64().is_some_and(|ms| ms > 0), "{on_a}");
+    // The registry is read every heartbeat: B shows up on A's board within one.
+    let rows = within(async {
+        loop {
+            let v: Value =
+                serde_json::from_str(&a.admin_get("/admin/replicas").await.text().await.expect("body")).expect("json");
+            let rows = v["replicas"].as_array().cloned().unwrap_or_default();
+            if rows.len() == 2 {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(rows.iter().filter(|r| r["role"] == "serving").count(), 2, "both serve: {rows:?}");
+    let this = rows.iter().find(|r| r["this"] == true).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(
+        (this["leasesHeld"].as_u64(), this["address"].as_str()),
+        (Some(1), Some(&*format!("127.0.0.1:{}", a.hop)))
+    );
 
     let said = a.kill9().await;
     assert!(said.contains("cluster mode"), "{said}");
@@ -176,6 +203,9 @@ async fn forward_then_take_over(store: &str, ns: &str) {
     assert_ne!(now, child);
     assert!(b.metric("tether_cluster_takeovers_total").await >= 1.0);
     assert_eq!(b.metric("tether_cluster_leases_held").await, 1.0);
+    let now = b.session(&sid).await["lease"].clone();
+    assert_eq!(now["here"].as_bool(), Some(true), "{now}");
+    assert!(now["epoch"].as_u64() > on_a["epoch"].as_u64(), "a new owner, a higher epoch: {now} {on_a}");
     b.kill9().await;
     let _ = std::fs::remove_dir_all(dir);
 }

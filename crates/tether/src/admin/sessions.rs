@@ -100,8 +100,20 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
     });
     let last_error =
         snap.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| json!({ "atMs": e.at_ms, "message": e.message }));
+    // Cluster mode: which replica owns it, with which epoch, for how long yet.
+    let lease = match state.cluster().cloned() {
+        Some(c) => {
+            let sid = id.clone();
+            match state.on_data_plane(async move { c.lease_view(&sid).await }).await? {
+                Ok(v) => v,
+                Err(e) => return Err(AdminError::Unavailable(e.to_string())),
+            }
+        }
+        None => None,
+    };
     let body = json!({
         "session": summary(&state, &record, live.as_ref()),
+        "lease": lease,
         "record": record,
         "upstream": upstream,
         "streams": streams,

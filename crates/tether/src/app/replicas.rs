@@ -38,6 +38,9 @@ pub struct ReplicaRow {
     pub role: &'static str,
     /// This process.
     pub this: bool,
+    /// Cluster mode: the session leases it holds (known for this process only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases_held: Option<u64>,
 }
 
 /// What the registry task last read, shared with the admin.
@@ -163,6 +166,7 @@ async fn refresh(store: &dyn ClusterStore, me: &ReplicaId, board: &Board, cluste
             address: r.addr,
             heartbeat_age_ms: r.heartbeat_age_ms,
             role,
+            leases_held: None,
         });
     }
     rows.sort_by(|a, b| {

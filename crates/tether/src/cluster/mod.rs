@@ -107,6 +107,26 @@ impl Cluster {
         &self.me
     }
 
+    /// How many session leases this replica holds.
+    pub fn leases_held(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// `session`'s lease as the store has it, for the admin: owner, epoch, time left, and
+    /// whether this replica holds it.
+    pub async fn lease_view(&self, session: &str) -> Result<Option<serde_json::Value>, GatewayError> {
+        let lease = self.store.lease(session).await.map_err(store_error)?;
+        Ok(lease.map(|l| {
+            serde_json::json!({
+                "owner": l.owner.id,
+                "incarnation": l.owner.incarnation,
+                "epoch": l.epoch,
+                "leftMs": l.left_ms,
+                "here": l.owner == self.me && l.left_ms > 0,
+            })
+        }))
+    }
+
     /// Starts the renewer; it stops with `stop`.
     pub fn spawn_renewer(self: &Arc<Self>, stop: CancellationToken) {
         tokio::spawn(lease::renew(self.clone(), stop));
