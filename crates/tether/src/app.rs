@@ -65,9 +65,9 @@ impl Gateway {
     pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
         // Stops the gateway when set; also set by a lost namespace lease.
         let stop = CancellationToken::new();
-        // A shared store serves one tether per namespace until cluster mode exists; a standby
-        // waits for it (and holds no listener meanwhile).
-        // Every tether on a shared namespace is in its replica registry, serving or not.
+        // On a shared store: in cluster mode every replica serves (sessions are owned one by
+        // one); otherwise one tether holds the namespace and a standby waits for it (holding no
+        // listener meanwhile). Every tether on a shared namespace is in its replica registry.
         let mcp_addr = listeners.mcp.local_addr()?.to_string();
         // Cluster mode: the hop is bound first, and its address is what the registry lists.
         let hop_listener = match &config.cluster {
