@@ -556,3 +556,41 @@ async fn redis_secret_and_drain() {
     let _cleanup = Cleanup::Redis(ns.clone());
     within(secret_and_drain(&shared_stores::redis_url(), &ns)).await;
 }
+
+/// The forward hop's cost, printed (not asserted): `cargo test -p tether --test cluster_serve
+/// hop_cost -- --ignored --nocapture`. Sequential `echo` calls on one session, through its
+/// owner and through the other replica, on Postgres.
+#[tokio::test]
+#[ignore]
+async fn hop_cost() {
+    let ns = shared_stores::namespace("clbench");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let a = Replica::start(&dir, &shared_stores::pg_url(), &ns, "a").await;
+    let b = Replica::start(&dir, &shared_stores::pg_url(), &ns, "b").await;
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let mut run = async |c: &mut Client, base: String| -> (f64, f64) {
+        c.base = base;
+        for _ in 0..50 {
+            c.request("tools/call", json!({"name": "echo", "arguments": {"message": "warm"}})).await;
+        }
+        let mut took = Vec::new();
+        for _ in 0..500 {
+            let t = std::time::Instant::now();
+            c.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+            took.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        took.sort_by(f64::total_cmp);
+        (took[took.len() / 2], took[took.len() * 99 / 100])
+    };
+    let local = run(&mut c, a.base()).await;
+    let forwarded = run(&mut c, b.base()).await;
+    println!("local     p50 {:.2} ms  p99 {:.2} ms", local.0, local.1);
+    println!("forwarded p50 {:.2} ms  p99 {:.2} ms", forwarded.0, forwarded.1);
+    for r in [a, b] {
+        r.kill9().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

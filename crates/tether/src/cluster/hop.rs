@@ -105,6 +105,7 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                 match cluster.forward(&sid, &addr, epoch, &parts, bytes.clone(), &caller).await {
                     Ok(resp) => return resp,
                     Err(why) => {
+                        cluster.forget_owner(&sid);
                         cluster.stats.cluster.forward_failures.inc();
                         debug!(session_id = %sid, owner = %addr, reason = %why, "forward failed; looking the owner up again");
                         if Instant::now() >= deadline {

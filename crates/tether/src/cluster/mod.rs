@@ -33,6 +33,9 @@ use crate::session::Manager;
 use crate::stats::Stats;
 use crate::store::cluster::{Claim, ClusterStore, ReplicaId};
 
+/// Sessions whose owner is remembered at most (then the memory starts over).
+const MAX_OWNERS_CACHED: usize = 10_000;
+
 /// Where a request for a session goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -65,6 +68,9 @@ pub struct Cluster {
     manager: Arc<Manager>,
     board: Board,
     held: Mutex<HashMap<String, Held>>,
+    /// Owners recently looked up (hop address, epoch, good until): a forward skips the store
+    /// read while the lease it saw is surely live. A failed forward forgets the entry.
+    owners: Mutex<HashMap<String, (String, u64, Instant)>>,
     /// One claim at a time here: two requests for a session whose lease ran out (a call and
     /// its client's stream reconnecting) must not both claim it and drop each other's copy.
     claiming: tokio::sync::Mutex<()>,
@@ -96,6 +102,7 @@ impl Cluster {
             manager,
             board,
             held: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             claiming: tokio::sync::Mutex::new(()),
             http,
             stats,
@@ -174,12 +181,23 @@ impl Cluster {
         if self.held_epoch(session).is_some() {
             return Ok(Route::Local);
         }
+        if let Some((addr, epoch, until)) = self.owners_lock().get(session).cloned()
+            && Instant::now() < until
+        {
+            return Ok(Route::Forward { addr, epoch });
+        }
         let deadline = Instant::now() + self.ttl + Duration::from_secs(1);
         loop {
             let lease = self.store.lease(session).await.map_err(store_error)?;
             match &lease {
                 Some(l) if l.left_ms > 0 && l.owner != self.me => {
                     if let Some(addr) = self.address_of(&l.owner).await? {
+                        let good = Duration::from_millis(l.left_ms).min(self.ttl / 3);
+                        let mut owners = self.owners_lock();
+                        if owners.len() >= MAX_OWNERS_CACHED {
+                            owners.clear();
+                        }
+                        owners.insert(session.to_owned(), (addr.clone(), l.epoch, Instant::now() + good));
                         return Ok(Route::Forward { addr, epoch: l.epoch });
                     }
                     if Instant::now() >= deadline {
@@ -270,6 +288,15 @@ impl Cluster {
             warn!(session_id = %id, "session lease lost: the local copy is stopped (fenced)");
             self.manager.evict(&id).await;
         }
+    }
+
+    /// Forgets where `session` was forwarded (the forward failed, or the owner moved).
+    pub fn forget_owner(&self, session: &str) {
+        self.owners_lock().remove(session);
+    }
+
+    fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64, Instant)>> {
+        self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
