@@ -562,6 +562,7 @@ async fn redis_secret_and_drain() {
 /// owner and through the other replica, on Postgres.
 #[tokio::test]
 #[ignore]
+#[allow(clippy::print_stdout)] // the measurement is the output
 async fn hop_cost() {
     let ns = shared_stores::namespace("clbench");
     let _cleanup = Cleanup::Postgres(ns.clone());
@@ -571,7 +572,7 @@ async fn hop_cost() {
     let b = Replica::start(&dir, &shared_stores::pg_url(), &ns, "b").await;
     let mut c = Client::for_base(a.base(), Front::Streamable);
     c.connect().await;
-    let mut run = async |c: &mut Client, base: String| -> (f64, f64) {
+    let run = async |c: &mut Client, base: String| -> (f64, f64) {
         c.base = base;
         for _ in 0..50 {
             c.request("tools/call", json!({"name": "echo", "arguments": {"message": "warm"}})).await;
