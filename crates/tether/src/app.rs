@@ -133,6 +133,12 @@ impl Gateway {
             .default_headers(config.session.upstream.headers.clone())
             .build()?;
         let stats = Arc::new(Stats::default());
+        // Cluster mode: the session layer's event and state writes carry the lease's epoch.
+        let leases = crate::cluster::Leases::default();
+        let store = match (&config.cluster, &registry) {
+            (Some(_), Some(r)) => crate::cluster::FencedStore::wrap(store, r.store(), leases.clone(), stats.clone()),
+            _ => store,
+        };
         let store = TimedStore::wrap(store, stats.clone());
         let manager =
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
@@ -143,8 +149,14 @@ impl Gateway {
         let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
         let cluster = match (&config.cluster, &registry) {
             (Some(c), Some(r)) => {
-                let cluster =
-                    crate::cluster::Cluster::new(r.store(), r.me().clone(), c.clone(), manager.clone(), r.board())?;
+                let cluster = crate::cluster::Cluster::new(
+                    r.store(),
+                    r.me().clone(),
+                    c.clone(),
+                    manager.clone(),
+                    r.board(),
+                    leases,
+                )?;
                 cluster.spawn_renewer(stop.clone());
                 info!(hop = %c.listen, advertise = %c.advertise, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "cluster mode: serving with the other replicas of the namespace");
                 Some(cluster)

@@ -234,6 +234,8 @@ pub struct ClusterStats {
     pub forward_latency: Histogram,
     /// Leases lost or given up without renewal: the local session was fenced off.
     pub fenced: Counter,
+    /// Session writes refused for a stale or missing lease epoch.
+    pub fenced_writes: Counter,
 }
 
 impl Default for ClusterStats {
@@ -246,6 +248,7 @@ impl Default for ClusterStats {
             forward_failures: Counter::default(),
             forward_latency: Histogram::new(&FORWARD_BUCKETS),
             fenced: Counter::default(),
+            fenced_writes: Counter::default(),
         }
     }
 }

@@ -158,7 +158,10 @@ async fn forward_then_take_over(store: &str, ns: &str) {
         let m = stream.next_message().await.expect("a burst message through the hop");
         assert_eq!(m["params"]["data"], i);
     }
+    // Each event has an id: the owner stored it, its write fenced by its lease's epoch.
+    assert!(stream.ids.len() >= 3, "{:?}", stream.ids);
     drop(stream);
+    assert_eq!(a.metric("tether_cluster_fenced_writes_total").await, 0.0, "the owner's writes are all made");
     assert_eq!(b.child_of(&sid).await, None, "no child on B");
     assert_eq!(b.session(&sid).await["session"]["live"], false, "B holds no copy of the session");
     assert_eq!(a.child_of(&sid).await, Some(child), "one child, on A, throughout");

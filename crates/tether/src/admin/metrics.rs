@@ -199,6 +199,12 @@ impl Collector for TetherCollector {
             "Sessions fenced off here: their lease was lost or could not be renewed in time.",
             &c.fenced,
         )?;
+        counter(
+            e,
+            "tether_cluster_fenced_writes",
+            "Session writes the store refused: their lease epoch was stale (another replica owns the session).",
+            &c.fenced_writes,
+        )?;
 
         let mut f = e.encode_descriptor(
             "tether_requests",

@@ -15,8 +15,11 @@
 //! Not here: tailing the shared event log from a replica that does not own the session (a
 //! client's stream is served by the owner, through the hop).
 
+mod fenced;
 pub mod hop;
 mod lease;
+
+pub use fenced::FencedStore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,6 +62,19 @@ struct Held {
     since: Instant,
 }
 
+/// The leases this replica holds, shared by [`Cluster`] (which claims, renews and fences them)
+/// and [`FencedStore`] (which carries their epochs on the session layer's writes).
+#[derive(Clone, Default)]
+pub struct Leases(Arc<Mutex<HashMap<String, Held>>>);
+
+impl Leases {
+    /// The epoch of `session`'s lease if this replica holds it (the store decides whether it
+    /// is still live).
+    fn epoch(&self, session: &str) -> Option<u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(session).map(|h| h.epoch)
+    }
+}
+
 /// This replica's side of cluster mode.
 pub struct Cluster {
     store: Arc<dyn ClusterStore>,
@@ -67,7 +83,7 @@ pub struct Cluster {
     config: ClusterConfig,
     manager: Arc<Manager>,
     board: Board,
-    held: Mutex<HashMap<String, Held>>,
+    held: Leases,
     /// Owners recently looked up (hop address, epoch, good until): a forward skips the store
     /// read while the lease it saw is surely live. A failed forward forgets the entry.
     owners: Mutex<HashMap<String, (String, u64, Instant)>>,
@@ -86,6 +102,7 @@ impl Cluster {
         config: ClusterConfig,
         manager: Arc<Manager>,
         board: Board,
+        leases: Leases,
     ) -> anyhow::Result<Arc<Cluster>> {
         // No overall timeout: a forwarded call or stream lasts as long as the owner's answer.
         let http = reqwest::Client::builder()
@@ -101,7 +118,7 @@ impl Cluster {
             config,
             manager,
             board,
-            held: Mutex::new(HashMap::new()),
+            held: leases,
             owners: Mutex::new(HashMap::new()),
             claiming: tokio::sync::Mutex::new(()),
             http,
@@ -300,7 +317,7 @@ impl Cluster {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
