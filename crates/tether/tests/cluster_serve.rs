@@ -601,3 +601,46 @@ async fn hop_cost() {
     b.kill9().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A session that expires on its owner (no DELETE) gives its lease back, and every replica
+/// answers 404 for it.
+async fn an_expired_session_gives_its_lease_back(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let flags = ["--session-ttl", "1s"];
+    let a = Replica::start_with(&dir, store, ns, "a", &flags).await;
+    let b = Replica::start_with(&dir, store, ns, "b", &flags).await;
+    let mut c = Client::for_base(a.base(), Front::Streamable);
+    c.connect().await;
+    let sid = c.session.clone().expect("a session id");
+    assert_eq!(a.metric("tether_cluster_leases_held").await, 1.0);
+    within(async {
+        while a.metric("tether_cluster_leases_held").await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(a.session(&sid).await["lease"].is_null() || a.session(&sid).await["lease"]["here"] == false);
+    for r in [&b, &a] {
+        c.base = r.base();
+        assert_eq!(c.request("tools/list", json!({})).await.status, reqwest::StatusCode::NOT_FOUND);
+    }
+    for r in [a, b] {
+        r.kill9().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_an_expired_session_gives_its_lease_back() {
+    let ns = shared_stores::namespace("clexp");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(an_expired_session_gives_its_lease_back(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_an_expired_session_gives_its_lease_back() {
+    let ns = shared_stores::namespace("clexp");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(an_expired_session_gives_its_lease_back(&shared_stores::redis_url(), &ns)).await;
+}

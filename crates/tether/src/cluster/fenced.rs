@@ -181,11 +181,10 @@ mod tests {
             "no lease, no write"
         );
         let Ok(Claim::Won { epoch }) = store.claim(s, &a, Duration::from_secs(30)).await else { panic!("a claims") };
-        leases
-            .0
-            .lock()
-            .expect("lock")
-            .insert(s.into(), super::super::Held { epoch, since: tokio::time::Instant::now() });
+        leases.0.lock().expect("lock").insert(
+            s.into(),
+            super::super::Held { epoch, since: tokio::time::Instant::now(), claimed: tokio::time::Instant::now() },
+        );
         fenced.append(s, "i.1", 1, b"{}", false).await.expect("the owner writes");
         fenced.set_state(s, &SessionState::default()).await.expect("the owner writes its state");
 

@@ -62,5 +62,16 @@ pub(super) async fn renew(cluster: Arc<Cluster>, stop: CancellationToken) {
         if !lost.is_empty() {
             cluster.fence(lost).await;
         }
+        // Sessions that ended here without a DELETE (expired, terminated, their upstream
+        // failed) give their lease back; one claimed moments ago may not be loaded yet.
+        let ended: Vec<String> = cluster
+            .lock()
+            .iter()
+            .filter(|(id, h)| h.claimed + every < sent && cluster.manager.live_session(id).is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ended {
+            cluster.release(&id).await;
+        }
     }
 }

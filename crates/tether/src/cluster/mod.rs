@@ -60,6 +60,8 @@ struct Held {
     /// When the claim (or the last renewal that kept it) was sent: the store's lease runs
     /// at least `ttl` from then.
     since: Instant,
+    /// When it was claimed.
+    claimed: Instant,
 }
 
 /// The leases this replica holds, shared by [`Cluster`] (which claims, renews and fences them)
@@ -171,7 +173,7 @@ impl Cluster {
     fn hold(&self, session: &str, epoch: u64, since: Instant) {
         let n = {
             let mut held = self.lock();
-            held.insert(session.to_owned(), Held { epoch, since });
+            held.insert(session.to_owned(), Held { epoch, since, claimed: since });
             held.len()
         };
         self.stats.cluster.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
