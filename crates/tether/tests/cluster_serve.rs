@@ -45,7 +45,18 @@ impl Replica {
     }
 
     async fn start_with(dir: &Path, store: &str, ns: &str, name: &str, extra: &[&str]) -> Replica {
-        let (port, hop, admin) = (free_port(), free_port(), free_port());
+        Replica::start_on(dir, store, ns, name, extra, (free_port(), free_port(), free_port())).await
+    }
+
+    /// Started on given (MCP, hop, admin) ports: a restart of a replica, as a balancer sees it.
+    async fn start_on(
+        dir: &Path,
+        store: &str,
+        ns: &str,
+        name: &str,
+        extra: &[&str],
+        (port, hop, admin): (u16, u16, u16),
+    ) -> Replica {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("serve")
@@ -643,4 +654,89 @@ async fn redis_an_expired_session_gives_its_lease_back() {
     let ns = shared_stores::namespace("clexp");
     let _cleanup = Cleanup::Redis(ns.clone());
     within(an_expired_session_gives_its_lease_back(&shared_stores::redis_url(), &ns)).await;
+}
+
+/// A rolling restart behind the balancer: each of three replicas in turn gets SIGTERM (it
+/// drains and gives its leases back) and starts again on the same ports, while the official
+/// Python client keeps calling on one session — never a 404, never a second session, and one
+/// child for it at the end.
+async fn a_rolling_restart(store: &str, ns: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let peers = peer_support::peers(dir.clone(), &[]);
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(Replica::start(&dir, store, ns, name).await);
+    }
+    let lb = RoundRobin::start(replicas.iter().map(Replica::base).collect()).await;
+    let err = std::fs::File::create(dir.join("py_session.stderr")).expect("log file");
+    let mut py = Command::new(&peers.python)
+        .arg(peers.workspace.join("tests/peers/py_session.py"))
+        .args(["--url", &lb.url(), "--name", "rolling-client", "--version", "1.0"])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Python driver starts");
+    let mut stdin = py.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(py.stdout.take().expect("stdout")).lines();
+    let mut next = async || -> Value {
+        let line = within(lines.next_line()).await.expect("read").expect("the Python driver is still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let ready = next().await;
+    assert_eq!(ready["ok"].as_bool(), Some(true), "{ready}");
+    let mut calls = Vec::new();
+    for round in 0..3 {
+        let old = replicas.remove(0);
+        let ports = (old.port, old.hop, old.admin);
+        old.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut old = old;
+        let status = within(old.child.wait()).await.expect("reaped");
+        assert!(status.success(), "a clean stop: {}", old.said());
+        for i in 0..3 {
+            within(stdin.write_all(format!("call r{round}-{i}\n").as_bytes())).await.expect("write");
+            calls.push((format!("r{round}-{i}"), next().await));
+        }
+        let name = ["a", "b", "c"][round];
+        replicas.push(Replica::start_on(&dir, store, ns, name, &[], ports).await);
+    }
+    for (want, c) in &calls {
+        assert_eq!((c["ok"].as_bool(), c["text"].as_str()), (Some(true), Some(want.as_str())), "{c}");
+        let statuses = c["statuses"].as_array().cloned().unwrap_or_default();
+        assert!(statuses.iter().all(|s| s != 404), "never a 404: {c}");
+    }
+    let listed = replicas[0].admin_get("/admin/sessions?state=all").await.text().await.expect("list");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    let sessions = listed["sessions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sessions.len(), 1, "no second session: {listed}");
+    let sid = sessions[0]["id"].as_str().expect("id").to_owned();
+    let mut children = 0;
+    for r in &replicas {
+        children += usize::from(r.child_of(&sid).await.is_some());
+    }
+    assert_eq!(children, 1, "one child for the session");
+    within(stdin.write_all(b"quit\n")).await.expect("write");
+    let status = within(py.wait()).await.expect("the driver exits");
+    assert!(status.success(), "{}", std::fs::read_to_string(dir.join("py_session.stderr")).unwrap_or_default());
+    for r in replicas {
+        r.kill9().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_a_rolling_restart() {
+    let ns = shared_stores::namespace("clroll");
+    let _cleanup = Cleanup::Postgres(ns.clone());
+    within(a_rolling_restart(&shared_stores::pg_url(), &ns)).await;
+}
+
+#[tokio::test]
+async fn redis_a_rolling_restart() {
+    let ns = shared_stores::namespace("clroll");
+    let _cleanup = Cleanup::Redis(ns.clone());
+    within(a_rolling_restart(&shared_stores::redis_url(), &ns)).await;
 }

@@ -88,7 +88,6 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         Ok(b) => b,
         Err(e) => return error_response(&e, None),
     };
-    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or_default();
     // After one TTL and a margin, a dead owner's lease has run out and is claimed here.
     let deadline = Instant::now() + cluster.ttl * 2 + Duration::from_secs(1);
     loop {
@@ -102,7 +101,10 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                 return resp;
             }
             Ok(Route::Forward { addr, epoch }) => {
-                match cluster.forward(&sid, &addr, epoch, &parts, bytes.clone(), &caller).await {
+                // A relayed stream ends when this replica stops, like its own: a standalone
+                // stream at the start of the drain, a request's at the drain deadline.
+                let ends = if parts.method == Method::GET { app.shutdown.clone() } else { app.hard_stop.clone() };
+                match cluster.forward(&sid, &addr, epoch, &parts, bytes.clone(), ends).await {
                     Ok(resp) => return resp,
                     Err(why) => {
                         cluster.forget_owner(&sid);
@@ -181,8 +183,9 @@ impl Cluster {
         epoch: u64,
         parts: &axum::http::request::Parts,
         body: bytes::Bytes,
-        caller: &Caller,
+        ends: tokio_util::sync::CancellationToken,
     ) -> Result<Response, String> {
+        let caller = parts.extensions.get::<Caller>().cloned().unwrap_or_default();
         let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
         let mut rb = self.http.request(parts.method.clone(), format!("http://{addr}{path}"));
         for (name, value) in &parts.headers {
@@ -218,6 +221,7 @@ impl Cluster {
                 }
             }
         }
-        out.body(Body::from_stream(resp.bytes_stream())).map_err(|e| e.to_string())
+        let body = futures_util::StreamExt::take_until(resp.bytes_stream(), ends.cancelled_owned());
+        out.body(Body::from_stream(body)).map_err(|e| e.to_string())
     }
 }
