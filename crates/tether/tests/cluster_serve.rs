@@ -225,7 +225,8 @@ async fn forward_then_take_over(store: &str, ns: &str) {
 }
 
 /// Three replicas: the session lives on A only while B and C serve its calls; a DELETE
-/// through C ends it on A (its child stops) and every replica answers 404 after.
+/// through C ends it on A (its child stops) and every replica answers 404 after; so does an
+/// operator's terminate on B's admin.
 async fn delete_through_another_replica(store: &str, ns: &str) {
     let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -263,6 +264,24 @@ async fn delete_through_another_replica(store: &str, ns: &str) {
         let st = again.request("tools/list", json!({})).await.status;
         assert_eq!(st, reqwest::StatusCode::NOT_FOUND, "the session is gone on {}", r.base());
     }
+
+    // An operator's terminate on B's admin ends a session A owns, on A.
+    let mut d = Client::for_base(a.base(), Front::Streamable);
+    d.connect().await;
+    let sid = d.session.clone().expect("a session id");
+    let child = a.child_of(&sid).await.expect("a child on A");
+    let url = format!("http://127.0.0.1:{}/admin/sessions/{sid}", b.admin);
+    let r = within(reqwest::Client::new().delete(url).bearer_auth(ADMIN).send()).await.expect("admin answers");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    within(async {
+        while pid_alive(child) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(a.session(&sid).await["session"]["live"], false);
+    d.base = c3.base();
+    assert_eq!(d.request("tools/list", json!({})).await.status, reqwest::StatusCode::NOT_FOUND);
     for r in [a, b, c3] {
         r.kill9().await;
     }

@@ -127,10 +127,17 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
 pub async fn terminate(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
     let m = state.manager().clone();
     let id2 = id.clone();
-    let ended = state
-        .on_data_plane(async move { m.terminate(&id2).await })
-        .await?
-        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    let ended = match state.cluster().cloned() {
+        // Cluster mode: on the replica that owns it.
+        Some(c) => state
+            .on_data_plane(async move { c.terminate(&id2).await })
+            .await?
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?,
+        None => state
+            .on_data_plane(async move { m.terminate(&id2).await })
+            .await?
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?,
+    };
     if !ended {
         // Not open: unknown (404) or already closed (409).
         let record = load(&state, &id).await?;

@@ -50,13 +50,29 @@ const CARRIED: [HeaderName; 5] = [
 const HOP_BY_HOP: [HeaderName; 4] =
     [header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH, HeaderName::from_static("keep-alive")];
 
+/// The hop's route by which a replica asks a session's owner to terminate it (admin).
+pub const TERMINATE_PATH: &str = "/cluster/terminate/";
+
 /// Marks a request that arrived over the hop (authenticated by the secret).
 #[derive(Debug, Clone, Copy)]
 pub struct Hopped;
 
 /// The hop listener's routes: the MCP routes behind the secret's check.
 pub fn router(app: AppState, secret: Option<ClusterSecret>) -> Router {
-    crate::downstream::router(app).layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
+    let cluster = app.cluster.clone();
+    let terminate = axum::routing::post(move |axum::extract::Path(id): axum::extract::Path<String>| {
+        let cluster = cluster.clone();
+        async move {
+            let Some(cluster) = cluster else { return StatusCode::NOT_FOUND.into_response() };
+            match cluster.terminate_here(&id).await {
+                Ok(true) => StatusCode::OK.into_response(),
+                Ok(false) => StatusCode::NOT_FOUND.into_response(),
+                Err(e) => error_response(&e, None),
+            }
+        }
+    });
+    let routes = crate::downstream::router(app).route(&format!("{TERMINATE_PATH}{{id}}"), terminate);
+    routes.layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
         let secret = secret.clone();
         async move {
             if let Some(s) = &secret {

@@ -276,6 +276,38 @@ impl Cluster {
         Ok(all.into_iter().find(|r| r.replica == *owner).map(|r| r.addr))
     }
 
+    /// Ends a session on an operator's word wherever it lives: on its owner, asked over the
+    /// hop, when another live replica owns it; here otherwise (its lease then given back).
+    /// False when no open session has this id.
+    pub async fn terminate(&self, session: &str) -> Result<bool, GatewayError> {
+        let lease = self.store.lease(session).await.map_err(store_error)?;
+        if let Some(l) = lease.filter(|l| l.left_ms > 0 && l.owner != self.me)
+            && let Some(addr) = self.address_of(&l.owner).await?
+        {
+            let mut rb = self.http.post(format!("http://{addr}{}{session}", hop::TERMINATE_PATH));
+            if let Some(s) = &self.config.secret {
+                rb = rb.header(hop::SECRET_HEADER, s.expose());
+            }
+            match rb.send().await {
+                Ok(r) if r.status().is_success() => return Ok(true),
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(false),
+                Ok(r) => return Err(GatewayError::OwnerUnreachable(format!("the owner answered {}", r.status()))),
+                // Not proof that it is dead: its lease will tell, and the record is closed here.
+                Err(e) => {
+                    warn!(session_id = %session, error = %e, "the owner did not take the terminate; closing the record")
+                }
+            }
+        }
+        self.terminate_here(session).await
+    }
+
+    /// The owner's side of [`terminate`](Cluster::terminate): ends the session here.
+    pub async fn terminate_here(&self, session: &str) -> Result<bool, GatewayError> {
+        let ended = self.manager.terminate(session).await.map_err(store_error)?;
+        self.release(session).await;
+        Ok(ended)
+    }
+
     /// Gives `session`'s lease back (the session ended here).
     pub async fn release(&self, session: &str) {
         let n = {
