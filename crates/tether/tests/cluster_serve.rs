@@ -263,6 +263,9 @@ async fn delete_through_another_replica(store: &str, ns: &str) {
         again.session = Some(sid.clone());
         let st = again.request("tools/list", json!({})).await.status;
         assert_eq!(st, reqwest::StatusCode::NOT_FOUND, "the session is gone on {}", r.base());
+        again.session = Some("not-a-session-id;drop".into());
+        let st = again.request("tools/list", json!({})).await.status;
+        assert!(st == reqwest::StatusCode::NOT_FOUND || st == reqwest::StatusCode::BAD_REQUEST, "{st}");
     }
 
     // An operator's terminate on B's admin ends a session A owns, on A.

@@ -197,7 +197,9 @@ impl Cluster {
     /// Where a request for `session` goes now. Waits (at most about one TTL) while the lease
     /// is held by a replica that is not registered (an earlier life of a restarted one).
     pub async fn route(&self, session: &str) -> Result<Route, GatewayError> {
-        if self.held_epoch(session).is_some() {
+        // Not an id tether issues (32 hex digits): the handler answers 404, no store read.
+        if self.held_epoch(session).is_some() || session.len() != 32 || !session.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Ok(Route::Local);
         }
         if let Some((addr, epoch, until)) = self.owners_lock().get(session).cloned()
