@@ -65,11 +65,25 @@ impl Gateway {
     pub async fn start_with(config: Config, listeners: Listeners, log: Option<LogControl>) -> anyhow::Result<Gateway> {
         // Stops the gateway when set; also set by a lost namespace lease.
         let stop = CancellationToken::new();
-        // A shared store serves one tether per namespace until cluster mode exists; a standby
-        // waits for it (and holds no listener meanwhile).
-        // Every tether on a shared namespace is in its replica registry, serving or not.
-        let registry = replicas::Registry::start(&config.store, &listeners.mcp.local_addr()?.to_string()).await?;
+        // On a shared store: in cluster mode every replica serves (sessions are owned one by
+        // one); otherwise one tether holds the namespace and a standby waits for it (holding no
+        // listener meanwhile). Every tether on a shared namespace is in its replica registry.
+        let mcp_addr = listeners.mcp.local_addr()?.to_string();
+        // Cluster mode: the hop is bound first, and its address is what the registry lists.
+        let hop_listener = match &config.cluster {
+            Some(c) => Some(
+                TcpListener::bind(c.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on the cluster hop address {}: {e}", c.listen))?,
+            ),
+            None => None,
+        };
+        let advertise = config.cluster.as_ref().map_or(mcp_addr.clone(), |c| c.advertise.clone());
+        let registry =
+            replicas::Registry::start(&config.store, &mcp_addr, &advertise, config.cluster.is_some()).await?;
         let (listeners, namespace_lease) = match &registry {
+            // Several replicas serve the namespace: sessions are owned one by one, by lease.
+            Some(_) if config.cluster.is_some() => (listeners, None),
             Some(r) if config.standby => {
                 let (l, lease) = standby::wait(&config.store, r, listeners, stop.clone()).await?;
                 (l, Some(lease))
@@ -119,6 +133,12 @@ impl Gateway {
             .default_headers(config.session.upstream.headers.clone())
             .build()?;
         let stats = Arc::new(Stats::default());
+        // Cluster mode: the session layer's event and state writes carry the lease's epoch.
+        let leases = crate::cluster::Leases::default();
+        let store = match (&config.cluster, &registry) {
+            (Some(_), Some(r)) => crate::cluster::FencedStore::wrap(store, r.store(), leases.clone(), stats.clone()),
+            _ => store,
+        };
         let store = TimedStore::wrap(store, stats.clone());
         let manager =
             Manager::new(Deps { spec: config.upstream.clone(), store, http, config: config.session.clone(), stats });
@@ -127,6 +147,22 @@ impl Gateway {
         let streams_end = CancellationToken::new();
         // Before anything serves: a token file or JWKS file that fails here stops the start.
         let auth = crate::auth::Authenticator::start(&config.auth, stop.clone()).await?;
+        let cluster = match (&config.cluster, &registry) {
+            (Some(c), Some(r)) => {
+                let cluster = crate::cluster::Cluster::new(
+                    r.store(),
+                    r.me().clone(),
+                    c.clone(),
+                    manager.clone(),
+                    r.board(),
+                    leases,
+                )?;
+                cluster.spawn_renewer(stop.clone());
+                info!(hop = %c.listen, advertise = %c.advertise, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "cluster mode: serving with the other replicas of the namespace");
+                Some(cluster)
+            }
+            _ => None,
+        };
         let mut token_file = None;
         let admin = match listeners.admin {
             Some(l) => {
@@ -139,7 +175,9 @@ impl Gateway {
                     }
                 };
                 let board = registry.as_ref().map(replicas::Registry::board).unwrap_or_default();
-                let state = AdminState::new(manager.clone(), token, log, stop.clone()).with_replicas(board);
+                let state = AdminState::new(manager.clone(), token, log, stop.clone())
+                    .with_replicas(board)
+                    .with_cluster(cluster.clone());
                 Some(AdminServer::start(l, state).await?)
             }
             None => None,
@@ -153,8 +191,19 @@ impl Gateway {
             hard_stop: hard_stop.clone(),
             auth,
             modern: Default::default(),
+            cluster: cluster.clone(),
         };
         let front = config.front.clone();
+        let hop = match (hop_listener, &config.cluster) {
+            (Some(l), Some(c)) => {
+                let router = crate::cluster::hop::router(state.clone(), c.secret.clone());
+                let (front, signal) = (front.clone(), stop.clone());
+                Some(tokio::spawn(async move {
+                    downstream::listener::serve(l, router, &front, signal.cancelled_owned()).await;
+                }))
+            }
+            _ => None,
+        };
         let router = downstream::router(state);
         if let crate::upstream::UpstreamSpec::Stdio { command } = &config.upstream
             && let Some((program, args)) = command.split_first()
@@ -197,7 +246,14 @@ impl Gateway {
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut serve).await;
                 }
             }
+            if let Some(hop) = hop {
+                let _ = tokio::time::timeout(Duration::from_secs(2), hop).await;
+            }
             manager2.shutdown().await;
+            // Every upstream is closed: the sessions are free for the other replicas at once.
+            if let Some(cluster) = &cluster {
+                cluster.release_all().await;
+            }
             // Last: commit what waits, checkpoint and close the store (no `-wal` left behind).
             if let Err(e) = manager2.deps().store.shutdown().await {
                 warn!(error = %e, "closing the session store failed");

@@ -15,10 +15,12 @@ use crate::upstream::era::UpstreamProtocol;
 
 mod admin;
 mod auth;
+mod cluster;
 mod effective;
 
 pub use crate::auth::AuthConfig;
 pub use admin::AdminConfig;
+pub use cluster::{ClusterConfig, ClusterSecret};
 
 /// `tether serve` flags. Every flag also reads `TETHER_<NAME>` and the TOML key of the same
 /// name (with `_` for `-`).
@@ -44,6 +46,22 @@ pub struct ServeArgs {
     /// admin listener answers /healthz 200 and /readyz 503
     #[arg(long, env = "TETHER_STANDBY")]
     pub standby: bool,
+    /// With a Postgres or Redis store: the address of the internal hop, where other replicas
+    /// forward the requests of the sessions this one owns (required with a shared store,
+    /// unless --standby)
+    #[arg(long, env = "TETHER_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<String>,
+    /// The address other replicas dial for the hop [default: the --cluster-listen address]
+    #[arg(long, env = "TETHER_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<String>,
+    /// A file holding the hop's shared secret (at least 16 characters; required when
+    /// --cluster-listen is not a loopback address)
+    #[arg(long, env = "TETHER_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// How long a replica's ownership of a session lasts without renewal: a killed replica's
+    /// sessions move to another after at most this long [default: 15s]
+    #[arg(long, env = "TETHER_LEASE_TTL", value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
     /// A Streamable HTTP upstream (its MCP endpoint URL)
     #[arg(long, env = "TETHER_UPSTREAM", value_name = "URL", conflicts_with_all = ["upstream_sse", "command"])]
     pub upstream: Option<String>,
@@ -192,6 +210,10 @@ pub struct FileConfig {
     store: Option<String>,
     store_namespace: Option<String>,
     standby: Option<bool>,
+    cluster_listen: Option<String>,
+    cluster_advertise: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
+    lease_ttl: Option<String>,
     upstream: Option<String>,
     upstream_sse: Option<String>,
     upstream_protocol: Option<String>,
@@ -259,6 +281,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Wait for the shared store's namespace instead of refusing it (`--standby`).
     pub standby: bool,
+    /// Cluster mode (several replicas on a shared store); `None` otherwise.
+    pub cluster: Option<ClusterConfig>,
+    /// How long a session's lease lasts without renewal (used in cluster mode).
+    pub lease_ttl: std::time::Duration,
 }
 
 /// A configuration error, naming the key and its source.
@@ -479,6 +505,14 @@ impl Config {
             return Err(ConfigError::Invalid { key: "log_level", source_name: src(set), reason: e.to_string() });
         }
         let admin = admin::load(args, &file, &file_name, listen)?;
+        let (cluster, lease_ttl) = cluster::load(
+            args,
+            &file,
+            &file_name,
+            &store,
+            standby,
+            &[("listen", listen), ("admin_listen", admin.listen)],
+        )?;
         let auth = auth::load(args, &file, &file_name)?;
         let mut upstream_options = auth::upstream_options(args, &file, &file_name, &upstream)?;
         let (set, protocol) = pick!(upstream_protocol);
@@ -531,6 +565,8 @@ impl Config {
             admin,
             auth,
             standby,
+            cluster,
+            lease_ttl,
         })
     }
 }
@@ -607,6 +643,7 @@ mod tests {
         a.store = Some("postgres://postgres@127.0.0.1:5432/test".into());
         let c = Config::load(&a).expect("valid");
         assert!(c.standby);
+        assert!(c.cluster.is_none(), "a standby has no hop");
         assert!(c.to_redacted_toml().contains("standby = true"));
     }
 

@@ -160,6 +160,10 @@ pub enum GatewayError {
     /// The session store failed.
     #[error("session store unavailable")]
     Store(String),
+    /// Cluster mode: the replica that owns the session cannot be reached, and its lease has
+    /// not run out yet (a failed hop alone does not prove it dead).
+    #[error("the replica serving this session is unreachable; retry shortly")]
+    OwnerUnreachable(String),
 }
 
 /// The `Retry-After` of a 503 for an unreachable session store.
@@ -305,6 +309,12 @@ impl GatewayError {
             E::Store(_) => {
                 w(StatusCode::SERVICE_UNAVAILABLE, code::INTERNAL_ERROR, reason("store_unavailable"), Fault::Internal)
             }
+            E::OwnerUnreachable(_) => w(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::GATEWAY_UNAVAILABLE,
+                reason("owner_unreachable"),
+                Fault::Internal,
+            ),
         }
     }
 
@@ -312,7 +322,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             // A store that cannot be reached is usually back soon (a failover, a restart).
-            GatewayError::Store(_) => Some(STORE_RETRY_AFTER_S),
+            GatewayError::Store(_) | GatewayError::OwnerUnreachable(_) => Some(STORE_RETRY_AFTER_S),
             _ => None,
         }
     }

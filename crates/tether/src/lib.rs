@@ -15,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod bridge;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod downstream;
 pub mod error;

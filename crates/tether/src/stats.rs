@@ -209,6 +209,48 @@ pub struct Stats {
     pub requests: RequestStats,
     /// Store write latency.
     pub store: StoreStats,
+    /// Cluster mode: leases and the forward hop.
+    pub cluster: ClusterStats,
+}
+
+/// Upper bounds (seconds) for a forwarded request's time to its answer's head.
+pub const FORWARD_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+/// Cluster mode's counters (all zero outside it).
+#[derive(Debug)]
+pub struct ClusterStats {
+    /// Session leases this replica holds now.
+    pub leases_held: Gauge,
+    /// Leases won by a claim (new sessions, and sessions taken over).
+    pub claims: Counter,
+    /// Leases claimed after an earlier owner's ran out or was given back (it died, stalled
+    /// or drained).
+    pub takeovers: Counter,
+    /// Requests forwarded to the owner over the internal hop.
+    pub forwards: Counter,
+    /// Forwards that failed to reach the owner (retried with a fresh lookup).
+    pub forward_failures: Counter,
+    /// Time from sending a forward to the owner's answer head.
+    pub forward_latency: Histogram,
+    /// Leases lost or given up without renewal: the local session was fenced off.
+    pub fenced: Counter,
+    /// Session writes refused for a stale or missing lease epoch.
+    pub fenced_writes: Counter,
+}
+
+impl Default for ClusterStats {
+    fn default() -> Self {
+        ClusterStats {
+            leases_held: Gauge::default(),
+            claims: Counter::default(),
+            takeovers: Counter::default(),
+            forwards: Counter::default(),
+            forward_failures: Counter::default(),
+            forward_latency: Histogram::new(&FORWARD_BUCKETS),
+            fenced: Counter::default(),
+            fenced_writes: Counter::default(),
+        }
+    }
 }
 
 impl Stats {

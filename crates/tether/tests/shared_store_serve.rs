@@ -30,17 +30,23 @@ impl Tether {
         let log = dir.join(format!("tether-{}.log", rand::random::<u32>()));
         let child = Tether::command(dir, port, store, ns, &log).spawn().expect("spawn tether");
         let t = Tether { child, port, log };
+        t.serving().await;
+        t
+    }
+
+    /// Waits until it serves MCP (its log says so: a port that accepts may be a standby's,
+    /// about to close).
+    async fn serving(&self) {
         within(async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            while !std::fs::read_to_string(&self.log).unwrap_or_default().contains("tether serving MCP") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
-        t
     }
 
     fn command(dir: &std::path::Path, port: u16, store: &str, ns: &str, log: &std::path::Path) -> Command {
-        Tether::command_with(dir, port, store, ns, log, 0, &[])
+        Tether::command_with(dir, port, store, ns, log, 0, &["--standby"])
     }
 
     /// The command with its admin listener on `admin_port` (0: any) and `extra` flags.
@@ -155,49 +161,6 @@ async fn redis_sessions_survive_kill_9() {
     shared_stores::within(a_session_and_its_stream_survive_a_restart(&shared_stores::redis_url(), &ns)).await;
 }
 
-/// Until cluster mode exists: a second tether on a namespace that a live tether serves waits
-/// out one lease TTL, then refuses to start and says why; once the first is killed (-9), a
-/// tether started on the namespace takes it within the TTL and serves the first one's session.
-async fn one_tether_serves_a_namespace(store: &str, ns: &str) {
-    let dir = std::env::temp_dir().join(format!("tether-shared-{ns}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = free_port();
-    let first = Tether::start(&dir, port, store, ns).await;
-    let mut c = Client::for_base(first.base(), Front::Streamable);
-    c.connect().await;
-
-    let log = dir.join("second.log");
-    let mut second = Tether::command(&dir, free_port(), store, ns, &log).spawn().expect("spawn tether");
-    let status = shared_stores::within(second.wait()).await.expect("reaped");
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!status.success(), "the second tether must not serve the namespace: {said}");
-    assert!(said.contains("another tether") && said.contains("--store-namespace"), "{said}");
-    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "still here"}})).await;
-    assert_eq!(text_of(&r.answer), "still here", "the first one serves on");
-
-    first.kill9().await;
-    let third = Tether::start(&dir, port, store, ns).await;
-    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "taken over"}})).await;
-    assert_eq!(text_of(&r.answer), "taken over", "the namespace was taken after the lease expired");
-    let log = third.kill9().await;
-    assert!(log.contains("holding the store namespace"), "{log}");
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-#[tokio::test]
-async fn postgres_namespace_has_one_tether() {
-    let ns = shared_stores::namespace("owner");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    shared_stores::within(one_tether_serves_a_namespace(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_namespace_has_one_tether() {
-    let ns = shared_stores::namespace("owner");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    shared_stores::within(one_tether_serves_a_namespace(&shared_stores::redis_url(), &ns)).await;
-}
-
 /// The admin token of the tethers of the standby test.
 const ADMIN: &str = "standby-test-admin-token";
 
@@ -230,16 +193,13 @@ async fn a_standby_takes_over(store: &str, ns: &str) {
     let (first_port, first_admin) = (free_port(), free_port());
     let first_log = dir.join("first.log");
     let auth = ["--admin-token", ADMIN];
-    let child = Tether::command_with(&dir, first_port, store, ns, &first_log, first_admin, &auth)
-        .spawn()
-        .expect("spawn tether");
-    shared_stores::within(async {
-        while tokio::net::TcpStream::connect(("127.0.0.1", first_port)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    // The first is a standby too: the namespace is free, so it serves at once.
+    let child =
+        Tether::command_with(&dir, first_port, store, ns, &first_log, first_admin, &["--standby", auth[0], auth[1]])
+            .spawn()
+            .expect("spawn tether");
     let first = Tether { child, port: first_port, log: first_log };
+    first.serving().await;
     let mut c = Client::for_base(first.base(), Front::Streamable);
     c.connect().await;
     let sid = c.session.clone();

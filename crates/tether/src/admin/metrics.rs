@@ -163,6 +163,48 @@ impl Collector for TetherCollector {
             &sup.log_lines_suppressed_total,
         )?;
         counter(e, "tether_upstream_reaped", "Upstream connections released when idle.", &s.upstream_reaped)?;
+        let c = &s.cluster;
+        c.leases_held.encode(e.encode_descriptor(
+            "tether_cluster_leases_held",
+            "Session leases this replica holds (cluster mode).",
+            None,
+            c.leases_held.metric_type(),
+        )?)?;
+        counter(e, "tether_cluster_claims", "Session leases won by a claim.", &c.claims)?;
+        counter(
+            e,
+            "tether_cluster_takeovers",
+            "Session leases claimed after an earlier owner's ran out or was given back.",
+            &c.takeovers,
+        )?;
+        counter(e, "tether_cluster_forwards", "Requests forwarded to the owner replica.", &c.forwards)?;
+        counter(
+            e,
+            "tether_cluster_forward_failures",
+            "Forwards that did not reach the owner (looked up again).",
+            &c.forward_failures,
+        )?;
+        histogram(
+            e.encode_descriptor(
+                "tether_cluster_forward_duration",
+                "Time from a forward to the owner's answer head.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?,
+            &c.forward_latency.snapshot(),
+        )?;
+        counter(
+            e,
+            "tether_cluster_fenced",
+            "Sessions fenced off here: their lease was lost or could not be renewed in time.",
+            &c.fenced,
+        )?;
+        counter(
+            e,
+            "tether_cluster_fenced_writes",
+            "Session writes the store refused: their lease epoch was stale (another replica owns the session).",
+            &c.fenced_writes,
+        )?;
 
         let mut f = e.encode_descriptor(
             "tether_requests",

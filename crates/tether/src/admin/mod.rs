@@ -59,6 +59,7 @@ struct Inner {
     dashboard: dashboard::Dashboard,
     /// The shared store's replica registry, as last read (empty: one process).
     replicas: crate::app::Board,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AdminState {
@@ -82,6 +83,7 @@ impl AdminState {
             registry,
             dashboard: dashboard::Dashboard::default(),
             replicas: crate::app::Board::default(),
+            cluster: None,
         }))
     }
 
@@ -91,6 +93,19 @@ impl AdminState {
             inner.replicas = board;
         }
         self
+    }
+
+    /// In cluster mode: session details show their lease (set before the admin serves).
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> AdminState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.cluster = cluster;
+        }
+        self
+    }
+
+    /// Cluster mode's side of this replica, if on.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.0.cluster.as_ref()
     }
 
     /// The replicas as the registry last listed them (`None`: a store of one process).
@@ -219,7 +234,7 @@ pub fn router(state: AdminState) -> Router {
 /// `GET /admin/replicas`: the shared store's replica registry (id, incarnation, address,
 /// heartbeat age, role), or this process alone on a store of one process.
 async fn replicas(State(state): State<AdminState>) -> Response {
-    let rows = state.replica_rows().unwrap_or_else(|| {
+    let mut rows = state.replica_rows().unwrap_or_else(|| {
         vec![crate::app::ReplicaRow {
             id: crate::session::instance().to_owned(),
             incarnation: String::new(),
@@ -227,8 +242,14 @@ async fn replicas(State(state): State<AdminState>) -> Response {
             heartbeat_age_ms: 0,
             role: "single replica",
             this: true,
+            leases_held: None,
         }]
     });
+    if let Some(c) = state.cluster() {
+        for r in rows.iter_mut().filter(|r| r.this) {
+            r.leases_held = Some(c.leases_held() as u64);
+        }
+    }
     json_response(StatusCode::OK, &serde_json::json!({ "replicas": rows }))
 }
 

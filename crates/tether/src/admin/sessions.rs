@@ -102,8 +102,20 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
     });
     let last_error =
         snap.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| json!({ "atMs": e.at_ms, "message": e.message }));
+    // Cluster mode: which replica owns it, with which epoch, for how long yet.
+    let lease = match state.cluster().cloned() {
+        Some(c) => {
+            let sid = id.clone();
+            match state.on_data_plane(async move { c.lease_view(&sid).await }).await? {
+                Ok(v) => v,
+                Err(e) => return Err(AdminError::Unavailable(e.to_string())),
+            }
+        }
+        None => None,
+    };
     let body = json!({
         "session": summary(&state, &record, live.as_ref()),
+        "lease": lease,
         "record": record,
         "upstream": upstream,
         "streams": streams,
@@ -117,10 +129,17 @@ pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Re
 pub async fn terminate(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
     let m = state.manager().clone();
     let id2 = id.clone();
-    let ended = state
-        .on_data_plane(async move { m.terminate(&id2).await })
-        .await?
-        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    let ended = match state.cluster().cloned() {
+        // Cluster mode: on the replica that owns it.
+        Some(c) => state
+            .on_data_plane(async move { c.terminate(&id2).await })
+            .await?
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?,
+        None => state
+            .on_data_plane(async move { m.terminate(&id2).await })
+            .await?
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?,
+    };
     if !ended {
         // Not open: unknown (404) or already closed (409).
         let record = load(&state, &id).await?;

@@ -29,7 +29,7 @@ pub struct ReplicaRow {
     pub id: String,
     /// Random per start: a restarted replica is a new incarnation.
     pub incarnation: String,
-    /// Where it serves MCP.
+    /// Where it serves MCP (in cluster mode: its hop address, which other replicas dial).
     pub address: String,
     /// Milliseconds since its last heartbeat, by the store's clock.
     pub heartbeat_age_ms: u64,
@@ -38,6 +38,9 @@ pub struct ReplicaRow {
     pub role: &'static str,
     /// This process.
     pub this: bool,
+    /// Cluster mode: the session leases it holds (known for this process only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases_held: Option<u64>,
 }
 
 /// What the registry task last read, shared with the admin.
@@ -61,21 +64,24 @@ pub struct Registry {
     me: ReplicaId,
     board: Board,
     task: JoinHandle<()>,
+    cluster: bool,
 }
 
 impl Registry {
-    /// Registers this tether (`None` for stores that serve one process).
-    pub async fn start(spec: &StoreSpec, addr: &str) -> anyhow::Result<Option<Registry>> {
+    /// Registers this tether as `id` (its MCP address) reachable at `addr` (its MCP address,
+    /// or in cluster mode its hop address); `None` for stores that serve one process. In
+    /// cluster mode every live replica serves.
+    pub async fn start(spec: &StoreSpec, id: &str, addr: &str, cluster: bool) -> anyhow::Result<Option<Registry>> {
         if !spec.is_shared() {
             return Ok(None);
         }
         let Some(store) = crate::store::open_cluster(spec).await? else { return Ok(None) };
-        let me = ReplicaId::new(addr);
+        let me = ReplicaId::new(id);
         store.register(&me, addr).await?;
         let board = Board::default();
-        refresh(store.as_ref(), &me, &board).await;
-        let task = tokio::spawn(beat(store.clone(), me.clone(), addr.to_owned(), board.clone()));
-        Ok(Some(Registry { store, me, board, task }))
+        refresh(store.as_ref(), &me, &board, cluster).await;
+        let task = tokio::spawn(beat(store.clone(), me.clone(), addr.to_owned(), board.clone(), cluster));
+        Ok(Some(Registry { store, me, board, task, cluster }))
     }
 
     /// Who this tether is in the store (also the namespace lease's holder id).
@@ -90,7 +96,7 @@ impl Registry {
 
     /// Reads the registry into the board now (after this tether took the namespace).
     pub async fn refresh(&self) {
-        refresh(self.store.as_ref(), &self.me, &self.board).await;
+        refresh(self.store.as_ref(), &self.me, &self.board, self.cluster).await;
     }
 
     /// The board the admin reads.
@@ -114,7 +120,7 @@ impl Drop for Registry {
     }
 }
 
-async fn beat(store: Arc<dyn ClusterStore>, me: ReplicaId, addr: String, board: Board) {
+async fn beat(store: Arc<dyn ClusterStore>, me: ReplicaId, addr: String, board: Board, cluster: bool) {
     loop {
         tokio::time::sleep(namespace::TTL / 3).await;
         match store.heartbeat(&me).await {
@@ -127,15 +133,16 @@ async fn beat(store: Arc<dyn ClusterStore>, me: ReplicaId, addr: String, board: 
             }
             Err(e) => warn!(error = %e, "the replica registry's heartbeat failed; retrying"),
         }
-        refresh(store.as_ref(), &me, &board).await;
+        refresh(store.as_ref(), &me, &board, cluster).await;
     }
 }
 
 /// Reads the registry and the namespace's holder into the board; the serving tether forgets
 /// replicas silent for [`FORGET_AFTER`].
-async fn refresh(store: &dyn ClusterStore, me: &ReplicaId, board: &Board) {
+async fn refresh(store: &dyn ClusterStore, me: &ReplicaId, board: &Board, cluster: bool) {
     let (Ok(all), Ok(holder)) = (store.replicas().await, namespace::holder(store).await) else { return };
-    let serving = holder.as_ref() == Some(me);
+    // In cluster mode every replica forgets the silent ones (the deregistration is idempotent).
+    let serving = cluster || holder.as_ref() == Some(me);
     let gone_after = namespace::TTL.as_millis() as u64;
     let mut rows = Vec::with_capacity(all.len());
     for r in all {
@@ -147,6 +154,8 @@ async fn refresh(store: &dyn ClusterStore, me: &ReplicaId, board: &Board) {
             "serving"
         } else if r.heartbeat_age_ms > gone_after {
             "gone"
+        } else if cluster {
+            "serving"
         } else {
             "standby"
         };
@@ -157,6 +166,7 @@ async fn refresh(store: &dyn ClusterStore, me: &ReplicaId, board: &Board) {
             address: r.addr,
             heartbeat_age_ms: r.heartbeat_age_ms,
             role,
+            leases_held: None,
         });
     }
     rows.sort_by(|a, b| {

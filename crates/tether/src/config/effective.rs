@@ -73,6 +73,11 @@ impl Config {
             ),
             forward_auth: Some(s.upstream.forward_auth),
             standby: Some(self.standby),
+            cluster_listen: self.cluster.as_ref().map(|c| c.listen.to_string()),
+            cluster_advertise: self.cluster.as_ref().map(|c| c.advertise.clone()),
+            // The path only: the secret itself is never printed.
+            cluster_secret_file: self.cluster.as_ref().and_then(|c| c.secret_file.clone()),
+            lease_ttl: Some(duration(self.lease_ttl)),
             env: Some(s.upstream.env.iter().map(|(k, _)| format!("{k}={REDACTED}")).collect()),
         };
         let mut out = String::from("# tether: the effective configuration (secrets redacted)\n");
@@ -149,6 +154,7 @@ mod tests {
         let a = ServeArgs {
             store: Some("postgres://app:pg-s3cret@db.internal:5432/tether".into()),
             store_namespace: Some("blue".into()),
+            cluster_listen: Some("127.0.0.1:7070".into()),
             command: vec!["srv".into()],
             ..ServeArgs::default()
         };

@@ -156,6 +156,10 @@ impl SessionRef {
     /// Creates a session for the caller on `transport`.
     pub async fn create(&self, app: &AppState, transport: Transport) -> Result<SessionHandle, GatewayError> {
         let session = app.manager.create_for(transport, self.caller.key()).await?;
+        // Cluster mode: the replica that creates a session owns it.
+        if let Some(cluster) = &app.cluster {
+            cluster.claim_new(session.id()).await;
+        }
         if self.caller.0.is_some() {
             tracing::info!(session_id = %session.id(), principal = %self.caller.name(), "session bound to its principal");
         }

@@ -43,6 +43,22 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// The 2026-07-28 front's bindings, sealed states and listen hubs.
     pub modern: Arc<modern::Front>,
+    /// Cluster mode: which replica serves a session; `None` on a single tether.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// The `Mcp-Session-Id` a request names.
+pub fn session_id(h: &axum::http::HeaderMap) -> Option<&str> {
+    guard::session_id(h)
+}
+
+/// Reads a request body within the front's size and time limits.
+pub async fn read_body(
+    body: axum::body::Body,
+    h: &axum::http::HeaderMap,
+    front: &FrontConfig,
+) -> Result<bytes::Bytes, GatewayError> {
+    guard::body(body, h, front.max_body, front.body_timeout).await
 }
 
 /// The client-facing HTTP routes.
@@ -54,10 +70,12 @@ pub fn router(state: AppState) -> Router {
             "/mcp",
             get(streamable::get).post(streamable::post).delete(streamable::delete).fallback(method_not_allowed),
         )
-        .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
         .route("/messages/", legacy_post.clone().fallback(method_not_allowed))
         .route("/messages", legacy_post.clone().fallback(method_not_allowed))
         .route("/message", legacy_post.fallback(method_not_allowed))
+        // Cluster mode: a session another replica owns is served there (one decision, here).
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cluster::hop::layer))
+        .route("/sse", get(legacy_sse::get).fallback(method_not_allowed))
         // Every MCP endpoint above, and none below, is behind the front door.
         .layer(axum::middleware::from_fn_with_state(state.clone(), front_door::front_door))
         .route(crate::auth::METADATA_PATH, get(front_door::metadata))

@@ -149,6 +149,16 @@ impl Manager {
         true
     }
 
+    /// Drops this process's copy of a session without touching its record (cluster mode:
+    /// another replica owns it now, or this one lost its lease): its upstream closes, its
+    /// pending requests end. The next use here loads it from the store again.
+    pub async fn evict(&self, id: &str) -> bool {
+        let session = self.write().remove(id);
+        let Some(session) = session else { return false };
+        session.session().shutdown().await;
+        true
+    }
+
     /// Forgets a session that closed itself (its record is already closed), if it is still
     /// here, and counts its end.
     fn forget_closed(&self, id: &str) {

@@ -1,8 +1,8 @@
-//! One tether per shared-store namespace, until cluster mode exists (issue 14). Two tethers on
-//! one Postgres schema or Redis prefix would each serve the same session with a child of its
-//! own, and neither would see the other's DELETE — the bug several replicas need cluster mode
-//! for. So a tether on a shared store holds a lease on its namespace (the store's lease
-//! primitive, the store's clock) for as long as it serves.
+//! Active/standby on a shared store (`--standby`; cluster mode, `crate::cluster`, is the other
+//! way to run several tethers on one namespace). Two tethers on one Postgres schema or Redis
+//! prefix without cluster mode would each serve the same session with a child of its own, and
+//! neither would see the other's DELETE. So such a tether holds a lease on its namespace (the
+//! store's lease primitive, the store's clock) for as long as it serves.
 //!
 //! A tether that starts while another holds the lease waits for it to expire (a tether killed
 //! with -9 is replaced within [`TTL`]) and refuses to start if its holder keeps renewing — or,

@@ -44,6 +44,8 @@ pub fn config(upstream: UpstreamSpec) -> Config {
         admin: AdminConfig::loopback(AdminToken::new(ADMIN_TOKEN).expect("a valid token")),
         auth: Default::default(),
         standby: false,
+        cluster: None,
+        lease_ttl: Duration::from_secs(15),
     }
 }
 
