@@ -155,7 +155,7 @@ impl Manager {
     pub async fn evict(&self, id: &str) -> bool {
         let session = self.write().remove(id);
         let Some(session) = session else { return false };
-        session.session().shutdown().await;
+        session.shutdown().await;
         true
     }
 
