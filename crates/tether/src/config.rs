@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Release an upstream binding unused this long; the next use revives it [default: 10m]
     #[arg(long, env = "TETHER_UPSTREAM_IDLE", value_name = "DURATION")]
     pub upstream_idle: Option<String>,
+    /// A session with no upstream, no stream and nothing in flight this long rests in the
+    /// store (its memory is given back) until its client's next request wakes it [default: 10m]
+    #[arg(long, env = "TETHER_HIBERNATE_AFTER", value_name = "DURATION")]
+    pub hibernate_after: Option<String>,
     /// Tools whose calls may be retried after an upstream restart, besides those annotated
     /// readOnlyHint or idempotentHint (repeatable, or comma-separated)
     #[arg(long = "retry-tools", env = "TETHER_RETRY_TOOLS", value_name = "TOOL", value_delimiter = ',')]
@@ -224,6 +228,7 @@ pub struct FileConfig {
     request_timeout: Option<String>,
     keepalive: Option<String>,
     upstream_idle: Option<String>,
+    hibernate_after: Option<String>,
     event_retention: Option<usize>,
     event_max_age: Option<String>,
     event_finished_streams: Option<usize>,
@@ -396,6 +401,7 @@ impl Config {
         let request_timeout = duration("request_timeout", &args.request_timeout, &file.request_timeout, "5m")?;
         let keepalive = duration("keepalive", &args.keepalive, &file.keepalive, "15s")?;
         let upstream_idle = duration("upstream_idle", &args.upstream_idle, &file.upstream_idle, "10m")?;
+        let hibernate_after = duration("hibernate_after", &args.hibernate_after, &file.hibernate_after, "10m")?;
         let restart_window = duration("restart_window", &args.restart_window, &file.restart_window, "60s")?;
         let restart_cooldown = duration("restart_cooldown", &args.restart_cooldown, &file.restart_cooldown, "30s")?;
         let body_timeout = duration("body_timeout", &args.body_timeout, &file.body_timeout, "30s")?;
@@ -407,6 +413,7 @@ impl Config {
             ("request_timeout", request_timeout, &args.request_timeout),
             ("keepalive", keepalive, &args.keepalive),
             ("upstream_idle", upstream_idle, &args.upstream_idle),
+            ("hibernate_after", hibernate_after, &args.hibernate_after),
             ("restart_window", restart_window, &args.restart_window),
         ] {
             if d.is_zero() {
@@ -554,6 +561,7 @@ impl Config {
                 keepalive,
                 max_sessions,
                 upstream_idle,
+                hibernate_after,
                 restart,
                 retry_tools,
                 retention,

@@ -181,6 +181,10 @@ pub struct Stats {
     pub sessions_expired: Counter,
     /// Sessions loaded from the store after not being live here.
     pub sessions_resumed: Counter,
+    /// Idle sessions whose task ended, their record left in the store.
+    pub sessions_hibernated: Counter,
+    /// Hibernated sessions woken by a request.
+    pub sessions_woken: Counter,
     /// Upstream sides rebuilt by replay.
     pub revives: Counter,
     /// Revives that failed.

@@ -85,6 +85,13 @@ impl Collector for TetherCollector {
         counter(e, "tether_sessions_closed", "Sessions closed by the client or an operator.", &s.sessions_closed)?;
         counter(e, "tether_sessions_expired", "Sessions ended by the idle TTL.", &s.sessions_expired)?;
         counter(e, "tether_sessions_resumed", "Sessions loaded from the store, not live here.", &s.sessions_resumed)?;
+        counter(
+            e,
+            "tether_sessions_hibernated",
+            "Idle sessions whose task ended, their record left in the store.",
+            &s.sessions_hibernated,
+        )?;
+        counter(e, "tether_sessions_woken", "Hibernated sessions woken by a request.", &s.sessions_woken)?;
         counter(e, "tether_sessions_revived", "Upstream sides rebuilt by replay.", &s.revives)?;
 
         let c = UpstreamCounts::of(m);

@@ -36,6 +36,7 @@ impl Config {
             request_timeout: Some(duration(s.request_timeout)),
             keepalive: Some(duration(s.keepalive)),
             upstream_idle: Some(duration(s.upstream_idle)),
+            hibernate_after: Some(duration(s.hibernate_after)),
             event_retention: Some(s.retention.per_stream),
             event_max_age: Some(duration(Duration::from_millis(s.retention.max_age_ms))),
             event_finished_streams: Some(s.retention.finished_streams),

@@ -73,6 +73,10 @@ pub(crate) enum Command {
     Release { reply: oneshot::Sender<Option<Upstream>> },
     /// Ends the session's live side; the caller closes the binding it gets.
     Shutdown { reply: oneshot::Sender<Option<Upstream>> },
+    /// Hibernates the session if it has had no binding, stream or request for `after`: the
+    /// reply carries its unwritten activity and the manager's decision channel, which the task
+    /// waits on (nothing else runs meanwhile); `true` ends the task.
+    Hibernate { after: Duration, reply: oneshot::Sender<Option<(Activity, oneshot::Sender<bool>)>> },
     /// A revive task's outcome.
     Revived(Revived),
     /// How a request the session sent from a task (an HTTP upstream's POST) went.
@@ -165,9 +169,7 @@ impl Session {
             }
             Command::ExpireOverdue => self.expire_overdue().await,
             Command::NextStream { reply } => {
-                let n = self.streams;
-                self.streams += 1;
-                let _ = reply.send(n);
+                let _ = reply.send(self.open_stream());
             }
             Command::EventId { sink, reply } => {
                 let _ = reply.send(self.next_event_id(&sink));
@@ -212,6 +214,24 @@ impl Session {
             Command::Shutdown { reply } => {
                 let up = self.shutdown().await;
                 let _ = reply.send(up);
+            }
+            Command::Hibernate { after, reply } => {
+                if !self.may_hibernate(after) {
+                    let _ = reply.send(None);
+                    return;
+                }
+                let (decide, decision) = oneshot::channel();
+                let activity = self.take_activity().unwrap_or_default();
+                if reply.send(Some((activity, decide))).is_err() {
+                    return;
+                }
+                if decision.await.unwrap_or(false) {
+                    self.closed = true;
+                    self.hibernated = true;
+                } else {
+                    // Not this time: the activity goes back to be written with the next batch.
+                    self.activity = activity;
+                }
             }
             Command::Revived(r) => self.revived(r).await,
             Command::Sent { gid, generation, result, accepted } => self.sent(gid, generation, result, accepted).await,

@@ -44,8 +44,7 @@ impl Session {
         accepted: oneshot::Sender<Result<Accepted, GatewayError>>,
     ) {
         if sink.stream == 0 {
-            sink.stream = self.streams;
-            self.streams += 1;
+            sink.stream = self.open_stream();
         }
         let priming = prime.then(|| self.next_event_id(&sink));
         let accepted = Acceptance { tx: accepted, stream: sink.stream, priming };
@@ -450,6 +449,24 @@ impl Session {
             && self.routes.standalone.is_none()
             && self.routes.pending.is_empty()
             && self.waiting.is_empty()
+    }
+
+    /// A number for a new client stream: unique in the process (a hibernated session that
+    /// wakes must not reuse the numbers, and so the keys, of its earlier streams).
+    pub(super) fn open_stream(&mut self) -> u64 {
+        self.streams_opened += 1;
+        super::next_stream_number()
+    }
+
+    /// Whether the session may hibernate: no binding, no stream, nothing in flight or
+    /// waiting, and no client activity for `after`.
+    pub(super) fn may_hibernate(&self, after: std::time::Duration) -> bool {
+        matches!(self.binding, super::Binding::None)
+            && self.routes.standalone.is_none()
+            && self.routes.pending.is_empty()
+            && self.waiting.is_empty()
+            && self.routes.server_requests.is_empty()
+            && super::record::now_ms().saturating_sub(self.record.last_active) >= after.as_millis() as u64
     }
 
     /// Client requests waiting for their answer.

@@ -358,6 +358,27 @@ impl SessionHandle {
         }
     }
 
+    /// Asks the session to hibernate if it had no binding, stream or request for `after`; the
+    /// caller decides on the channel it gets (the session's task waits for it).
+    pub(super) async fn hibernate(&self, after: Duration) -> Option<(Activity, oneshot::Sender<bool>)> {
+        self.ask(|reply| Command::Hibernate { after, reply }).await.flatten()
+    }
+
+    /// Whether `other` names the same session task.
+    pub(super) fn is(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// How many hold the session: its handles and its task.
+    pub(super) fn holders(&self) -> usize {
+        Arc::strong_count(&self.shared)
+    }
+
+    /// Whether nothing waits in the session's inbox.
+    pub(super) fn inbox_is_empty(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
     /// Closes the binding but keeps the session (gateway shutdown).
     pub(super) async fn release_upstream(&self) {
         if let Some(up) = self.ask(|reply| Command::Release { reply }).await.flatten() {

@@ -218,7 +218,7 @@ impl Session {
             last_error: self.last_error.clone(),
             breaker_open_for: self.breaker.open_for(now),
             consecutive_failures: self.breaker.consecutive_failures(),
-            streams_opened: self.streams.saturating_sub(1),
+            streams_opened: self.streams_opened,
             standalone_open: self.routes.standalone.is_some(),
             pending_requests: self.pending_requests(),
             in_flight,

@@ -1,13 +1,13 @@
 //! The registry of live sessions: lookup (loading a record from the store when the session is
 //! not live here), creation, closing, the TTL reaper and the write-behind of activity.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::record::{CloseReason, SessionRecord, Transport, now_ms};
 use super::store::StoreError;
@@ -27,9 +27,12 @@ pub struct Manager {
     draining: AtomicBool,
     /// Cancelled when the gateway stops; every session holds a clone.
     stopping: CancellationToken,
-    /// Open, unexpired sessions in the store that are not live here (from before a restart):
-    /// they count toward `max_sessions`, since their clients may come back at any time.
+    /// Open, unexpired sessions in the store that are not live here (from before a restart, or
+    /// hibernated): they count toward `max_sessions`, since their clients may come back at any
+    /// time.
     dormant: AtomicUsize,
+    /// Sessions that hibernated here (their revive on waking is labelled as an idle reap).
+    hibernated: Mutex<HashSet<String>>,
 }
 
 impl Manager {
@@ -41,6 +44,7 @@ impl Manager {
             draining: AtomicBool::new(false),
             stopping: CancellationToken::new(),
             dormant: AtomicUsize::new(0),
+            hibernated: Mutex::new(HashSet::new()),
         })
     }
 
@@ -73,7 +77,7 @@ impl Manager {
             warn!(error = %e, "creating a session record failed");
             GatewayError::Store(e.to_string())
         })?;
-        let session = Session::spawn(record, self.deps.clone(), self.stopping.clone());
+        let session = Session::spawn(record, self.deps.clone(), self.stopping.clone(), None);
         self.write().insert(session.id().to_owned(), session.clone());
         self.deps.stats.sessions_created.inc();
         info!(session_id = %session.id(), transport = transport.as_str(), "session created");
@@ -121,13 +125,22 @@ impl Manager {
             if live.len() >= max {
                 return Err(GatewayError::TooManySessions(max));
             }
-            let session = Session::spawn(record, self.deps.clone(), self.stopping.clone());
+            // A session that hibernated here lost its binding to the idle reaper.
+            let woken = lock(&self.hibernated).remove(id);
+            let gone = woken.then_some("upstream_reaped");
+            let session = Session::spawn(record, self.deps.clone(), self.stopping.clone(), gone);
             live.insert(id.to_owned(), session.clone());
-            session
+            (session, woken)
         };
+        let (session, woken) = session;
         self.settle_dormant(1);
-        self.deps.stats.sessions_resumed.inc();
-        info!(session_id = %id, "session resumed from the store");
+        if woken {
+            self.deps.stats.sessions_woken.inc();
+            debug!(session_id = %id, "session woken");
+        } else {
+            self.deps.stats.sessions_resumed.inc();
+            info!(session_id = %id, "session resumed from the store");
+        }
         Ok(session)
     }
 
@@ -178,6 +191,7 @@ impl Manager {
     /// from before a restart).
     async fn close_stored(&self, record: &SessionRecord, reason: CloseReason) -> Result<(), StoreError> {
         self.deps.store.close(&record.id, now_ms(), reason).await?;
+        lock(&self.hibernated).remove(&record.id);
         self.settle_dormant(1);
         if let Err(e) = self.deps.store.forget(&record.id).await {
             warn!(session_id = %record.id, error = %e, "dropping the session's stored events failed");
@@ -402,6 +416,51 @@ impl Manager {
                 }
             })
             .await;
+        self.hibernate_idle().await;
+    }
+
+    /// Hibernates the sessions that have had no binding, stream or request for
+    /// `hibernate_after`: their tasks end, their records wait in the store, and the next
+    /// request wakes them (as after a restart, without a 404). A session someone holds (a
+    /// request, a stream, the bridge, a 2026-07-28 binding) stays.
+    pub async fn hibernate_idle(&self) {
+        let after = self.deps.config.hibernate_after;
+        let after_ms = after.as_millis() as u64;
+        let now = now_ms();
+        let candidates: Vec<SessionHandle> = self
+            .read()
+            .values()
+            .filter(|s| !s.upstream_alive() && !s.has_standalone() && now.saturating_sub(s.last_active()) >= after_ms)
+            .cloned()
+            .collect();
+        for s in candidates {
+            let Some((activity, decide)) = s.hibernate(after).await else { continue };
+            // Decided under the map's lock, while the session's task waits: nobody else holds
+            // the session (the map, this list and its task do) and nothing waits in its inbox,
+            // so once it is out of the map nothing can reach it.
+            let commit = {
+                let mut live = self.write();
+                let ours = live.get(s.id()).is_some_and(|h| h.is(&s));
+                let alone = ours && s.holders() == 3 && s.inbox_is_empty();
+                if alone {
+                    live.remove(s.id());
+                }
+                alone
+            };
+            let _ = decide.send(commit);
+            if !commit {
+                continue;
+            }
+            if (activity.requests > 0 || activity.last_active > 0)
+                && let Err(e) = self.deps.store.touch(s.id(), activity).await
+            {
+                warn!(session_id = %s.id(), error = %e, "writing a hibernating session's activity failed");
+            }
+            lock(&self.hibernated).insert(s.id().to_owned());
+            self.dormant.fetch_add(1, Ordering::AcqRel);
+            self.deps.stats.sessions_hibernated.inc();
+            debug!(session_id = %s.id(), "session hibernated");
+        }
     }
 
     /// Writes the activity gathered since the last call.
@@ -449,4 +508,10 @@ impl Manager {
 /// Session ids tether issues are 32 hex digits; anything else is not worth a store lookup.
 fn looks_like_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Locks a std mutex of the manager's, recovering from poisoning (every critical section
+/// leaves the set consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -66,6 +66,9 @@ pub struct SessionConfig {
     pub retry_hint: Duration,
     /// How long an upstream binding may sit unused before it is released (the session stays).
     pub upstream_idle: Duration,
+    /// How long a session without binding, streams or requests stays in memory before it
+    /// hibernates: its task ends and its record waits in the store for the next request.
+    pub hibernate_after: Duration,
     /// Restart backoff and crash-loop breaker.
     pub restart: RestartPolicy,
     /// Tools whose calls may be retried after an upstream restart, besides annotated ones.
@@ -91,6 +94,7 @@ impl Default for SessionConfig {
             keepalive: Duration::from_secs(15),
             retry_hint: Duration::from_secs(1),
             upstream_idle: Duration::from_secs(600),
+            hibernate_after: Duration::from_secs(600),
             restart: RestartPolicy::default(),
             retry_tools: Vec::new(),
             retention: Retention::default(),
@@ -364,6 +368,13 @@ fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
     tokio::spawn(task.in_current_span());
 }
 
+/// Client stream numbers, unique in the process (part of stream keys and event ids).
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+fn next_stream_number() -> u64 {
+    NEXT_STREAM.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Gateway-unique ids for the upstream leg, shared by all sessions.
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 
@@ -393,7 +404,8 @@ pub(crate) struct Session {
     routes: Routes,
     deps: Arc<Deps>,
     generations: u64,
-    streams: u64,
+    /// Client streams this task opened.
+    streams_opened: u64,
     events: u64,
     server_seq: u64,
     closed: bool,
@@ -423,6 +435,8 @@ pub(crate) struct Session {
     internal_in_flight: usize,
     /// The last revive failed: no binding, and the next use tries again.
     lost: bool,
+    /// The task ended to hibernate (not closed: the record stays open in the store).
+    hibernated: bool,
     /// The activity time handles were last shown (`inspect::View`).
     shown_active: u64,
 
@@ -442,8 +456,14 @@ enum Binding {
 }
 
 impl Session {
-    /// Starts the task of a session for a record (new, or loaded from the store).
-    pub fn spawn(record: SessionRecord, deps: Arc<Deps>, stopping: CancellationToken) -> SessionHandle {
+    /// Starts the task of a session for a record (new, or loaded from the store). `gone` is why
+    /// it has no binding when it had one in this process (a hibernated session waking).
+    pub fn spawn(
+        record: SessionRecord,
+        deps: Arc<Deps>,
+        stopping: CancellationToken,
+        gone: Option<&'static str>,
+    ) -> SessionHandle {
         let shared = Arc::new(Shared {
             id: record.id.clone(),
             transport: record.transport,
@@ -462,7 +482,7 @@ impl Session {
             routes: Routes::default(),
             deps,
             generations: 0,
-            streams: 1,
+            streams_opened: 0,
             events: 0,
             server_seq: 0,
             closed: false,
@@ -474,12 +494,13 @@ impl Session {
             upstream_used: Instant::now(),
             stopping,
             last_error: None,
-            revive_cause: inspect::ReviveCause::default(),
+            revive_cause: inspect::ReviveCause { gone, last: None },
             waiting: Vec::new(),
             retry_at: None,
             inbox: tx.downgrade(),
             internal_in_flight: 0,
             lost: false,
+            hibernated: false,
             shown_active: 0,
             view,
         };

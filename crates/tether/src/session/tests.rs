@@ -380,3 +380,67 @@ async fn a_change_notification_from_stdio_goes_to_the_standalone_stream_not_the_
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["method"], "notifications/message", "{before:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_hibernates_and_its_next_request_wakes_it() {
+    let script = Script::default();
+    let m = manager(&script, |c| {
+        c.upstream_idle = Duration::from_secs(60);
+        c.hibernate_after = Duration::from_secs(120);
+    });
+    let s = initialized(&m).await;
+    let id = s.id().to_owned();
+    let before = s.next_stream().await;
+    // Held (a request or a stream holds its handle): it stays.
+    tokio::time::advance(Duration::from_secs(121)).await;
+    m.reap_idle_upstreams().await;
+    assert!(!s.upstream_alive(), "the upstream was reaped");
+    m.reap_idle_upstreams().await;
+    assert_eq!(m.live_count(), 1, "a held session does not hibernate");
+    drop(s);
+    m.reap_idle_upstreams().await;
+    assert_eq!(m.live_count(), 0, "hibernated");
+    assert_eq!(m.deps().stats.sessions_hibernated.get(), 1);
+    // Its client's next request wakes it: no 404, no new handshake from the client.
+    let s = m.get(&id).await.expect("woken, not 404");
+    assert_eq!(m.deps().stats.sessions_woken.get(), 1);
+    let (_, a) = call(&s, 1, "tools/list", json!({})).await;
+    assert!(a["result"]["tools"].is_array(), "{a}");
+    assert_eq!(script.received("initialize"), 2, "the handshake was replayed upstream");
+    assert_eq!(s.last_revive().map(|(_, cause)| cause), Some("upstream_reaped"));
+    assert!(s.next_stream().await > before, "stream numbers are not reused after waking");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_with_a_live_upstream_or_recent_activity_does_not_hibernate() {
+    let script = Script::default();
+    let m = manager(&script, |c| {
+        c.upstream_idle = Duration::from_secs(600);
+        c.hibernate_after = Duration::from_secs(60);
+    });
+    let s = initialized(&m).await;
+    drop(s);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    m.reap_idle_upstreams().await;
+    assert_eq!(m.live_count(), 1, "its upstream is still bound");
+    let m2 = manager(&script, |c| {
+        c.upstream_idle = Duration::from_secs(10);
+        c.hibernate_after = Duration::from_secs(60);
+    });
+    let s = initialized(&m2).await;
+    let id = s.id().to_owned();
+    drop(s);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    m2.reap_idle_upstreams().await;
+    assert_eq!(m2.live_count(), 1, "idle for less than hibernate_after");
+    let s = m2.get(&id).await.expect("live");
+    let (_, a) = call(&s, 2, "tools/list", json!({})).await;
+    assert!(a["result"]["tools"].is_array(), "{a}");
+    drop(s);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    m2.reap_idle_upstreams().await;
+    assert_eq!(m2.live_count(), 1, "the call was activity");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    m2.reap_idle_upstreams().await;
+    assert_eq!(m2.live_count(), 0, "now it hibernates");
+}
