@@ -44,19 +44,50 @@ impl Replica {
         Replica::start_with(dir, store, ns, name, &[]).await
     }
 
+    /// Started on free ports. A port found free can be taken by another test before the
+    /// replica binds it: then it starts again on others.
     async fn start_with(dir: &Path, store: &str, ns: &str, name: &str, extra: &[&str]) -> Replica {
-        Replica::start_on(dir, store, ns, name, extra, (free_port(), free_port(), free_port())).await
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Replica::try_start_on(dir, store, ns, name, extra, (free_port(), free_port(), free_port())).await {
+                Ok(r) => return r,
+                Err(said) => last = said,
+            }
+        }
+        panic!("the replica could not find free ports: {last}");
     }
 
-    /// Started on given (MCP, hop, admin) ports: a restart of a replica, as a balancer sees it.
+    /// Started on given (MCP, hop, admin) ports: a restart of a replica, as a balancer sees it
+    /// (its ports may take a moment to be released by the process it replaces).
     async fn start_on(
         dir: &Path,
         store: &str,
         ns: &str,
         name: &str,
         extra: &[&str],
-        (port, hop, admin): (u16, u16, u16),
+        ports: (u16, u16, u16),
     ) -> Replica {
+        let mut last = String::new();
+        for _ in 0..10 {
+            match Replica::try_start_on(dir, store, ns, name, extra, ports).await {
+                Ok(r) => return r,
+                Err(said) => last = said,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the replica's ports stayed taken: {last}");
+    }
+
+    /// Starts a replica and waits until it serves; `Err` with its log when it exited because a
+    /// port was taken.
+    async fn try_start_on(
+        dir: &Path,
+        store: &str,
+        ns: &str,
+        name: &str,
+        extra: &[&str],
+        (port, hop, admin): (u16, u16, u16),
+    ) -> Result<Replica, String> {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("serve")
@@ -80,13 +111,19 @@ impl Replica {
         within(async {
             while !r.said().contains("tether serving MCP") {
                 if let Ok(Some(status)) = r.child.try_wait() {
-                    panic!("the replica exited ({status}) before serving: {}", r.said());
+                    let said = r.said();
+                    assert!(
+                        said.contains("Address already in use"),
+                        "the replica exited ({status}) before serving: {said}"
+                    );
+                    return Err(said);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            Ok(())
         })
-        .await;
-        r
+        .await?;
+        Ok(r)
     }
 
     fn said(&self) -> String {
@@ -291,33 +328,32 @@ async fn delete_through_another_replica(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_two_replicas_forward_then_take_over() {
-    let ns = shared_stores::namespace("cl2");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(forward_then_take_over(&shared_stores::pg_url(), &ns)).await;
+/// A scenario as two tests, `NAME::postgres` and `NAME::redis`, each in its own namespace.
+macro_rules! on_both_stores {
+    ($name:ident, $prefix:literal, $scenario:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn postgres() {
+                let ns = shared_stores::namespace($prefix);
+                let _cleanup = Cleanup::Postgres(ns.clone());
+                within($scenario(&shared_stores::pg_url(), &ns)).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let ns = shared_stores::namespace($prefix);
+                let _cleanup = Cleanup::Redis(ns.clone());
+                within($scenario(&shared_stores::redis_url(), &ns)).await;
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn redis_two_replicas_forward_then_take_over() {
-    let ns = shared_stores::namespace("cl2");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(forward_then_take_over(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(two_replicas_forward_then_take_over, "cl2", forward_then_take_over);
 
-#[tokio::test]
-async fn postgres_three_replicas_delete_anywhere() {
-    let ns = shared_stores::namespace("cl3");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(delete_through_another_replica(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_three_replicas_delete_anywhere() {
-    let ns = shared_stores::namespace("cl3");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(delete_through_another_replica(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(three_replicas_delete_anywhere, "cl3", delete_through_another_replica);
 
 /// A load balancer as the test writes it: every request goes to the next replica in turn
 /// (no stickiness); a refused connection is sent to the one after. Answers stream through.
@@ -463,19 +499,7 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_python_client_through_a_balancer() {
-    let ns = shared_stores::namespace("clpy");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(python_client_through_a_balancer(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_python_client_through_a_balancer() {
-    let ns = shared_stores::namespace("clpy");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(python_client_through_a_balancer(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(python_client_through_a_balancer, "clpy", python_client_through_a_balancer);
 
 /// The owner is stopped (SIGSTOP) past its lease: a call through the other replica, forwarded
 /// to it, is not left hanging — once the lease runs out the other replica claims the session
@@ -518,19 +542,7 @@ async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_a_stopped_owner_is_fenced() {
-    let ns = shared_stores::namespace("clstop");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(a_stopped_owner_is_fenced(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_a_stopped_owner_is_fenced() {
-    let ns = shared_stores::namespace("clstop");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(a_stopped_owner_is_fenced(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(a_stopped_owner_is_fenced, "clstop", a_stopped_owner_is_fenced);
 
 /// With `--cluster-secret-file`, the hop refuses a request without the secret, and replicas
 /// forward with it. A SIGTERM drains: the replica gives its leases back as it stops, and the
@@ -579,19 +591,7 @@ async fn secret_and_drain(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_secret_and_drain() {
-    let ns = shared_stores::namespace("cldrain");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(secret_and_drain(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_secret_and_drain() {
-    let ns = shared_stores::namespace("cldrain");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(secret_and_drain(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(secret_and_drain, "cldrain", secret_and_drain);
 
 /// The forward hop's cost, printed (not asserted): `cargo test -p tether --test cluster_serve
 /// hop_cost -- --ignored --nocapture`. Sequential `echo` calls on one session, through its
@@ -664,19 +664,7 @@ async fn an_expired_session_gives_its_lease_back(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_an_expired_session_gives_its_lease_back() {
-    let ns = shared_stores::namespace("clexp");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(an_expired_session_gives_its_lease_back(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_an_expired_session_gives_its_lease_back() {
-    let ns = shared_stores::namespace("clexp");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(an_expired_session_gives_its_lease_back(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(an_expired_session_gives_its_lease_back, "clexp", an_expired_session_gives_its_lease_back);
 
 /// A rolling restart behind the balancer: each of three replicas in turn gets SIGTERM (it
 /// drains and gives its leases back) and starts again on the same ports, while the official
@@ -749,16 +737,4 @@ async fn a_rolling_restart(store: &str, ns: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn postgres_a_rolling_restart() {
-    let ns = shared_stores::namespace("clroll");
-    let _cleanup = Cleanup::Postgres(ns.clone());
-    within(a_rolling_restart(&shared_stores::pg_url(), &ns)).await;
-}
-
-#[tokio::test]
-async fn redis_a_rolling_restart() {
-    let ns = shared_stores::namespace("clroll");
-    let _cleanup = Cleanup::Redis(ns.clone());
-    within(a_rolling_restart(&shared_stores::redis_url(), &ns)).await;
-}
+on_both_stores!(a_rolling_restart, "clroll", a_rolling_restart);
