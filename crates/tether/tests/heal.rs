@@ -519,6 +519,9 @@ async fn a_crashed_childs_grandchildren_are_killed_with_it() {
 async fn idle_reaping_follows_the_clock() {
     let mut cfg = stdio_config();
     cfg.session.upstream_idle = Duration::from_secs(600);
+    // Hibernation (also 10 min by default) would take the idle session out of memory too;
+    // this test is about the upstream's reaper alone.
+    cfg.session.hibernate_after = Duration::from_secs(3600);
     let gw = start(cfg).await;
     let mut c = Client::new(&gw, Front::Streamable);
     c.connect().await;
