@@ -429,6 +429,56 @@ async fn dispatch(
     axum::http::StatusCode::BAD_GATEWAY.into_response()
 }
 
+/// The official Python client's driver (`tests/peers/py_session.py`): one session, a call per
+/// line asked for, a JSON line per answer.
+struct PyDriver {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: PathBuf,
+}
+
+impl PyDriver {
+    /// Starts the driver against `url` and waits for its session.
+    async fn start(peers: &peer_support::Peers, dir: &Path, url: &str, name: &str) -> PyDriver {
+        let stderr = dir.join("py_session.stderr");
+        let mut child = Command::new(&peers.python)
+            .arg(peers.workspace.join("tests/peers/py_session.py"))
+            .args(["--url", url, "--name", name, "--version", "1.0"])
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the Python driver starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut py = PyDriver { child, stdin, lines, stderr };
+        let ready = py.next().await;
+        assert_eq!((ready["event"].as_str(), ready["ok"].as_bool()), (Some("ready"), Some(true)), "{ready}");
+        py
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = within(self.lines.next_line()).await.expect("read").expect("the Python driver is still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// One echo call with `text`; its outcome line.
+    async fn call(&mut self, text: &str) -> Value {
+        within(self.stdin.write_all(format!("call {text}\n").as_bytes())).await.expect("write");
+        self.next().await
+    }
+
+    /// Ends the driver, which must exit cleanly.
+    async fn quit(mut self) {
+        within(self.stdin.write_all(b"quit\n")).await.expect("write");
+        let status = within(self.child.wait()).await.expect("the driver exits");
+        assert!(status.success(), "{}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+    }
+}
+
 /// The official Python client (`tests/peers/py_session.py`) keeps one session through a
 /// per-request round-robin balancer in front of two replicas: its calls land on both and are
 /// all served by the owner's one child; the owner is killed (-9), and its next calls are served
@@ -441,30 +491,11 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
     let b = Replica::start(&dir, store, ns, "b").await;
     let lb = RoundRobin::start(vec![a.base(), b.base()]).await;
 
-    let err = std::fs::File::create(dir.join("py_session.stderr")).expect("log file");
-    let mut py = Command::new(&peers.python)
-        .arg(peers.workspace.join("tests/peers/py_session.py"))
-        .args(["--url", &lb.url(), "--name", "cluster-client", "--version", "1.0"])
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the Python driver starts");
-    let mut stdin = py.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(py.stdout.take().expect("stdout")).lines();
-    let mut next = async || -> Value {
-        let line = within(lines.next_line()).await.expect("read").expect("the Python driver is still running");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-    let ready = next().await;
-    assert_eq!((ready["event"].as_str(), ready["ok"].as_bool()), (Some("ready"), Some(true)), "{ready}");
+    let mut py = PyDriver::start(&peers, &dir, &lb.url(), "cluster-client").await;
 
     let mut calls = Vec::new();
     for i in 0..6 {
-        within(stdin.write_all(format!("call before-{i}\n").as_bytes())).await.expect("write");
-        calls.push(next().await);
+        calls.push(py.call(&format!("before-{i}")).await);
     }
     let listed = a.admin_get("/admin/sessions?state=all").await.text().await.expect("list");
     let listed: Value = serde_json::from_str(&listed).expect("json");
@@ -478,8 +509,7 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
 
     owner.kill9().await;
     for i in 0..4 {
-        within(stdin.write_all(format!("call after-{i}\n").as_bytes())).await.expect("write");
-        calls.push(next().await);
+        calls.push(py.call(&format!("after-{i}")).await);
     }
     for (i, c) in calls.iter().enumerate() {
         let want = if i < 6 { format!("before-{i}") } else { format!("after-{}", i - 6) };
@@ -492,9 +522,7 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
     let listed: Value = serde_json::from_str(&listed).expect("json");
     assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1), "no second session: {listed}");
 
-    within(stdin.write_all(b"quit\n")).await.expect("write");
-    let status = within(py.wait()).await.expect("the driver exits");
-    assert!(status.success(), "{}", std::fs::read_to_string(dir.join("py_session.stderr")).unwrap_or_default());
+    py.quit().await;
     other.kill9().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -679,25 +707,7 @@ async fn a_rolling_restart(store: &str, ns: &str) {
         replicas.push(Replica::start(&dir, store, ns, name).await);
     }
     let lb = RoundRobin::start(replicas.iter().map(Replica::base).collect()).await;
-    let err = std::fs::File::create(dir.join("py_session.stderr")).expect("log file");
-    let mut py = Command::new(&peers.python)
-        .arg(peers.workspace.join("tests/peers/py_session.py"))
-        .args(["--url", &lb.url(), "--name", "rolling-client", "--version", "1.0"])
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the Python driver starts");
-    let mut stdin = py.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(py.stdout.take().expect("stdout")).lines();
-    let mut next = async || -> Value {
-        let line = within(lines.next_line()).await.expect("read").expect("the Python driver is still running");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-    let ready = next().await;
-    assert_eq!(ready["ok"].as_bool(), Some(true), "{ready}");
+    let mut py = PyDriver::start(&peers, &dir, &lb.url(), "rolling-client").await;
     let mut calls = Vec::new();
     for round in 0..3 {
         let old = replicas.remove(0);
@@ -707,8 +717,7 @@ async fn a_rolling_restart(store: &str, ns: &str) {
         let status = within(old.child.wait()).await.expect("reaped");
         assert!(status.success(), "a clean stop: {}", old.said());
         for i in 0..3 {
-            within(stdin.write_all(format!("call r{round}-{i}\n").as_bytes())).await.expect("write");
-            calls.push((format!("r{round}-{i}"), next().await));
+            calls.push((format!("r{round}-{i}"), py.call(&format!("r{round}-{i}")).await));
         }
         let name = ["a", "b", "c"][round];
         replicas.push(Replica::start_on(&dir, store, ns, name, &[], ports).await);
@@ -728,9 +737,7 @@ async fn a_rolling_restart(store: &str, ns: &str) {
         children += usize::from(r.child_of(&sid).await.is_some());
     }
     assert_eq!(children, 1, "one child for the session");
-    within(stdin.write_all(b"quit\n")).await.expect("write");
-    let status = within(py.wait()).await.expect("the driver exits");
-    assert!(status.success(), "{}", std::fs::read_to_string(dir.join("py_session.stderr")).unwrap_or_default());
+    py.quit().await;
     for r in replicas {
         r.kill9().await;
     }
