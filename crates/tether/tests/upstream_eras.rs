@@ -543,7 +543,6 @@ async fn modern_post(http: &reqwest::Client, url: &str, body: &Value) -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, fails on a busy machine: a stale retry sent while the era flip is detected is settled as in flight (-32011) instead of undelivered; run with --ignored"]
 async fn serve_modern_client_across_an_era_flip() {
     let (p, dir) = paths("serve-modern-flip");
     let label = "serve --upstream <modern, then handshake on one port>, a 2026-07-28 client";

@@ -74,6 +74,7 @@ impl Session {
             undelivered: 0,
             waits: 0,
             sending: false,
+            ended_unread: false,
             accepted: Some(accepted),
         };
         self.dispatch(gid, pending, None).await;
@@ -115,6 +116,7 @@ impl Session {
     pub(super) fn send_from_task(&mut self, up: &Upstream, msg: Arc<Message>, gid: u64, accepted: Option<Acceptance>) {
         if let Some(p) = self.routes.pending.get_mut(&gid) {
             p.sending = true;
+            p.ended_unread = false;
         }
         let reporter = self.reporter();
         let generation = up.generation();
@@ -151,13 +153,14 @@ impl Session {
             return;
         }
         let Some(p) = self.routes.pending.remove(&gid) else { return };
+        // The binding's end may have said that the upstream never read it (a remote that
+        // answered in another era, say).
+        let loss = if p.ended_unread { Loss::NotDelivered } else { Loss::InFlight };
         match p.reply {
             Reply::Client(ref sink) => {
                 let sink = sink.clone();
                 let why = "the upstream connection was lost";
-                if let Settled::Deliver(p) =
-                    self.lose(gid, p, sink.clone(), Loss::InFlight, Some(generation), why).await
-                {
+                if let Settled::Deliver(p) = self.lose(gid, p, sink.clone(), loss, Some(generation), why).await {
                     let err = self.failure(Failure::Restarted, why.into());
                     self.end_with(&sink, &p.client_id, &err).await;
                 }

@@ -266,6 +266,8 @@ struct Pending {
     waits: u32,
     /// A task is sending it (an HTTP upstream): the send's outcome decides its fate.
     sending: bool,
+    /// Its binding ended while a task was sending it, saying the upstream never got it.
+    ended_unread: bool,
     /// The caller waiting to hear that the request went upstream (or why it cannot).
     accepted: Option<Acceptance>,
 }

@@ -625,6 +625,7 @@ impl Pending {
             undelivered: 0,
             waits: 0,
             sending: false,
+            ended_unread: false,
             accepted: None,
         }
     }

@@ -262,7 +262,13 @@ impl Session {
     /// whose client listens on a standalone stream is revived at once.
     async fn on_closed(&mut self, generation: u64, reason: QuitReason, undelivered: &[u64]) {
         self.routes.server_requests.retain(|_, sr| sr.generation != generation);
-        // A request a task is still sending is settled by the send's outcome (`Session::sent`).
+        // A request a task is still sending is settled by the send's outcome (`Session::sent`),
+        // which must know whether the binding's end said it was never read.
+        for (gid, p) in self.routes.pending.iter_mut() {
+            if p.generation == generation && p.sending && undelivered.contains(gid) {
+                p.ended_unread = true;
+            }
+        }
         let gids: Vec<u64> = self
             .routes
             .pending

@@ -91,6 +91,21 @@ async fn a_request_the_upstream_never_read_is_sent_again_whatever_it_is() {
     assert_eq!(s.revive_count(), 1);
 }
 
+/// A send from a task (HTTP) races the binding's end: the end, saying the request was never
+/// read, comes first, while the send still counts as done. The request goes again; it is not
+/// taken for one that may have run.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_from_a_task_that_its_bindings_end_calls_unread_is_sent_again() {
+    let script = Script::default().sent_from_task().on(crash_on("write", 1, Act::EndUnread));
+    let m = manager(&script, |_| {});
+    let s = initialized(&m).await;
+    let (_, a) = call(&s, 1, "tools/call", tool("write")).await;
+    assert_eq!(a["result"]["echo"], "tools/call", "{a}");
+    assert_eq!(script.log().iter().filter(|(c, x)| x == "tools/call" && *c == 2).count(), 1, "{:?}", script.log());
+    assert_eq!(script.received("tools/list"), 0, "no annotations needed: it never ran");
+    assert_eq!(m.deps().stats.requests_interrupted.get(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unsafe_call_that_may_have_run_ends_with_upstream_restarted() {
     let script = Script::default().on(crash_on("write", 1, Act::CrashAfterRead));

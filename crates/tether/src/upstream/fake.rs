@@ -32,6 +32,9 @@ pub enum Act {
     CrashAfterRead,
     /// Send this many progress notifications (for the request's progress token), then die.
     CrashMidStream(u32),
+    /// Accept the send, but end the connection saying the request was never read, as an HTTP
+    /// remote found to speak another era does after its POST was answered.
+    EndUnread,
     /// Never answer.
     Silence,
     /// Send this notification (method, params), as a stdio server does with no word of what it
@@ -55,6 +58,8 @@ struct Inner {
     connects: AtomicU64,
     /// Connection attempts that fail (from the front), for breaker tests.
     refuse: Mutex<VecDeque<bool>>,
+    /// Requests are sent from a task, as over HTTP ([`crate::upstream::Upstream::sends_at_once`]).
+    from_task: AtomicBool,
 }
 
 impl std::fmt::Debug for Script {
@@ -79,6 +84,7 @@ impl Default for Script {
                 log: Mutex::new(Vec::new()),
                 connects: AtomicU64::new(0),
                 refuse: Mutex::new(VecDeque::new()),
+                from_task: AtomicBool::new(false),
             }),
         }
     }
@@ -89,6 +95,12 @@ impl Script {
     /// leave the request to later rules (or the default answer).
     pub fn on(self, rule: impl Fn(&str, &Value, u64) -> Option<Act> + Send + Sync + 'static) -> Script {
         lock(&self.inner.rules).push(Box::new(rule));
+        self
+    }
+
+    /// Requests are sent from a task, as an HTTP upstream's are.
+    pub fn sent_from_task(self) -> Script {
+        self.inner.from_task.store(true, Ordering::Relaxed);
         self
     }
 
@@ -169,7 +181,7 @@ impl Handle {
         let params: Value = msg.params().and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
         let act = self.script.act(&m, &params, self.conn);
         let Some(id) = msg.id().map(ToOwned::to_owned) else { return Ok(()) };
-        if !matches!(act, Act::CrashBeforeRead | Act::FailSend(_)) {
+        if !matches!(act, Act::CrashBeforeRead | Act::FailSend(_) | Act::EndUnread) {
             lock(&self.script.inner.log).push((self.conn, m));
         }
         match act {
@@ -196,7 +208,7 @@ impl Handle {
                 let answer = Message::error(Some(&id), code, text, data);
                 let _ = self.events.send(UpstreamEvent::Message(Origin::Unrelated, answer)).await;
             }
-            Act::CrashBeforeRead => self.die(gid.into_iter().collect()).await,
+            Act::CrashBeforeRead | Act::EndUnread => self.die(gid.into_iter().collect()).await,
             Act::CrashAfterRead => self.die(Vec::new()).await,
             Act::CrashMidStream(n) => {
                 let token = params["_meta"]["progressToken"].clone();
@@ -218,6 +230,11 @@ impl Handle {
             let reason = QuitReason::Exited("fake crash".into());
             let _ = self.events.send(UpstreamEvent::Closed(reason, undelivered)).await;
         }
+    }
+
+    /// Whether the session sends to it inline (a pipe) or from a task (HTTP).
+    pub fn sends_at_once(&self) -> bool {
+        !self.script.inner.from_task.load(Ordering::Relaxed)
     }
 
     /// Whether it has not died.

@@ -284,7 +284,7 @@ impl Upstream {
             Kind::Stdio(h) => h.sends_at_once(msg),
             Kind::Http(_) | Kind::Sse(_) => false,
             #[cfg(test)]
-            Kind::Fake(_) => true,
+            Kind::Fake(h) => h.sends_at_once(),
         }
     }
 
