@@ -253,7 +253,7 @@ async fn sqlite_survives_reopening_and_is_a_real_file() {
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
     assert_eq!(mode, "wal");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // Version 2 dropped the index on the events' age (kept up on every insert for prune alone).
     let age_index: i64 = conn
         .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_age'", [], |r| r.get(0))
@@ -439,4 +439,104 @@ async fn evicted_streams_are_gone_at_once_and_their_rows_go_in_bounded_batches()
         t(store.shutdown()).await.expect("t").expect("shutdown");
         assert_eq!(committed_rows(&path), KEPT, "a clean stop deletes the evicted rows that waited");
     }
+}
+
+/// A file of schema version 2 (events ordered by session) is migrated at open: its events are
+/// kept and replayed, and the table is ordered by stream from then on.
+#[tokio::test]
+async fn a_version_2_file_is_migrated_with_its_events() {
+    let path = temp_db("v2");
+    let s = "0123456789abcdef0123456789abcd07";
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE sessions (id TEXT PRIMARY KEY, transport TEXT NOT NULL, protocol_version TEXT,
+                 client_init TEXT, upstream_init TEXT, state TEXT NOT NULL, principal TEXT,
+                 created_at INTEGER NOT NULL, last_active INTEGER NOT NULL,
+                 requests INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0,
+                 closed_at INTEGER, close_reason TEXT);
+             CREATE INDEX sessions_open ON sessions (closed_at, created_at, id);
+             CREATE TABLE events (session_id TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+                 data BLOB NOT NULL, fin INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                 PRIMARY KEY (session_id, stream, seq)) WITHOUT ROWID;
+             CREATE TABLE event_floors (session_id TEXT NOT NULL, stream TEXT NOT NULL, floor INTEGER NOT NULL,
+                 PRIMARY KEY (session_id, stream)) WITHOUT ROWID;
+             PRAGMA user_version = 2;",
+        )
+        .expect("a version 2 file");
+        let mut add = conn.prepare("INSERT INTO events VALUES (?1, 'old.1', ?2, ?3, ?4, 0)").expect("insert");
+        for seq in 1..=3i64 {
+            add.execute(rusqlite::params![s, seq, format!("{{\"n\":{seq}}}").into_bytes(), seq == 3]).expect("row");
+        }
+    }
+    let store = SqliteStore::open(&path).await.expect("migrated");
+    let Replay::Events(ev) = t(store.replay(s, "old.1", 1, 10)).await.expect("t").expect("replay") else {
+        panic!("the migrated stream is gone")
+    };
+    assert_eq!(ev.iter().map(|e| (e.seq, e.fin)).collect::<Vec<_>>(), vec![(2, false), (3, true)]);
+    assert_eq!(ev[0].data, Bytes::from_static(b"{\"n\":2}"));
+    t(store.shutdown()).await.expect("t").expect("shutdown");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    let sql: String = conn
+        .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'", [], |r| r.get(0))
+        .expect("schema");
+    assert_eq!(version, 3);
+    assert!(sql.contains("PRIMARY KEY (stream, session_id, seq)"), "{sql}");
+}
+
+/// A stream that finishes and is evicted within one commit window (a busy session evicts a
+/// stream every request) is never written: its deferred events are dropped, and its rows
+/// committed before are deleted in the same transaction, so it is never half there.
+#[tokio::test]
+async fn a_stream_evicted_within_its_window_is_never_written() {
+    let path = temp_db("evict-window");
+    // A window no test outlasts: only flushes commit.
+    let store = SqliteStore::open_with_window(&path, std::time::Duration::from_secs(3600)).await.expect("open");
+    let s = "0123456789abcdef0123456789abcd08";
+    t(store.append(s, "i.1", 1, b"{\"progress\":1}", false)).await.expect("t").expect("append");
+    t(store.flush()).await.expect("t").expect("flush");
+    assert_eq!(committed_rows(&path), 1, "the progress event is committed");
+    t(store.append(s, "i.1", 2, b"{\"result\":1}", true)).await.expect("t").expect("append");
+    t(store.append(s, "i.2", 3, b"{\"result\":2}", true)).await.expect("t").expect("append");
+    t(store.append_evicting(s, "i.3", 4, b"{\"result\":3}", true, "i.1")).await.expect("t").expect("append");
+    assert_eq!(t(store.replay(s, "i.1", 0, 10)).await.expect("t").expect("replay"), Replay::Gone);
+    t(store.flush()).await.expect("t").expect("flush");
+    let conn = rusqlite::Connection::open(&path).expect("a second connection");
+    let mut st = conn.prepare("SELECT stream, seq FROM events ORDER BY seq").expect("select");
+    let rows: Vec<(String, i64)> =
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("rows").collect::<Result<_, _>>().expect("rows");
+    assert_eq!(rows, vec![("i.2".to_owned(), 3), ("i.3".to_owned(), 4)], "nothing of i.1 is left");
+    for (stream, seq) in [("i.2", 3), ("i.3", 4)] {
+        let Replay::Events(ev) = t(store.replay(s, stream, 0, 10)).await.expect("t").expect("replay") else {
+            panic!("{stream} gone")
+        };
+        assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    }
+    t(store.shutdown()).await.expect("t").expect("shutdown");
+}
+
+/// A forgotten (closed) session's streams are gone at once; its rows are deleted by the next
+/// prune, or at a clean stop, in batches (one pass over the table each), while other sessions'
+/// rows stay.
+#[tokio::test]
+async fn a_forgotten_sessions_rows_go_with_the_next_prune_or_a_clean_stop() {
+    let path = temp_db("forget");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let (a, b, c) =
+        ("0123456789abcdef0123456789abcd0a", "0123456789abcdef0123456789abcd0b", "0123456789abcdef0123456789abcd0c");
+    for (n, s) in [a, b, c].into_iter().enumerate() {
+        for seq in 1..=3u64 {
+            t(store.append(s, &format!("i.{n}"), seq, b"{}", seq == 3)).await.expect("t").expect("append");
+        }
+    }
+    t(store.forget(a)).await.expect("t").expect("forget");
+    assert_eq!(t(store.replay(a, "i.0", 0, 10)).await.expect("t").expect("replay"), Replay::Gone);
+    let kept = Retention { per_stream: 100, ..Retention::default() };
+    t(store.prune(kept, now_ms())).await.expect("t").expect("prune");
+    assert_eq!((committed_events(&path, a), committed_events(&path, b)), (0, 3), "a's rows went with the prune");
+    t(store.forget(b)).await.expect("t").expect("forget");
+    t(store.shutdown()).await.expect("t").expect("shutdown");
+    let left = (committed_events(&path, a), committed_events(&path, b), committed_events(&path, c));
+    assert_eq!(left, (0, 0, 3), "b's rows went at the clean stop; c's stay");
 }

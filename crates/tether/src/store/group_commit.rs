@@ -46,6 +46,14 @@ pub(super) type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 /// BENCHMARKS.md); until their batch runs, a replay of one answers it is gone, as if deleted.
 pub const EVICT_BATCH: usize = 256;
 
+/// Sessions forgotten (closed) whose rows are not deleted yet, after which a transaction
+/// deletes them all in one pass over the table (the table is ordered by stream, not session,
+/// so each deletion is a scan: one per batch, not one per session). [`SqliteStore::prune`]
+/// takes the rest every minute.
+///
+/// [`SqliteStore::prune`]: super::sqlite::SqliteStore
+pub const FORGET_BATCH: usize = 1024;
+
 /// One SSE event to insert.
 pub(super) struct EventRow {
     pub session: String,
@@ -68,6 +76,19 @@ impl EventRow {
     fn insert_with(&self, st: &mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<()> {
         st.execute(params![self.session, self.stream, self.seq as i64, self.data, self.fin, self.created_at]).map(drop)
     }
+}
+
+/// Drops every row of the forgotten `sessions`, in one pass over each table.
+fn delete_sessions(c: &Connection, sessions: &[String]) -> rusqlite::Result<()> {
+    c.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS forgotten (id TEXT PRIMARY KEY) WITHOUT ROWID")?.execute([])?;
+    c.prepare_cached("DELETE FROM temp.forgotten")?.execute([])?;
+    let mut add = c.prepare_cached("INSERT OR IGNORE INTO temp.forgotten (id) VALUES (?1)")?;
+    for id in sessions {
+        add.execute([id])?;
+    }
+    c.prepare_cached("DELETE FROM events WHERE session_id IN (SELECT id FROM temp.forgotten)")?.execute([])?;
+    c.prepare_cached("DELETE FROM event_floors WHERE session_id IN (SELECT id FROM temp.forgotten)")?.execute([])?;
+    Ok(())
 }
 
 /// Drops the rows of evicted streams (session, stream).
@@ -98,6 +119,8 @@ pub(super) struct Shared {
     deferred: Mutex<Deferred>,
     /// Streams evicted whose rows are not deleted yet (at most about [`EVICT_BATCH`]).
     evicted: Mutex<HashSet<(String, String)>>,
+    /// Sessions forgotten whose rows are not deleted yet (at most about [`FORGET_BATCH`]).
+    forgotten: Mutex<HashSet<String>>,
     /// Wakes the committer when the first event is deferred, and when the store closes.
     wake: Condvar,
     window: Duration,
@@ -119,6 +142,7 @@ impl Shared {
             queue: Mutex::new(Vec::new()),
             deferred: Mutex::new(Deferred::default()),
             evicted: Mutex::new(HashSet::new()),
+            forgotten: Mutex::new(HashSet::new()),
             wake: Condvar::new(),
             window,
         })
@@ -138,11 +162,12 @@ impl Shared {
     }
 
     /// Runs `job` now on this thread (which may block on the connection), then whatever was
-    /// queued meanwhile. For jobs that touch many rows, called from a blocking thread.
-    pub fn run_blocking(&self, job: Job) {
+    /// queued meanwhile. For jobs that touch many rows, called from a blocking thread. With
+    /// `sweep`, every evicted stream and forgotten session waiting is deleted too.
+    pub fn run_blocking(&self, job: Job, sweep: bool) {
         let conn = lock(&self.conn);
         if let Some(c) = conn.as_ref() {
-            self.run_batch(c, vec![job], false);
+            self.run_batch(c, vec![job], sweep);
         }
         self.combine(Some(conn));
     }
@@ -153,9 +178,19 @@ impl Shared {
         lock(&self.evicted).insert((session.to_owned(), stream.to_owned()));
     }
 
-    /// Whether `stream` of `session` was evicted and its rows wait for their batch. Asked from a
-    /// job (holding the connection), so that a batch is either taken and deleted, or still here.
-    pub fn is_evicted(&self, session: &str, stream: &str) -> bool {
+    /// Forgets `session`: from now on its streams are gone to a replay, and its rows are
+    /// deleted with the next batch of forgotten sessions.
+    pub fn forget(&self, session: &str) {
+        lock(&self.forgotten).insert(session.to_owned());
+    }
+
+    /// Whether `stream` of `session` was evicted, or `session` forgotten, and the rows wait for
+    /// their batch. Asked from a job (holding the connection), so that a batch is either taken
+    /// and deleted, or still here.
+    pub fn is_gone(&self, session: &str, stream: &str) -> bool {
+        if lock(&self.forgotten).contains(session) {
+            return true;
+        }
         let e = lock(&self.evicted);
         !e.is_empty() && e.contains(&(session.to_owned(), stream.to_owned()))
     }
@@ -213,18 +248,20 @@ impl Shared {
     /// Runs the deferred events and `batch` in one transaction and tells each job the outcome
     /// of the commit. The deferred events are taken after the jobs were drained from the
     /// queue, so every event deferred before one of these jobs was submitted goes with it.
-    /// The rows of evicted streams go too once [`EVICT_BATCH`] wait, or with `all_evicted`.
-    fn run_batch(&self, conn: &Connection, batch: Vec<Job>, all_evicted: bool) {
+    /// The rows of evicted streams go too once [`EVICT_BATCH`] wait, those of forgotten
+    /// sessions once [`FORGET_BATCH`] wait, and all of them with `sweep`.
+    fn run_batch(&self, conn: &Connection, batch: Vec<Job>, sweep: bool) {
         let events = {
             let mut d = lock(&self.deferred);
             d.since = None;
             std::mem::take(&mut d.events)
         };
-        let evicted: Vec<(String, String)> = {
-            let mut e = lock(&self.evicted);
-            if e.len() >= EVICT_BATCH || (all_evicted && !e.is_empty()) { e.drain().collect() } else { Vec::new() }
+        let (events, mut evicted) = self.drop_gone(events, sweep);
+        let forgotten: Vec<String> = {
+            let mut f = lock(&self.forgotten);
+            if f.len() >= FORGET_BATCH || (sweep && !f.is_empty()) { f.drain().collect() } else { Vec::new() }
         };
-        if batch.is_empty() && events.is_empty() && evicted.is_empty() {
+        if batch.is_empty() && events.is_empty() && evicted.is_empty() && forgotten.is_empty() {
             return;
         }
         let began = exec_cached(conn, "BEGIN IMMEDIATE");
@@ -244,13 +281,19 @@ impl Shared {
             }
         }
         drop(insert); // back into the cache, for a job's own inserts
-        let mut evicted = Some(evicted).filter(|e| !e.is_empty());
-        if let Some(e) = &evicted
-            && let Err(err) = delete_streams(conn, e)
+        if !evicted.is_empty()
+            && let Err(err) = delete_streams(conn, &evicted)
         {
             // The jobs still commit; the streams stay gone to a replay, deleted with a later batch.
             tracing::warn!(error = %err, "deleting evicted SSE streams failed; retrying with the next batch");
-            lock(&self.evicted).extend(evicted.take().unwrap_or_default());
+            lock(&self.evicted).extend(std::mem::take(&mut evicted));
+        }
+        let mut forgotten = Some(forgotten).filter(|f| !f.is_empty());
+        if let Some(f) = &forgotten
+            && let Err(err) = delete_sessions(conn, f)
+        {
+            tracing::warn!(error = %err, "deleting the SSE events of closed sessions failed; retrying with the next batch");
+            lock(&self.forgotten).extend(forgotten.take().unwrap_or_default());
         }
         let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
         let commit = match began {
@@ -259,8 +302,9 @@ impl Shared {
         };
         if let Err(e) = &commit {
             let _ = conn.execute_batch("ROLLBACK");
-            if let Some(e) = evicted {
-                lock(&self.evicted).extend(e);
+            lock(&self.evicted).extend(evicted);
+            if let Some(f) = forgotten {
+                lock(&self.forgotten).extend(f);
             }
             if !events.is_empty() {
                 tracing::warn!(error = %e, events = events.len(), "committing SSE events that were already sent failed; a resume will not replay them");
@@ -303,6 +347,39 @@ impl Shared {
             self.combine(Some(conn));
             d = lock(&self.deferred);
         }
+    }
+
+    /// Splits what this transaction deletes from the evicted streams: all of them with `sweep`
+    /// or once [`EVICT_BATCH`] wait, and in any case those with an event among `events`. Such
+    /// an event is dropped, not inserted: its stream finished and was evicted within one
+    /// window (a busy session evicts a stream every request), so its row would be deleted
+    /// anyway; its stream's earlier rows are deleted in the same transaction, so the stream is
+    /// never half there. Events of forgotten sessions are dropped too.
+    fn drop_gone(&self, mut events: Vec<EventRow>, sweep: bool) -> (Vec<EventRow>, Vec<(String, String)>) {
+        let mut e = lock(&self.evicted);
+        let mut dropped = HashSet::new();
+        if !e.is_empty() && !events.is_empty() {
+            events.retain_mut(|row| {
+                // The row's own strings make the key, and are put back: no allocation.
+                let key = (std::mem::take(&mut row.session), std::mem::take(&mut row.stream));
+                let gone = match e.take(&key) {
+                    Some(k) => dropped.insert(k),
+                    None => dropped.contains(&key),
+                };
+                (row.session, row.stream) = key;
+                !gone
+            });
+        }
+        let mut deleted: Vec<(String, String)> = dropped.into_iter().collect();
+        if e.len() >= EVICT_BATCH || sweep {
+            deleted.extend(e.drain());
+        }
+        drop(e);
+        let f = lock(&self.forgotten);
+        if !f.is_empty() {
+            events.retain(|row| !f.contains(&row.session));
+        }
+        (events, deleted)
     }
 
     /// Stops deferring, commits what waits (deferred events and queued jobs), and hands the
