@@ -115,9 +115,13 @@ async fn serve_with_ulimit(ulimit: &str, extra: &str) -> (tokio::process::Child,
     let script = format!(
         "{ulimit} && exec \"$0\" serve --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:0 --store memory {extra} -- \"$1\""
     );
+    // Its own state directory: the admin token generated there is refused to a second tether
+    // (the tests of this binary run at once).
+    let state = std::env::temp_dir().join(format!("tether-limits-{}-{port}", std::process::id()));
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", &script, env!("CARGO_BIN_EXE_tether"), env!("CARGO_BIN_EXE_tether-echo")])
         .env_remove("RUST_LOG")
+        .env("XDG_STATE_HOME", &state)
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
