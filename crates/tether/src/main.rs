@@ -11,7 +11,7 @@ use tether::config::{Config, ServeArgs};
 /// hundreds of upstream children alive until they are reaped, and what they free is left by glibc
 /// as holes between the sessions' long-lived allocations (7.3–7.7 KiB of RSS per idle session
 /// against ~2 KiB with jemalloc, BENCHMARKS.md). Its options (`.cargo/config.toml`) give freed
-/// pages back at once; `MALLOC_CONF` overrides them at run time.
+/// pages back after a second, from a background thread; `MALLOC_CONF` overrides them at run time.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
