@@ -81,13 +81,13 @@ impl MethodClass {
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            MethodClass::Initialize => "initialize",
+            MethodClass::Initialize => method::INITIALIZE,
             MethodClass::Tools => "tools",
             MethodClass::Resources => "resources",
             MethodClass::Prompts => "prompts",
             MethodClass::Completion => "completion",
             MethodClass::Logging => "logging",
-            MethodClass::Ping => "ping",
+            MethodClass::Ping => method::PING,
             MethodClass::Notification => "notification",
             MethodClass::Response => "response",
             MethodClass::Other => "other",

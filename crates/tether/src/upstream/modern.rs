@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tether_protocol::message::{numeric_id, raw_value};
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, method as m};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{Instrument, debug, info, warn};
@@ -262,7 +262,7 @@ impl Handle {
     }
 
     fn notification(&self, msg: &Message) {
-        if msg.is("notifications/cancelled") {
+        if msg.is(m::NOTIFICATION_CANCELLED) {
             // Over HTTP, closing the request's stream is the cancel.
             let gid = msg
                 .params()
@@ -291,27 +291,27 @@ impl Handle {
         match method.as_str() {
             // A modern client's request is the server's to answer, whatever it is.
             _ if forwarded => {}
-            "initialize" => {
+            m::INITIALIZE => {
                 return match self.initialize(&params, gid).await? {
                     Discovered::Served => Ok(()),
                     Discovered::NotModern(why) => Err(super::era::not_modern_refusal(&why)),
                 };
             }
-            "ping" => {
+            m::PING => {
                 shared.answer(gid, json!({})).await;
                 return Ok(());
             }
-            "logging/setLevel" => {
+            m::LOGGING_SET_LEVEL => {
                 if let Some(level) = params.get("level").and_then(Value::as_str) {
                     shared.state().log_level = Some(level.to_owned());
                 }
                 shared.answer(gid, json!({})).await;
                 return Ok(());
             }
-            "resources/subscribe" | "resources/unsubscribe" => {
+            m::RESOURCES_SUBSCRIBE | m::RESOURCES_UNSUBSCRIBE => {
                 if let Some(uri) = params.get("uri").and_then(Value::as_str) {
                     let mut st = shared.state();
-                    if method == "resources/subscribe" {
+                    if method == m::RESOURCES_SUBSCRIBE {
                         st.subscriptions.insert(uri.to_owned());
                     } else {
                         st.subscriptions.remove(uri);
@@ -373,7 +373,7 @@ impl Handle {
     async fn initialize(&self, params: &Value, gid: u64) -> Result<Discovered, SendError> {
         let shared = &self.shared;
         shared.state().profile = Some(ClientProfile::from_initialize(params));
-        let exchange = Exchange { gid, method: "server/discover".into(), params: json!({}), forwarded: false };
+        let exchange = Exchange { gid, method: m::SERVER_DISCOVER.into(), params: json!({}), forwarded: false };
         let resp = shared.post_request(&exchange, &exchange.params).await?;
         let answer = match shared.read_answer(resp, gid).await {
             Ok(a) => a,
@@ -507,7 +507,7 @@ impl Shared {
     fn build(&self, method: &str, params: &Value, forwarded: bool) -> (Value, HeaderMap) {
         let (profile, level, header_params) = {
             let st = self.state();
-            let tool = if method == "tools/call" { params.get("name").and_then(Value::as_str) } else { None };
+            let tool = if method == m::TOOLS_CALL { params.get("name").and_then(Value::as_str) } else { None };
             (
                 st.profile.clone().unwrap_or_default(),
                 st.log_level.clone(),
@@ -622,7 +622,8 @@ impl Shared {
             let mut next_params = exchange.params.clone();
             match answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
                 None => {
-                    if error_code_of(&answer) == Some(HEADER_MISMATCH) && exchange.method == "tools/call" && !relisted {
+                    if error_code_of(&answer) == Some(HEADER_MISMATCH) && exchange.method == m::TOOLS_CALL && !relisted
+                    {
                         // Our view of the tool's `x-mcp-header` arguments is stale: list again, once.
                         relisted = true;
                         self.relist_tools(gid).await;
@@ -659,7 +660,7 @@ impl Shared {
                     }
                 }
                 Some(result) if exchange.forwarded => {
-                    if exchange.method == "tools/list" {
+                    if exchange.method == m::TOOLS_LIST {
                         // Learnt for the headers of later calls; the client sees the list as is.
                         self.learn_tools(&mut result.clone());
                     }
@@ -667,7 +668,7 @@ impl Shared {
                     break;
                 }
                 Some(mut result) => {
-                    if exchange.method == "tools/list" {
+                    if exchange.method == m::TOOLS_LIST {
                         self.learn_tools(&mut result);
                     }
                     strip_modern_fields(&mut result);
@@ -722,7 +723,7 @@ impl Shared {
                 Some(c) => json!({ "cursor": c }),
                 None => json!({}),
             };
-            let exchange = Exchange { gid, method: "tools/list".into(), params, forwarded: false };
+            let exchange = Exchange { gid, method: m::TOOLS_LIST.into(), params, forwarded: false };
             let Ok(resp) = self.post_request(&exchange, &exchange.params).await else { return };
             let Ok(answer) = self.read_answer(resp, gid).await else { return };
             let Some(mut result) = answer.result().and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) else {

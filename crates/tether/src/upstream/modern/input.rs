@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tether_protocol::Message;
 use tether_protocol::message::{numeric_id, raw_value, string_id};
+use tether_protocol::{Message, method as m};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -32,11 +32,11 @@ impl Shared {
         let mut waiting = Vec::with_capacity(requests.len());
         for (n, (key, req)) in requests.iter().enumerate() {
             let method = req.get("method").and_then(Value::as_str).unwrap_or_default();
-            if !["elicitation/create", "sampling/createMessage", "roots/list"].contains(&method) {
+            if ![m::ELICITATION_CREATE, m::SAMPLING_CREATE_MESSAGE, m::ROOTS_LIST].contains(&method) {
                 return Err(format!("the server asked for {method:?}, which has no handshake-era request"));
             }
             let mut params = req.get("params").cloned().unwrap_or_else(|| json!({}));
-            if method == "elicitation/create"
+            if method == m::ELICITATION_CREATE
                 && params.get("mode").and_then(Value::as_str) == Some("url")
                 && let Some(p) = params.as_object_mut()
             {
@@ -77,7 +77,7 @@ impl Shared {
     /// error result for `tools/call`, an internal error otherwise.
     pub(super) async fn input_failed(&self, exchange: &Exchange, why: &str) {
         warn!(method = %exchange.method, reason = why, "a request for input could not be completed");
-        if exchange.method == "tools/call" {
+        if exchange.method == m::TOOLS_CALL {
             self.answer(exchange.gid, json!({"content": [{"type": "text", "text": why}], "isError": true})).await;
         } else {
             let m = crate::error::GatewayError::InputFailed(why.to_owned()).to_message(Some(&numeric_id(exchange.gid)));

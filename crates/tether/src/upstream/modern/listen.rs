@@ -16,7 +16,7 @@ use std::time::Duration;
 use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::{Map, Value, json};
 use tether_protocol::message::raw_value;
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, method};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
@@ -141,7 +141,8 @@ impl Shared {
     /// changed meanwhile.
     async fn announce_possible_changes(&self, filter: &Filter) {
         for uri in &filter.uris {
-            let n = Message::notification("notifications/resources/updated", Some(&raw_value(&json!({ "uri": uri }))));
+            let n =
+                Message::notification(method::NOTIFICATION_RESOURCES_UPDATED, Some(&raw_value(&json!({ "uri": uri }))));
             self.deliver(Origin::Standalone, n).await;
         }
         for (on, kind) in [(filter.tools, "tools"), (filter.prompts, "prompts"), (filter.resources, "resources")] {
@@ -157,7 +158,7 @@ impl Shared {
 
     /// Sends `subscriptions/listen` for `filter` and reads up to its acknowledgement.
     async fn open_listen(&self, filter: &Filter) -> Result<ListenStream, OpenFailure> {
-        let method = "subscriptions/listen";
+        let method = method::SUBSCRIPTIONS_LISTEN;
         let (params, mut headers) = self.build(method, &json!({ "notifications": filter.to_json() }), false);
         let mut events = match &self.transport {
             Transport::Http { url, http, .. } => {
@@ -196,7 +197,7 @@ impl Shared {
         let acked = tokio::time::timeout(ACK_WAIT, async {
             while let Some(m) = events.next().await {
                 match m.kind() {
-                    Kind::Notification if m.is("notifications/subscriptions/acknowledged") => return Some(true),
+                    Kind::Notification if m.is(method::NOTIFICATION_SUBSCRIPTIONS_ACKNOWLEDGED) => return Some(true),
                     // The ack comes first; anything else before it is not ours to pass on.
                     Kind::Error if super::error_code_of(&m) == Some(tether_protocol::error_code::METHOD_NOT_FOUND) => {
                         return None;

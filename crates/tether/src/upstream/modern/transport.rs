@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Value, json};
 use tether_protocol::message::raw_value;
-use tether_protocol::{Kind, Message};
+use tether_protocol::{Kind, Message, method};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
@@ -92,7 +92,7 @@ impl Drop for Waiter {
         if self.wire.routes().remove(&self.id).is_some() && self.wire.child.is_alive() {
             let wire = self.wire.clone();
             let cancel = Message::notification(
-                "notifications/cancelled",
+                method::NOTIFICATION_CANCELLED,
                 Some(&raw_value(&json!({"requestId": self.id, "reason": "cancelled by the client"}))),
             );
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -168,7 +168,7 @@ impl StdioWire {
 
     /// Opens a listen: a request whose notifications come until it is cancelled.
     pub(super) async fn listen(self: &Arc<Self>, params: &Value) -> Result<Waiter, SendError> {
-        self.request(None, "subscriptions/listen", params, LISTEN_BACKLOG).await
+        self.request(None, method::SUBSCRIPTIONS_LISTEN, params, LISTEN_BACKLOG).await
     }
 
     /// Ends the child: stdin closed, a grace, the group killed.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use tether_protocol::message::raw_value;
-use tether_protocol::{Message, error_code, version};
+use tether_protocol::{Message, error_code, method as m, version};
 
 /// The revision this connection speaks to the remote.
 pub const MODERN_VERSION: &str = "2026-07-28";
@@ -110,14 +110,14 @@ pub fn request_headers(method: &str, params: &Value, header_params: &[HeaderPara
     let mut out =
         vec![(VERSION_HEADER.to_owned(), MODERN_VERSION.to_owned()), (METHOD_HEADER.to_owned(), method.into())];
     let name = match method {
-        "tools/call" | "prompts/get" => params.get("name"),
-        "resources/read" => params.get("uri"),
+        m::TOOLS_CALL | m::PROMPTS_GET => params.get("name"),
+        m::RESOURCES_READ => params.get("uri"),
         _ => None,
     };
     if let Some(name) = name.and_then(Value::as_str) {
         out.push((NAME_HEADER.to_owned(), encode_header_value(name)));
     }
-    if method == "tools/call" {
+    if method == m::TOOLS_CALL {
         let args = params.get("arguments").unwrap_or(&Value::Null);
         for hp in header_params {
             let value = hp.path.iter().try_fold(args, |node, key| node.get(key));
