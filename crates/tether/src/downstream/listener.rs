@@ -93,6 +93,10 @@ pub async fn serve(listener: TcpListener, router: Router, front: &FrontConfig, s
             }
         });
     }
+    // Closed now, not when the drain is over: a connection the kernel would complete into the
+    // backlog meanwhile is never served, only reset at the end, with its request lost. Refused,
+    // it goes elsewhere (a balancer tries the next replica).
+    drop(listener);
     stop.cancel();
     // Every connection holds a permit: having them all back means every connection closed.
     let _ = permits.acquire_many(max as u32).await;
