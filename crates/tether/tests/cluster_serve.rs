@@ -243,11 +243,12 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
 
 on_both_stores!(python_client_through_a_balancer, "clpy", python_client_through_a_balancer);
 
-/// The owner is stopped (SIGSTOP) past its lease: a call through the other replica, forwarded
-/// to it, is not left hanging — once the lease runs out the other replica claims the session
-/// and serves it. When the owner runs again (SIGCONT) it finds its lease lost and stops its
-/// copy of the session and its child (self-fence); what it receives is forwarded to the new
-/// owner.
+/// The owner is stopped (SIGSTOP) past its lease: a tool call through the other replica,
+/// forwarded to it, is not left hanging — once the lease runs out it ends with `-32011` (the
+/// owner may have taken it before it stopped: it is not sent again, lest it run twice), and the
+/// next call is served by the other replica, which claimed the session. When the owner runs
+/// again (SIGCONT) it finds its lease lost and stops its copy of the session and its child
+/// (self-fence); what it receives is forwarded to the new owner.
 async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
     use nix::sys::signal::Signal;
     let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
@@ -262,6 +263,8 @@ async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
 
     a.signal(Signal::SIGSTOP);
     c.base = b.base();
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(r.answer["error"]["code"], -32011, "may or may not have run on A: {}", r.answer);
     let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
     assert_eq!(text_of(&r.answer), "logged at debug", "served by B, its state replayed");
     let second = b.child_of(&sid).await.expect("a child on B");
