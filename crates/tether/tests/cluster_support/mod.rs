@@ -221,10 +221,14 @@ pub struct Seen {
     pub last_event_id: Option<String>,
     /// The status the client got; `None` while no answer came.
     pub status: Option<u16>,
+    /// When the answer's head came (or the balancer gave up).
+    pub answered: Option<std::time::Instant>,
     /// The SSE event ids that went through to the client, in order.
     pub ids: Vec<String>,
     /// The answer's body broke off (the replica went away mid-answer).
     pub broken: bool,
+    /// The replicas tried, and why the balancer answered 502 itself, if it did.
+    pub tried: Vec<String>,
 }
 
 /// The exchanges a [`RoundRobin`] saw.
@@ -302,8 +306,10 @@ async fn dispatch(
             given: None,
             last_event_id: header(&parts.headers, "last-event-id"),
             status: None,
+            answered: None,
             ids: Vec::new(),
             broken: false,
+            tried: Vec::new(),
         });
         log.len() - 1
     };
@@ -312,20 +318,24 @@ async fn dispatch(
         f(&mut log[entry]);
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    for _ in 0..backends.len() {
-        let base = &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+    // This request's turn, then the replicas after it (a refused connection goes to the next).
+    let first = next.fetch_add(1, Ordering::Relaxed);
+    for k in 0..backends.len() {
+        let base = &backends[(first + k) % backends.len()];
         let mut rb = http.request(parts.method.clone(), format!("{base}{path}")).body(body.clone());
         for (name, value) in &parts.headers {
             if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
                 rb = rb.header(name, value);
             }
         }
+        note(&|s| s.tried.push(base.clone()));
         match rb.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let given = header(resp.headers(), "mcp-session-id");
                 note(&|s| {
                     s.status = Some(status);
+                    s.answered = Some(std::time::Instant::now());
                     s.given.clone_from(&given);
                 });
                 let mut out = axum::response::Response::builder().status(resp.status());
@@ -362,10 +372,17 @@ async fn dispatch(
             }
             // A replica that is down: the next one.
             Err(e) if e.is_connect() => continue,
-            Err(_) => break,
+            Err(e) => {
+                let why = format!("{e:?}");
+                note(&|s| s.tried.push(why.clone()));
+                break;
+            }
         }
     }
-    note(&|s| s.status = Some(502));
+    note(&|s| {
+        s.status = Some(502);
+        s.answered = Some(std::time::Instant::now());
+    });
     axum::http::StatusCode::BAD_GATEWAY.into_response()
 }
 
