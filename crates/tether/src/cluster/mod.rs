@@ -370,6 +370,13 @@ impl Cluster {
     /// Drops the local copy of sessions whose lease is lost (self-fence): their children stop.
     async fn fence(&self, sessions: Vec<String>) {
         for id in sessions {
+            // Claimed again here meanwhile (a request came for it as this replica woke up,
+            // and its lease was free): the copy serving it now is not stopped. The claim lock
+            // keeps a claim from slipping between the look and the eviction.
+            let _one = self.claiming[stripe(&id)].lock().await;
+            if self.lock().contains_key(&id) {
+                continue;
+            }
             self.stats.cluster.fenced.inc();
             warn!(session_id = %id, "session lease lost: the local copy is stopped (fenced)");
             self.manager.evict(&id).await;
