@@ -6,179 +6,17 @@
 //! the lease runs out, with the same session id and its state replayed; a DELETE through any
 //! replica ends it on its owner.
 
+mod cluster_support;
 mod harness;
 mod peer_support;
 mod shared_stores;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
+use cluster_support::{ADMIN, LEASE_TTL, PyDriver, Replica, RoundRobin, pid_alive, text_of};
 use harness::{Client, Front};
 use serde_json::{Value, json};
 use shared_stores::{Cleanup, within};
-use tokio::process::{Child, Command};
-
-const ADMIN: &str = "cluster-test-admin-token";
-const LEASE_TTL: &str = "2s";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// One replica: a `tether serve` process with its MCP, hop and admin ports.
-struct Replica {
-    child: Child,
-    port: u16,
-    hop: u16,
-    admin: u16,
-    log: PathBuf,
-}
-
-impl Replica {
-    async fn start(dir: &Path, store: &str, ns: &str, name: &str) -> Replica {
-        Replica::start_with(dir, store, ns, name, &[]).await
-    }
-
-    /// Started on free ports. A port found free can be taken by another test before the
-    /// replica binds it: then it starts again on others.
-    async fn start_with(dir: &Path, store: &str, ns: &str, name: &str, extra: &[&str]) -> Replica {
-        let mut last = String::new();
-        for _ in 0..5 {
-            match Replica::try_start_on(dir, store, ns, name, extra, (free_port(), free_port(), free_port())).await {
-                Ok(r) => return r,
-                Err(said) => last = said,
-            }
-        }
-        panic!("the replica could not find free ports: {last}");
-    }
-
-    /// Started on given (MCP, hop, admin) ports: a restart of a replica, as a balancer sees it
-    /// (its ports may take a moment to be released by the process it replaces).
-    async fn start_on(
-        dir: &Path,
-        store: &str,
-        ns: &str,
-        name: &str,
-        extra: &[&str],
-        ports: (u16, u16, u16),
-    ) -> Replica {
-        let mut last = String::new();
-        for _ in 0..10 {
-            match Replica::try_start_on(dir, store, ns, name, extra, ports).await {
-                Ok(r) => return r,
-                Err(said) => last = said,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("the replica's ports stayed taken: {last}");
-    }
-
-    /// Starts a replica and waits until it serves; `Err` with its log when it exited because a
-    /// port was taken.
-    async fn try_start_on(
-        dir: &Path,
-        store: &str,
-        ns: &str,
-        name: &str,
-        extra: &[&str],
-        (port, hop, admin): (u16, u16, u16),
-    ) -> Result<Replica, String> {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--store", store, "--store-namespace", ns])
-            .args(["--cluster-listen", &format!("127.0.0.1:{hop}")])
-            .args(if extra.contains(&"--lease-ttl") { &[][..] } else { &["--lease-ttl", LEASE_TTL][..] })
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--admin-token", ADMIN])
-            .args(extra)
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_tether-echo"))
-            .env("XDG_STATE_HOME", dir.join(name))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn tether");
-        let mut r = Replica { child, port, hop, admin, log };
-        within(async {
-            while !r.said().contains("tether serving MCP") {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    let said = r.said();
-                    assert!(
-                        said.contains("Address already in use"),
-                        "the replica exited ({status}) before serving: {said}"
-                    );
-                    return Err(said);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(r)
-    }
-
-    fn said(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn admin_get(&self, path: &str) -> reqwest::Response {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin);
-        within(reqwest::Client::new().get(url).bearer_auth(ADMIN).send()).await.expect("admin answers")
-    }
-
-    /// The session as this replica's admin shows it.
-    async fn session(&self, sid: &str) -> Value {
-        let r = self.admin_get(&format!("/admin/sessions/{sid}")).await;
-        assert_eq!(r.status(), reqwest::StatusCode::OK);
-        serde_json::from_str(&r.text().await.expect("body")).expect("json")
-    }
-
-    /// The pid of the session's stdio child on this replica, if it runs here.
-    async fn child_of(&self, sid: &str) -> Option<u64> {
-        self.session(sid).await["upstream"]["pid"].as_u64()
-    }
-
-    /// A counter or gauge from this replica's /metrics.
-    async fn metric(&self, name: &str) -> f64 {
-        let text = self.admin_get("/metrics").await.text().await.expect("metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in the metrics"))
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
-        nix::sys::signal::kill(pid, sig).expect("signal");
-    }
-
-    async fn kill9(mut self) -> String {
-        harness::kill9(self.child.id().expect("running"));
-        within(self.child.wait()).await.expect("reaped");
-        self.said()
-    }
-}
-
-fn text_of(answer: &Value) -> String {
-    answer["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("no text result in {answer}")).to_owned()
-}
-
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
 
 /// Two replicas: created on A, called through B (forwarded, including a stream), then A is
 /// killed and B takes the session over once the lease runs out.
@@ -355,130 +193,6 @@ on_both_stores!(two_replicas_forward_then_take_over, "cl2", forward_then_take_ov
 
 on_both_stores!(three_replicas_delete_anywhere, "cl3", delete_through_another_replica);
 
-/// A load balancer as the test writes it: every request goes to the next replica in turn
-/// (no stickiness); a refused connection is sent to the one after. Answers stream through.
-struct RoundRobin {
-    addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RoundRobin {
-    async fn start(backends: Vec<String>) -> RoundRobin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let next = Arc::new(AtomicUsize::new(0));
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).build().expect("client");
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (backends, next, http) = (backends.clone(), next.clone(), http.clone());
-            async move { dispatch(&backends, &next, &http, req).await }
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        RoundRobin { addr, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-}
-
-impl Drop for RoundRobin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn dispatch(
-    backends: &[String],
-    next: &AtomicUsize,
-    http: &reqwest::Client,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 8 << 20).await else {
-        return axum::http::StatusCode::BAD_REQUEST.into_response();
-    };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    for _ in 0..backends.len() {
-        let base = &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
-        let mut rb = http.request(parts.method.clone(), format!("{base}{path}")).body(body.clone());
-        for (name, value) in &parts.headers {
-            if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
-                rb = rb.header(name, value);
-            }
-        }
-        match rb.send().await {
-            Ok(resp) => {
-                let mut out = axum::response::Response::builder().status(resp.status());
-                for (name, value) in resp.headers() {
-                    if name != axum::http::header::TRANSFER_ENCODING && name != axum::http::header::CONTENT_LENGTH {
-                        out = out.header(name, value);
-                    }
-                }
-                return out
-                    .body(axum::body::Body::from_stream(resp.bytes_stream()))
-                    .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response());
-            }
-            // A replica that is down: the next one.
-            Err(e) if e.is_connect() => continue,
-            Err(_) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
-        }
-    }
-    axum::http::StatusCode::BAD_GATEWAY.into_response()
-}
-
-/// The official Python client's driver (`tests/peers/py_session.py`): one session, a call per
-/// line asked for, a JSON line per answer.
-struct PyDriver {
-    child: Child,
-    stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    stderr: PathBuf,
-}
-
-impl PyDriver {
-    /// Starts the driver against `url` and waits for its session.
-    async fn start(peers: &peer_support::Peers, dir: &Path, url: &str, name: &str) -> PyDriver {
-        let stderr = dir.join("py_session.stderr");
-        let mut child = Command::new(&peers.python)
-            .arg(peers.workspace.join("tests/peers/py_session.py"))
-            .args(["--url", url, "--name", name, "--version", "1.0"])
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the Python driver starts");
-        let stdin = child.stdin.take().expect("stdin");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut py = PyDriver { child, stdin, lines, stderr };
-        let ready = py.next().await;
-        assert_eq!((ready["event"].as_str(), ready["ok"].as_bool()), (Some("ready"), Some(true)), "{ready}");
-        py
-    }
-
-    async fn next(&mut self) -> Value {
-        let line = within(self.lines.next_line()).await.expect("read").expect("the Python driver is still running");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    /// One echo call with `text`; its outcome line.
-    async fn call(&mut self, text: &str) -> Value {
-        within(self.stdin.write_all(format!("call {text}\n").as_bytes())).await.expect("write");
-        self.next().await
-    }
-
-    /// Ends the driver, which must exit cleanly.
-    async fn quit(mut self) {
-        within(self.stdin.write_all(b"quit\n")).await.expect("write");
-        let status = within(self.child.wait()).await.expect("the driver exits");
-        assert!(status.success(), "{}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
-    }
-}
-
 /// The official Python client (`tests/peers/py_session.py`) keeps one session through a
 /// per-request round-robin balancer in front of two replicas: its calls land on both and are
 /// all served by the owner's one child; the owner is killed (-9), and its next calls are served
@@ -529,11 +243,12 @@ async fn python_client_through_a_balancer(store: &str, ns: &str) {
 
 on_both_stores!(python_client_through_a_balancer, "clpy", python_client_through_a_balancer);
 
-/// The owner is stopped (SIGSTOP) past its lease: a call through the other replica, forwarded
-/// to it, is not left hanging — once the lease runs out the other replica claims the session
-/// and serves it. When the owner runs again (SIGCONT) it finds its lease lost and stops its
-/// copy of the session and its child (self-fence); what it receives is forwarded to the new
-/// owner.
+/// The owner is stopped (SIGSTOP) past its lease: a tool call through the other replica,
+/// forwarded to it, is not left hanging — once the lease runs out it ends with `-32011` (the
+/// owner may have taken it before it stopped: it is not sent again, lest it run twice), and the
+/// next call is served by the other replica, which claimed the session. When the owner runs
+/// again (SIGCONT) it finds its lease lost and stops its copy of the session and its child
+/// (self-fence); what it receives is forwarded to the new owner.
 async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
     use nix::sys::signal::Signal;
     let dir = std::env::temp_dir().join(format!("tether-cluster-{ns}"));
@@ -548,6 +263,8 @@ async fn a_stopped_owner_is_fenced(store: &str, ns: &str) {
 
     a.signal(Signal::SIGSTOP);
     c.base = b.base();
+    let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
+    assert_eq!(r.answer["error"]["code"], -32011, "may or may not have run on A: {}", r.answer);
     let r = c.request("tools/call", json!({"name": "log", "arguments": {}})).await;
     assert_eq!(text_of(&r.answer), "logged at debug", "served by B, its state replayed");
     let second = b.child_of(&sid).await.expect("a child on B");

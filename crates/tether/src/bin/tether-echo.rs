@@ -11,6 +11,11 @@
 //! `TETHER_ECHO_EXTRA_TOOL_FILE` exists, `tools/list` also offers a tool named by its content;
 //! if the file named by `TETHER_ECHO_VERSION_FILE` exists, `initialize` answers with the
 //! protocol version it holds.
+//!
+//! One hook lets a test see what ran: if `TETHER_ECHO_EXEC_LOG` names a file, the server
+//! appends a JSON line when it starts (`{"pid": P, "start": true}`) and one for every request
+//! it executes (`{"pid": P, "id": ID, "method": M, "tool": T, "key": arguments.message}`), so a
+//! test can tell whether a request ran twice, and which process served which session.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::sync::{Arc, Mutex};
@@ -40,6 +45,8 @@ struct State {
 fn main() {
     let out = Arc::new(Out(Mutex::new(BufWriter::new(std::io::stdout()))));
     let state = Arc::new(Mutex::new(State { counter: 0, subscribed: false, level: "info".into() }));
+    let exec_log = ExecLog::open();
+    exec_log.write(&json!({"pid": std::process::id(), "start": true}));
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -54,6 +61,13 @@ fn main() {
             continue; // notifications and responses need no answer
         };
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        exec_log.write(&json!({
+            "pid": std::process::id(),
+            "id": id,
+            "method": method,
+            "tool": params.get("name"),
+            "key": params.get("arguments").and_then(|a| a.get("message")),
+        }));
         let reply = |result: Result<Value, (i64, String)>| match result {
             Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
             Err((code, message)) => {
@@ -163,6 +177,24 @@ fn main() {
             other => Err((-32601, format!("Method not found: {other}"))),
         };
         out.send(&reply(result));
+    }
+}
+
+/// The file named by `TETHER_ECHO_EXEC_LOG`, opened for appending: one `write` per line, so
+/// the lines of several processes do not interleave.
+struct ExecLog(Option<std::fs::File>);
+
+impl ExecLog {
+    fn open() -> ExecLog {
+        let file = std::env::var_os("TETHER_ECHO_EXEC_LOG")
+            .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+        ExecLog(file)
+    }
+
+    fn write(&self, v: &Value) {
+        if let Some(mut f) = self.0.as_ref() {
+            let _ = f.write_all(format!("{v}\n").as_bytes());
+        }
     }
 }
 

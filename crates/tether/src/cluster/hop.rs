@@ -116,25 +116,70 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                 }
                 return resp;
             }
-            Ok(Route::Forward { addr, epoch }) => {
+            Ok(Route::Forward { addr, epoch, expires }) => {
                 // A relayed stream ends when this replica stops, like its own: a standalone
                 // stream at the start of the drain, a request's at the drain deadline.
                 let ends = if parts.method == Method::GET { app.shutdown.clone() } else { app.hard_stop.clone() };
                 match cluster.forward(&sid, &addr, epoch, &parts, bytes.clone(), ends).await {
                     Ok(resp) => return resp,
-                    Err(why) => {
+                    Err(failed) => {
                         cluster.forget_owner(&sid);
                         cluster.stats.cluster.forward_failures.inc();
+                        let why = failed.why();
                         debug!(session_id = %sid, owner = %addr, reason = %why, "forward failed; looking the owner up again");
+                        // The owner may have taken the request (and sent it upstream) before it
+                        // went silent: a tool call is not sent again, lest it run twice. It may
+                        // or may not have run, as after an upstream restart.
+                        if let ForwardFailed::MaybeDelivered(_) = &failed
+                            && let Some(id) = unsafe_call(&bytes)
+                        {
+                            warn!(session_id = %sid, owner = %addr, reason = %why, "a forwarded tool call may have reached its owner before it failed; not sent again");
+                            let e = GatewayError::UpstreamRestarted(
+                                "the replica owning the session failed while the request was in flight".into(),
+                            );
+                            return error_response(&e, Some(&id));
+                        }
                         if Instant::now() >= deadline {
                             return error_response(&GatewayError::OwnerUnreachable(why), None);
                         }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // Looked up again in a moment, or as the lease runs out if that is
+                        // sooner: a dead owner's sessions are claimed without delay.
+                        let lapse = expires.saturating_duration_since(Instant::now()) + Duration::from_millis(5);
+                        tokio::time::sleep(lapse.clamp(Duration::from_millis(5), Duration::from_millis(100))).await;
                     }
                 }
             }
         }
     }
+}
+
+/// Why a forward failed: the owner provably did not take the request (it refused the
+/// connection, or answered that it no longer owns the session), or it may have.
+#[derive(Debug)]
+enum ForwardFailed {
+    NotDelivered(String),
+    MaybeDelivered(String),
+}
+
+impl ForwardFailed {
+    fn why(&self) -> String {
+        match self {
+            ForwardFailed::NotDelivered(w) | ForwardFailed::MaybeDelivered(w) => w.clone(),
+        }
+    }
+}
+
+/// The id of a `tools/call` request in `body`: a call whose repetition may not be harmless
+/// (the annotations that could tell are the owner's to know).
+fn unsafe_call(body: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        method: Option<&'a str>,
+        id: Option<Box<serde_json::value::RawValue>>,
+    }
+    let msg: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    (msg.method == Some("tools/call")).then_some(msg.id).flatten()
 }
 
 /// The session a request names: `Mcp-Session-Id`, or on the legacy POST endpoints the
@@ -200,7 +245,7 @@ impl Cluster {
         parts: &axum::http::request::Parts,
         body: bytes::Bytes,
         ends: tokio_util::sync::CancellationToken,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, ForwardFailed> {
         let caller = parts.extensions.get::<Caller>().cloned().unwrap_or_default();
         let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
         let mut rb = self.http.request(parts.method.clone(), format!("http://{addr}{path}"));
@@ -221,11 +266,15 @@ impl Cluster {
         // No timeout on the answer, but an owner whose lease runs out while we wait for it
         // (stopped, or cut off from the store) will not answer: its session is claimed instead.
         let resp = tokio::select! {
-            r = rb.send() => r.map_err(|e| e.to_string())?,
-            () = self.lapsed(session, epoch) => return Err("the owner's lease ran out while it was asked".into()),
+            r = rb.send() => r.map_err(|e| {
+                if e.is_connect() { ForwardFailed::NotDelivered(e.to_string()) } else { ForwardFailed::MaybeDelivered(e.to_string()) }
+            })?,
+            () = self.lapsed(session, epoch) => {
+                return Err(ForwardFailed::MaybeDelivered("the owner's lease ran out while it was asked".into()));
+            }
         };
         if resp.status() == StatusCode::MISDIRECTED_REQUEST && resp.headers().contains_key(MOVED_HEADER) {
-            return Err("the replica no longer owns the session".into());
+            return Err(ForwardFailed::NotDelivered("the replica no longer owns the session".into()));
         }
         self.stats.cluster.forwards.inc();
         self.stats.cluster.forward_latency.observe(started.elapsed());
@@ -238,6 +287,6 @@ impl Cluster {
             }
         }
         let body = futures_util::StreamExt::take_until(resp.bytes_stream(), ends.cancelled_owned());
-        out.body(Body::from_stream(body)).map_err(|e| e.to_string())
+        out.body(Body::from_stream(body)).map_err(|e| ForwardFailed::MaybeDelivered(e.to_string()))
     }
 }

@@ -25,10 +25,11 @@ pub(super) async fn renew(cluster: Arc<Cluster>, stop: CancellationToken) {
             Ok(still) => {
                 let still: HashSet<String> = still.into_iter().collect();
                 let mut held = cluster.lock();
-                // A lease claimed while the renewal ran is not in its answer, and not lost.
+                // A lease claimed while the renewal ran may not be in its answer, and is not
+                // lost: only those whose claim was answered before the renewal was sent count.
                 let lost: Vec<String> = held
                     .iter()
-                    .filter(|(id, h)| h.since < sent && !still.contains(*id))
+                    .filter(|(id, h)| h.claimed < sent && !still.contains(*id))
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in &lost {

@@ -36,6 +36,15 @@ use crate::session::Manager;
 use crate::stats::Stats;
 use crate::store::cluster::{Claim, ClusterStore, ReplicaId};
 
+/// How many claim locks sessions are spread over.
+const CLAIM_STRIPES: usize = 64;
+
+/// The claim lock of `session`.
+fn stripe(session: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(session) as usize % CLAIM_STRIPES
+}
+
 /// Sessions whose owner is remembered at most (then the memory starts over).
 const MAX_OWNERS_CACHED: usize = 10_000;
 
@@ -50,7 +59,20 @@ pub enum Route {
         addr: String,
         /// The lease's epoch, as read.
         epoch: u64,
+        /// When the lease runs out, as read (unless renewed): a replica that finds the owner
+        /// gone claims the session then.
+        expires: Instant,
     },
+}
+
+/// A session's owner as last read: its hop address, the lease's epoch, until when the entry is
+/// used without reading the store again, and when the lease runs out unless renewed.
+#[derive(Debug, Clone)]
+struct Owner {
+    addr: String,
+    epoch: u64,
+    good_until: Instant,
+    expires: Instant,
 }
 
 /// A lease held here.
@@ -60,7 +82,7 @@ struct Held {
     /// When the claim (or the last renewal that kept it) was sent: the store's lease runs
     /// at least `ttl` from then.
     since: Instant,
-    /// When it was claimed.
+    /// When its claim was answered: a renewal sent later lists it, if it is still ours.
     claimed: Instant,
 }
 
@@ -88,10 +110,12 @@ pub struct Cluster {
     held: Leases,
     /// Owners recently looked up (hop address, epoch, good until): a forward skips the store
     /// read while the lease it saw is surely live. A failed forward forgets the entry.
-    owners: Mutex<HashMap<String, (String, u64, Instant)>>,
-    /// One claim at a time here: two requests for a session whose lease ran out (a call and
-    /// its client's stream reconnecting) must not both claim it and drop each other's copy.
-    claiming: tokio::sync::Mutex<()>,
+    owners: Mutex<HashMap<String, Owner>>,
+    /// One claim at a time per session here: two requests for a session whose lease ran out
+    /// (a call and its client's stream reconnecting) must not both claim it and drop each
+    /// other's copy. Striped by session id, so that the sessions of a dead replica are claimed
+    /// at once rather than one after another.
+    claiming: Vec<tokio::sync::Mutex<()>>,
     http: reqwest::Client,
     stats: Arc<Stats>,
 }
@@ -122,7 +146,7 @@ impl Cluster {
             board,
             held: leases,
             owners: Mutex::new(HashMap::new()),
-            claiming: tokio::sync::Mutex::new(()),
+            claiming: (0..CLAIM_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             http,
             stats,
         }))
@@ -173,7 +197,9 @@ impl Cluster {
     fn hold(&self, session: &str, epoch: u64, since: Instant) {
         let n = {
             let mut held = self.lock();
-            held.insert(session.to_owned(), Held { epoch, since, claimed: since });
+            // `claimed` is when the claim is known made (after the store answered): a renewal
+            // sent before then may not list it, and must not count it lost.
+            held.insert(session.to_owned(), Held { epoch, since, claimed: Instant::now() });
             held.len()
         };
         self.stats.cluster.leases_held.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -202,10 +228,10 @@ impl Cluster {
         {
             return Ok(Route::Local);
         }
-        if let Some((addr, epoch, until)) = self.owners_lock().get(session).cloned()
-            && Instant::now() < until
+        if let Some(o) = self.owners_lock().get(session).cloned()
+            && Instant::now() < o.good_until
         {
-            return Ok(Route::Forward { addr, epoch });
+            return Ok(Route::Forward { addr: o.addr, epoch: o.epoch, expires: o.expires });
         }
         let deadline = Instant::now() + self.ttl + Duration::from_secs(1);
         loop {
@@ -213,13 +239,20 @@ impl Cluster {
             match &lease {
                 Some(l) if l.left_ms > 0 && l.owner != self.me => {
                     if let Some(addr) = self.address_of(&l.owner).await? {
-                        let good = Duration::from_millis(l.left_ms).min(self.ttl / 3);
+                        let now = Instant::now();
+                        let left = Duration::from_millis(l.left_ms);
+                        let o = Owner {
+                            addr,
+                            epoch: l.epoch,
+                            good_until: now + left.min(self.ttl / 3),
+                            expires: now + left,
+                        };
                         let mut owners = self.owners_lock();
                         if owners.len() >= MAX_OWNERS_CACHED {
                             owners.clear();
                         }
-                        owners.insert(session.to_owned(), (addr.clone(), l.epoch, Instant::now() + good));
-                        return Ok(Route::Forward { addr, epoch: l.epoch });
+                        owners.insert(session.to_owned(), o.clone());
+                        return Ok(Route::Forward { addr: o.addr, epoch: o.epoch, expires: o.expires });
                     }
                     if Instant::now() >= deadline {
                         return Err(GatewayError::OwnerUnreachable(format!("{} is not registered", l.owner.id)));
@@ -237,7 +270,7 @@ impl Cluster {
                     _ => return Ok(Route::Local),
                 }
             }
-            let _one = self.claiming.lock().await;
+            let _one = self.claiming[stripe(session)].lock().await;
             if self.held_epoch(session).is_some() {
                 return Ok(Route::Local);
             }
@@ -337,6 +370,13 @@ impl Cluster {
     /// Drops the local copy of sessions whose lease is lost (self-fence): their children stop.
     async fn fence(&self, sessions: Vec<String>) {
         for id in sessions {
+            // Claimed again here meanwhile (a request came for it as this replica woke up,
+            // and its lease was free): the copy serving it now is not stopped. The claim lock
+            // keeps a claim from slipping between the look and the eviction.
+            let _one = self.claiming[stripe(&id)].lock().await;
+            if self.lock().contains_key(&id) {
+                continue;
+            }
             self.stats.cluster.fenced.inc();
             warn!(session_id = %id, "session lease lost: the local copy is stopped (fenced)");
             self.manager.evict(&id).await;
@@ -348,7 +388,7 @@ impl Cluster {
         self.owners_lock().remove(session);
     }
 
-    fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64, Instant)>> {
+    fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owner>> {
         self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

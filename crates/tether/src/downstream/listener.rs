@@ -7,14 +7,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -66,36 +68,87 @@ pub async fn serve(listener: TcpListener, router: Router, front: &FrontConfig, s
             },
             _ = &mut shutdown => break,
         };
-        // Small SSE events must not wait for Nagle and the peer's delayed ACK (~40 ms).
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-        let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(tcp), service);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::pin!(conn);
-            let done = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stop.cancelled() => None,
-            };
-            let result = match done {
-                Some(r) => r,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                // Timeouts, resets and cut-off requests: the client's business, not an error.
-                debug!(error = %e, "client connection ended");
+        spawn_connection(tcp, permit, &router, &http, &stop);
+    }
+    // Connections the kernel completed before the drain began are served like the others:
+    // their clients sent their requests to a replica that was still up. (Accepted directly:
+    // the runtime may not have seen the socket readable yet.)
+    if let Ok(std_listener) = listener.into_std() {
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            let Ok((tcp, _peer)) = std_listener.accept() else { break };
+            match tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)) {
+                Ok(tcp) => spawn_connection(tcp, permit, &router, &http, &stop),
+                Err(e) => debug!(error = %e, "a connection accepted at the drain was dropped"),
             }
-        });
+        }
+        // Closed now, not when the drain is over: a connection the kernel would complete into
+        // the backlog meanwhile is never served, only reset at the end, with its request lost.
+        // Refused, it goes elsewhere (a balancer tries the next replica).
+        drop(std_listener);
     }
     stop.cancel();
     // Every connection holds a permit: having them all back means every connection closed.
     let _ = permits.acquire_many(max as u32).await;
+}
+
+/// How long a connection accepted just before a drain has to send its first request, which is
+/// then served; past it the connection closes (it was opened and left idle).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one connection until it closes, or until `stop` (then gracefully: a request in
+/// progress finishes, and one that has not begun yet on a new connection gets a moment to).
+fn spawn_connection(
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+    router: &Router,
+    http: &http1::Builder,
+    stop: &CancellationToken,
+) {
+    // Small SSE events must not wait for Nagle and the peer's delayed ACK (~40 ms).
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "TCP_NODELAY not set");
+    }
+    let started = Arc::new(AtomicBool::new(false));
+    let inner = TowerToHyperService::new(router.clone());
+    let seen = started.clone();
+    let service = hyper::service::service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        inner.call(req)
+    });
+    let conn = http.serve_connection(TokioIo::new(tcp), service);
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        tokio::pin!(conn);
+        let mut done = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        // Its client connected while this replica was up and its request may be on the way:
+        // closing the connection now would lose it (hyper closes a connection that is idle).
+        if done.is_none() && !started.load(Ordering::Relaxed) {
+            done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = async {
+                    while !started.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                } => None,
+                () = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+            };
+        }
+        let result = match done {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            // Timeouts, resets and cut-off requests: the client's business, not an error.
+            debug!(error = %e, "client connection ended");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ pub(crate) enum Command {
     ReleaseIfIdle { idle: Duration, reply: oneshot::Sender<Option<Upstream>> },
     /// Lets the binding go (gateway shutdown); the caller closes it.
     Release { reply: oneshot::Sender<Option<Upstream>> },
-    /// Ends the session's live side; the caller closes the binding it gets.
-    Shutdown { reply: oneshot::Sender<Option<Upstream>> },
+    /// Ends the session's live side; the caller closes the binding it gets. `moved`: the
+    /// session lives on elsewhere (cluster mode), so what was in flight may or may not have run.
+    Shutdown { moved: bool, reply: oneshot::Sender<Option<Upstream>> },
     /// Hibernates the session if it has had no binding, stream or request for `after`: the
     /// reply carries its unwritten activity and the manager's decision channel, which the task
     /// waits on (nothing else runs meanwhile); `true` ends the task.
@@ -211,8 +212,8 @@ impl Session {
             Command::Release { reply } => {
                 let _ = reply.send(self.release("upstream_reaped"));
             }
-            Command::Shutdown { reply } => {
-                let up = self.shutdown().await;
+            Command::Shutdown { moved, reply } => {
+                let up = self.shutdown(moved).await;
                 let _ = reply.send(up);
             }
             Command::Hibernate { after, reply } => {

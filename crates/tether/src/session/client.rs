@@ -478,20 +478,28 @@ impl Session {
             + self.waiting.iter().filter(|w| matches!(w, Waiter::Request { .. })).count()
     }
 
-    /// Ends the session's live side: pending requests get an error, streams end; the binding
-    /// is handed back to be closed. The record is closed by the manager.
-    pub(super) async fn shutdown(&mut self) -> Option<Upstream> {
+    /// Ends the session's live side: pending requests get an error (`moved`: the session lives
+    /// on elsewhere, so "may or may not have run"), streams end; the binding is handed back to
+    /// be closed. The record is closed by the manager (unless `moved`).
+    pub(super) async fn shutdown(&mut self, moved: bool) -> Option<Upstream> {
         self.closed = true;
         self.routes.standalone = None;
         self.routes.server_requests.clear();
+        let why = if moved {
+            GatewayError::UpstreamRestarted(
+                "the session moved to another replica while the request was in flight".into(),
+            )
+        } else {
+            GatewayError::SessionNotFound
+        };
         for (_, p) in self.routes.pending.take_all() {
             if let Reply::Client(sink) = p.reply {
-                self.end_with(&sink, &p.client_id, &GatewayError::SessionNotFound).await;
+                self.end_with(&sink, &p.client_id, &why).await;
             }
         }
         self.internal_in_flight = 0;
         for w in std::mem::take(&mut self.waiting) {
-            self.settle(w, &GatewayError::SessionNotFound).await;
+            self.settle(w, &why).await;
         }
         let up = self.retire(false);
         self.publish();

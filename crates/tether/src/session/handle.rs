@@ -389,7 +389,17 @@ impl SessionHandle {
     /// Ends the session's live side: pending requests get an error, streams end, the upstream
     /// closes. The record is closed by the manager.
     pub(super) async fn shutdown(&self) {
-        if let Some(up) = self.ask(|reply| Command::Shutdown { reply }).await.flatten() {
+        self.shut(false).await;
+    }
+
+    /// Drops the live side of a session that lives on elsewhere (cluster mode): its pending
+    /// requests end with "may or may not have run", not "session not found".
+    pub(super) async fn shutdown_moved(&self) {
+        self.shut(true).await;
+    }
+
+    async fn shut(&self, moved: bool) {
+        if let Some(up) = self.ask(|reply| Command::Shutdown { moved, reply }).await.flatten() {
             up.close().await;
         }
     }

@@ -164,11 +164,12 @@ impl Manager {
 
     /// Drops this process's copy of a session without touching its record (cluster mode:
     /// another replica owns it now, or this one lost its lease): its upstream closes, its
-    /// pending requests end. The next use here loads it from the store again.
+    /// pending requests end with `-32011` (they may or may not have run). The next use here
+    /// loads it from the store again.
     pub async fn evict(&self, id: &str) -> bool {
         let session = self.write().remove(id);
         let Some(session) = session else { return false };
-        session.shutdown().await;
+        session.shutdown_moved().await;
         true
     }
 
