@@ -18,6 +18,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
+use tether_protocol::method;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -179,7 +180,7 @@ fn unsafe_call(body: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
         id: Option<Box<serde_json::value::RawValue>>,
     }
     let msg: Envelope<'_> = serde_json::from_slice(body).ok()?;
-    (msg.method == Some("tools/call")).then_some(msg.id).flatten()
+    (msg.method == Some(method::TOOLS_CALL)).then_some(msg.id).flatten()
 }
 
 /// The session a request names: `Mcp-Session-Id`, or on the legacy POST endpoints the
