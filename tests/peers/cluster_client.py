@@ -26,7 +26,6 @@ print `{"event": "done", "session": K, "sid": ..., "sids": [every session id it 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -40,18 +39,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+from driver_lines import error_text, say
+
 CALL_TIMEOUT_S = 45
 TOOLS = ["echo", "work", "later", "bump"]
-
-
-def say(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, default=str), flush=True)
-
-
-def error_text(e: BaseException) -> str:
-    if isinstance(e, BaseExceptionGroup):
-        return f"{type(e).__name__}: " + "; ".join(error_text(x) for x in e.exceptions)
-    return f"{type(e).__name__}: {e}"
 
 
 async def session(k: int, args: argparse.Namespace, stop: anyio.Event) -> None:

@@ -21,7 +21,6 @@ Every call has a deadline; end of input ends the driver.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,17 +32,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from driver_lines import error_text, say
+
 CALL_TIMEOUT_S = 20
-
-
-def say(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, default=str), flush=True)
-
-
-def error_text(e: BaseException) -> str:
-    if isinstance(e, BaseExceptionGroup):
-        return f"{type(e).__name__}: " + "; ".join(error_text(x) for x in e.exceptions)
-    return f"{type(e).__name__}: {e}"
 
 
 async def main(args: argparse.Namespace) -> int:
