@@ -16,7 +16,7 @@ use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -108,11 +108,15 @@ fn spawn_connection(
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY not set");
     }
+    // Set by the connection's first request, which also wakes a drain waiting for it.
     let started = Arc::new(AtomicBool::new(false));
+    let first = Arc::new(Notify::new());
     let inner = TowerToHyperService::new(router.clone());
-    let seen = started.clone();
+    let (seen, woken) = (started.clone(), first.clone());
     let service = hyper::service::service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
+        if !seen.swap(true, Ordering::Relaxed) {
+            woken.notify_one();
+        }
         inner.call(req)
     });
     let conn = http.serve_connection(TokioIo::new(tcp), service);
@@ -129,11 +133,8 @@ fn spawn_connection(
         if done.is_none() && !started.load(Ordering::Relaxed) {
             done = tokio::select! {
                 r = conn.as_mut() => Some(r),
-                () = async {
-                    while !started.load(Ordering::Relaxed) {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                } => None,
+                // A request that began since the look above left its permit: no wait then.
+                () = first.notified() => None,
                 () = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
             };
         }
